@@ -1,0 +1,51 @@
+"""truncfast — the effective gradient flow of deep ReLU networks in input space.
+
+Implements T. Chen, "Derivation of effective gradient flow equations and
+dynamical truncation of training data in Deep Learning" (arXiv 2501.07400).
+The public surface is fixed by CONTRACT.md; the mathematics by THEORY.md
+(``docs/`` maps sections to modules).
+"""
+
+from __future__ import annotations
+
+from ._backends import backends as backends
+from ._errors import BackendUnavailable as BackendUnavailable
+from ._errors import DivergenceError as DivergenceError
+from ._errors import InputError as InputError
+from ._errors import SeparationError as SeparationError
+from ._gradient import cluster_moments as cluster_moments
+from ._gradient import gradient as gradient
+from ._gradient import loss as loss
+from ._gradient import standard_gradient as standard_gradient
+from ._gradient import standard_loss as standard_loss
+from ._model import aligned_from_cumulative as aligned_from_cumulative
+from ._model import cumulative_to_layers as cumulative_to_layers
+from ._model import layers_to_cumulative as layers_to_cumulative
+from ._model import orthonormalize as orthonormalize
+from ._model import pullback_targets as pullback_targets
+from ._truncation import sector_codes as sector_codes
+from ._truncation import truncate as truncate
+from ._validate import orthogonality_defect as orthogonality_defect
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "DivergenceError",
+    "InputError",
+    "SeparationError",
+    "aligned_from_cumulative",
+    "backends",
+    "cluster_moments",
+    "cumulative_to_layers",
+    "gradient",
+    "layers_to_cumulative",
+    "loss",
+    "orthogonality_defect",
+    "orthonormalize",
+    "pullback_targets",
+    "sector_codes",
+    "standard_gradient",
+    "standard_loss",
+    "truncate",
+]

@@ -1,0 +1,189 @@
+"""Backend registry and dispatch.
+
+A backend is an object with five methods taking validated, C-contiguous
+float64/int64 arrays (THEORY §§2, 5, 6):
+
+``truncate(R, b, X)`` → (N, M); ``codes(R, b, X)`` → (N, L) uint64;
+``general(R, b, X, labels, T, W, bout, Y, standard, want_grad)`` →
+``(loss, grad_b, omega, grad_W, grad_bout)`` already divided by N, omega
+antisymmetrised; ``moments(R, b, X, labels, Q)`` → raw sums (S0, S1, S2);
+``violations(R, b, X, labels, Q)`` → (Q, L) int64 counts.
+
+``"numpy"`` is the reference (``_reference``), ``"numba"`` the parallel JIT
+kernels (``_kernels_numba``), ``"c"`` the cffi core (``_ccore``, optional).
+``"auto"`` picks the fastest one available: see :func:`resolve`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+
+from . import _config
+from ._errors import BackendUnavailable, InputError
+
+__all__ = ["BACKENDS", "backends", "get", "resolve"]
+
+BACKENDS = ("numpy", "numba", "c")
+
+
+def _normalise(N, loss, gb, G, gW, gbo, standard):
+    omega = 0.5 * (G - np.swapaxes(G, 1, 2)) / N
+    if standard:
+        return loss / N, gb / N, omega, gW / N, gbo / N
+    return loss / N, gb / N, omega, None, None
+
+
+def _batch(nchunks: int, bytes_per_chunk: int) -> int:
+    """Chunks per parallel batch: enough to feed every thread, bounded in memory.
+
+    The batch size never changes the result (partials are added in chunk order).
+    """
+    try:
+        import numba
+
+        threads = numba.get_num_threads()
+    except Exception:  # pragma: no cover
+        threads = os.cpu_count() or 1
+    cap = _config.PARTIALS_BUDGET_BYTES // max(1, bytes_per_chunk)
+    # at least one chunk per thread even if that exceeds the budget a little
+    return int(max(1, min(nchunks, 4 * threads, max(cap, threads))))
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self):
+        from . import _reference
+
+        self._ref = _reference
+
+    def truncate(self, R, b, X):
+        return self._ref.truncate(R, b, X)
+
+    def codes(self, R, b, X):
+        return self._ref.sector_codes(R, b, X)
+
+    def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
+        if standard:
+            return self._ref.general(R, b, X, labels, None, W, bout, Y)
+        return self._ref.general(R, b, X, labels, T)
+
+    def moments(self, R, b, X, labels, Q):
+        return self._ref.separated_moments(R, b, X, labels, Q)[1:]
+
+    def violations(self, R, b, X, labels, Q):
+        return self._ref.separation_violations(R, b, X, labels, Q)
+
+
+class NumbaBackend:
+    name = "numba"
+
+    def __init__(self):
+        from . import _kernels_numba
+
+        self._k = _kernels_numba
+
+    def truncate(self, R, b, X):
+        return self._k.truncate_kernel(R, b, X, _config.CHUNK_SIZE)
+
+    def codes(self, R, b, X):
+        return self._k.codes_kernel(R, b, X, _config.CHUNK_SIZE)
+
+    def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
+        N = X.shape[0]
+        L, M = b.shape
+        P = W.shape[0]
+        chunk = _config.CHUNK_SIZE
+        nchunks = (N + chunk - 1) // chunk
+        batch = _batch(nchunks, 8 * (L * M * (M + 1) + P * (M + 1) + 1))
+        out = self._k.general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, batch)
+        return _normalise(N, *out, standard)
+
+    def moments(self, R, b, X, labels, Q):
+        N, M = X.shape
+        chunk = _config.CHUNK_SIZE
+        nchunks = (N + chunk - 1) // chunk
+        batch = _batch(nchunks, 8 * Q * M * (2 * M + 1))
+        return self._k.moments_kernel(R, b, X, labels, Q, chunk, batch)
+
+    def violations(self, R, b, X, labels, Q):
+        return self._k.violations_kernel(R, b, X, labels, Q, _config.CHUNK_SIZE)
+
+
+class CBackend:
+    """The cffi core; all calls go through the private ``_ccore`` module."""
+
+    name = "c"
+
+    def __init__(self):
+        self._c = importlib.import_module("truncfast._ccore")
+        if not self._c.available():
+            raise ImportError(self._c.unavailable_reason())
+
+    def truncate(self, R, b, X):
+        return self._c.truncate(R, b, X, _config.CHUNK_SIZE)
+
+    def codes(self, R, b, X):
+        return self._c.codes(R, b, X, _config.CHUNK_SIZE)
+
+    def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
+        out = self._c.general(R, b, X, labels, T, W, bout, Y, standard, want_grad, _config.CHUNK_SIZE)
+        return _normalise(X.shape[0], *out, standard)
+
+    def moments(self, R, b, X, labels, Q):
+        return self._c.moments(R, b, X, labels, Q, _config.CHUNK_SIZE)
+
+    def violations(self, R, b, X, labels, Q):
+        return self._c.violations(R, b, X, labels, Q, _config.CHUNK_SIZE)
+
+
+_CLASSES = {"numpy": NumpyBackend, "numba": NumbaBackend, "c": CBackend}
+_instances: dict[str, object] = {}
+_failures: dict[str, str] = {}
+
+
+def _load(name: str):
+    if name in _instances:
+        return _instances[name]
+    if name in _failures:
+        return None
+    try:
+        inst = _CLASSES[name]()
+    except Exception as exc:  # a missing optional dependency or extension
+        _failures[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    _instances[name] = inst
+    return inst
+
+
+def backends() -> dict[str, str]:
+    """Report every backend: ``"available"`` or the reason it is not."""
+    report = {}
+    for name in BACKENDS:
+        report[name] = "available" if _load(name) is not None else f"unavailable ({_failures[name]})"
+    return report
+
+
+def resolve(backend: str, *, N: int | None = None, M: int | None = None, L: int | None = None) -> str:
+    """Name of the backend to use for ``backend`` (one of BACKENDS or ``"auto"``).
+
+    ``"auto"`` rule: the Numba kernels when Numba imports, else the C core, else
+    NumPy.  (The C-core issue refines this by measured speed per problem size.)
+    """
+    if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
+        raise InputError(f"backend: unknown backend {backend!r}; choose one of 'auto', " + ", ".join(repr(b) for b in BACKENDS))
+    if backend == "auto":
+        for name in ("numba", "c", "numpy"):
+            if _load(name) is not None:
+                return name
+    if _load(backend) is None:
+        raise BackendUnavailable(f"backend {backend!r} is not available: {_failures[backend]}")
+    return backend
+
+
+def get(backend: str, **size):
+    """The backend object for ``backend`` (after :func:`resolve`)."""
+    return _instances[resolve(backend, **size)]

@@ -1,0 +1,27 @@
+"""Every numeric threshold and tuning constant of truncfast, in one place.
+
+Kernels and the API read these names; nothing else hard-codes a tolerance.
+"""
+
+from __future__ import annotations
+
+#: Points per reduction chunk.  Every parallel reduction (Numba and C) sums the
+#: points of one chunk sequentially, then adds the chunk partial sums in chunk
+#: order.  The chunk boundaries depend on N only, never on the number of threads,
+#: so results are bitwise identical for any thread count.
+CHUNK_SIZE: int = 4096
+
+#: Upper bound (bytes) on the scratch used for per-chunk partial sums at once.
+#: Chunks are processed in batches whose partials fit in this budget; the
+#: batching does not change the (fixed, chunk-ordered) summation.
+PARTIALS_BUDGET_BYTES: int = 8 * 2**20
+
+#: An input rotation R is accepted when max_ℓ max|R_ℓᵀR_ℓ − I| ≤ this.
+ORTHOGONALITY_TOL: float = 1e-8
+
+#: Integrators re-orthonormalise R (polar decomposition) once the defect
+#: max|RᵀR − I| exceeds this.
+REORTHONORMALIZE_TOL: float = 1e-12
+
+#: Largest width for which sector codes fit a uint64 bitmask.
+MAX_CODE_WIDTH: int = 64

@@ -1,0 +1,33 @@
+"""Exceptions raised at truncfast's API boundary (see CONTRACT.md)."""
+
+from __future__ import annotations
+
+__all__ = ["InputError", "SeparationError", "BackendUnavailable", "DivergenceError"]
+
+
+class InputError(ValueError):
+    """Bad input: the message names the argument and what is wrong with it."""
+
+
+class SeparationError(ValueError):
+    """The cluster-separation assumption of THEORY §6 does not hold.
+
+    Attributes
+    ----------
+    violations : list of (cluster, layer, count)
+        Every (cluster j, layer ℓ ≠ j) pair in which ``count`` points of cluster j
+        are truncated by τ_ℓ although the separated form needs τ_ℓ to act as the
+        identity on them.
+    """
+
+    def __init__(self, message: str, violations: list[tuple[int, int, int]]):
+        super().__init__(message)
+        self.violations = violations
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was requested by name but cannot run here (the message says why)."""
+
+
+class DivergenceError(FloatingPointError):
+    """An integration step produced a non-finite or exploding loss."""

@@ -1,0 +1,133 @@
+"""The NumPy reference backend: THEORY §§2–6 written as directly as possible.
+
+Vectorised over points in bounded chunks (never an N × L × M array): for each
+chunk the per-layer forward quantities v_ℓ, u_ℓ, h_ℓ, t_ℓ of §5 are kept, the
+error is formed, and the backward recursion accumulates ∇_b C and G_ℓ.  This
+module is the readable specification the fast kernels are tested against; it
+favours clarity over speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["truncate", "sector_codes", "general", "separated_moments", "separation_violations"]
+
+_ROWS = 1 << 14  # points per vectorised block (bounded scratch)
+
+
+def _forward(R, b, X):
+    """Forward pass of §5 for a block of points (rows of X).
+
+    Returns (z_L, [(v_ℓ, u_ℓ, h_ℓ, t_ℓ) for ℓ = 1..L]) with h_ℓ = H(u_ℓ), H(0) = 0.
+    """
+    z = X
+    layers = []
+    for Rl, bl in zip(R, b):
+        v = z @ Rl.T  # v_ℓ = R_ℓ z_{ℓ-1}
+        u = v + bl
+        h = (u > 0).astype(np.float64)
+        t = h * u - bl  # = R_ℓ z_ℓ
+        z = t @ Rl  # z_ℓ = R_ℓᵀ t_ℓ
+        layers.append((v, u, h, t))
+    return z, layers
+
+
+def truncate(R, b, X):
+    """τ^(L)(x) for every row of X (THEORY §2, §4)."""
+    out = np.empty_like(X)
+    for s in range(0, X.shape[0], _ROWS):
+        out[s : s + _ROWS] = _forward(R, b, X[s : s + _ROWS])[0]
+    return out
+
+
+def sector_codes(R, b, X):
+    """Bitmasks of h_ℓ along the composition: bit i of [n, ℓ] is H(u_ℓ,i) of point n."""
+    L, M, _ = R.shape
+    codes = np.zeros((X.shape[0], L), dtype=np.uint64)
+    weights = np.uint64(1) << np.arange(M, dtype=np.uint64)
+    for s in range(0, X.shape[0], _ROWS):
+        _, layers = _forward(R, b, X[s : s + _ROWS])
+        for l, (_, _, h, _) in enumerate(layers):
+            codes[s : s + _ROWS, l] = (h.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return codes
+
+
+def general(R, b, X, labels, targets=None, W_out=None, b_out=None, Y=None):
+    """Loss and gradient of the general flow (THEORY §5).
+
+    Euclidean loss when ``targets`` is given (e = z_L − ỹ_j); standard loss when
+    ``W_out, b_out, Y`` are given (e = W_outᵀ (W_out z_L + b_out − y_j)).
+
+    Returns ``(loss, grad_b, omega, grad_W_out, grad_b_out)`` (the last two None
+    for the Euclidean loss), all divided by N as in §3.
+    """
+    N = X.shape[0]
+    L, M, _ = R.shape
+    standard = targets is None
+    loss = 0.0
+    grad_b = np.zeros((L, M))
+    G = np.zeros((L, M, M))
+    if standard:
+        gW = np.zeros_like(W_out)
+        gbo = np.zeros_like(b_out)
+    for s in range(0, N, _ROWS):
+        zL, layers = _forward(R, b, X[s : s + _ROWS])
+        lab = labels[s : s + _ROWS]
+        if standard:
+            res = zL @ W_out.T + b_out - Y[lab]
+            loss += 0.5 * np.sum(res * res)
+            gW += res.T @ zL
+            gbo += res.sum(axis=0)
+            g = res @ W_out
+        else:
+            g = zL - targets[lab]
+            loss += 0.5 * np.sum(g * g)
+        for l in range(L - 1, -1, -1):
+            v, _, h, t = layers[l]
+            r = g @ R[l].T  # r_ℓ = R_ℓ g_ℓ
+            grad_b[l] -= ((1.0 - h) * r).sum(axis=0)
+            G[l] += (h * r).T @ v - r.T @ t
+            g = (h * r) @ R[l]  # g_{ℓ-1} = R_ℓᵀ (h ⊙ r)
+    omega = 0.5 * (G - np.swapaxes(G, 1, 2)) / N
+    if standard:
+        return loss / N, grad_b / N, omega, gW / N, gbo / N
+    return loss / N, grad_b / N, omega, None, None
+
+
+def separated_moments(R, b, X, labels, Q):
+    """Raw sums of the constrained moments of §6 for cluster j at layer j.
+
+    Returns ``(counts (Q,), S0 (Q, M), S1 (Q, M, M), S2 (Q, M, M))`` with
+    S0_i = Σ h_i, S1_ik = Σ h_i v_k, S2_ik = Σ h_i v_i v_k over the points of
+    cluster j, v = R_j x, h = H(v + b_j).
+    """
+    L, M, _ = R.shape
+    counts = np.bincount(labels, minlength=Q).astype(np.float64)
+    S0 = np.zeros((Q, M))
+    S1 = np.zeros((Q, M, M))
+    S2 = np.zeros((Q, M, M))
+    for j in range(Q):
+        for s in range(0, X.shape[0], _ROWS):
+            Xj = X[s : s + _ROWS][labels[s : s + _ROWS] == j]
+            v = Xj @ R[j].T
+            h = (v + b[j] > 0).astype(np.float64)
+            S0[j] += h.sum(axis=0)
+            S1[j] += h.T @ v
+            S2[j] += (h * v).T @ v
+    return counts, S0, S1, S2
+
+
+def separation_violations(R, b, X, labels, Q):
+    """(Q, L) counts: points of cluster j truncated (along the composition) at layer ℓ ≠ j."""
+    L, M, _ = R.shape
+    counts = np.zeros((Q, L), dtype=np.int64)
+    for s in range(0, X.shape[0], _ROWS):
+        _, layers = _forward(R, b, X[s : s + _ROWS])
+        lab = labels[s : s + _ROWS]
+        for l, (_, _, h, _) in enumerate(layers):
+            bad = h.min(axis=1) == 0.0
+            np.add.at(counts[:, l], lab[bad], 1)
+    for j in range(min(Q, L)):
+        counts[j, j] = 0
+    return counts

@@ -1,0 +1,47 @@
+"""Truncation maps and sector codes (THEORY §§2, 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _backends, _config
+from ._errors import InputError
+from ._validate import check_problem
+
+__all__ = ["truncate", "sector_codes"]
+
+
+def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
+    """Apply the composed truncation map τ^(L) to every row of X.
+
+    ``τ_ℓ(z) = z − R_ℓᵀ min(R_ℓ z + b_ℓ, 0)`` (THEORY §4) is the Euclidean
+    projection onto the cone ``{R_ℓ z + b_ℓ ≥ 0}``; ``τ^(L) = τ_L ∘ ⋯ ∘ τ_1``.
+
+    Parameters
+    ----------
+    R : (L, M, M) orthogonal, b : (L, M), X : (N, M)
+    backend : "auto", "numpy", "numba" or "c"
+
+    Returns
+    -------
+    (N, M) float64, a new array.
+    """
+    R, b, X = check_problem(R, b, X)
+    return _backends.get(backend).truncate(R, b, X)
+
+
+def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
+    """Sector code of every point at every layer, along the composition (THEORY §2).
+
+    Entry ``[n, ℓ]`` is a uint64 whose bit i is ``h_ℓ,i = H((R_ℓ z_{ℓ-1} + b_ℓ)_i)``
+    with ``z_{ℓ-1} = τ^(ℓ-1)(x_n)`` and ``H(0) = 0``: the activation pattern of
+    the point in hidden layer ℓ.  All bits set = untruncated, none = fully
+    truncated.  Needs M ≤ 64.
+    """
+    R, b, X = check_problem(R, b, X)
+    M = R.shape[1]
+    if M > _config.MAX_CODE_WIDTH:
+        raise InputError(f"R: sector codes are uint64 bitmasks and need M ≤ {_config.MAX_CODE_WIDTH}, got M = {M}")
+    return _backends.get(backend).codes(R, b, X)

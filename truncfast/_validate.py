@@ -1,0 +1,171 @@
+"""Input validation at the API boundary (CONTRACT.md, "Bad input").
+
+Every public function converts its arguments through these helpers before any
+kernel runs.  They never modify the caller's arrays: conversions that need a
+copy make one, and arrays that are already C-contiguous float64 (including
+read-only memmaps) are passed through without copying.  Kernels never validate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _config
+from ._errors import InputError
+
+__all__ = [
+    "as_float_array",
+    "as_labels",
+    "check_finite",
+    "check_rotations",
+    "check_state",
+    "check_problem",
+    "orthogonality_defect",
+]
+
+_CHUNK_ROWS = 1 << 16
+
+
+def _describe(a: Any) -> str:
+    return f"dtype {a.dtype}" if hasattr(a, "dtype") else type(a).__name__
+
+
+def as_float_array(name: str, a: Any, ndim: int, shape: tuple | None = None) -> np.ndarray:
+    """Return ``a`` as a C-contiguous float64 array of ``ndim`` dimensions.
+
+    ``shape`` may fix some axes (``None`` entries are free).  Integer, boolean
+    and any float dtype are accepted; complex, object and string dtypes are not.
+    """
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # pragma: no cover - exotic array-likes
+        raise InputError(f"{name}: cannot be read as an array ({exc})") from None
+    if arr.dtype.kind not in "fiub":
+        raise InputError(
+            f"{name}: expected a real numeric array, got {_describe(arr)}"
+            + (" (complex values are not supported)" if arr.dtype.kind == "c" else "")
+        )
+    if arr.ndim != ndim:
+        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")" if shape else f"{ndim}-D"
+        raise InputError(f"{name}: expected shape {want}, got shape {arr.shape} ({arr.ndim}-D)")
+    if shape is not None:
+        for axis, (want, got) in enumerate(zip(shape, arr.shape)):
+            if want is not None and want != got:
+                want_s = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+                raise InputError(
+                    f"{name}: expected shape {want_s}, got {arr.shape} (axis {axis} is {got}, expected {want})"
+                )
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def check_finite(name: str, arr: np.ndarray) -> None:
+    """Raise if ``arr`` holds NaN or ±inf, naming the first offending index.
+
+    The common (all finite) case costs one pairwise sum and no temporary: a sum
+    of finite numbers is finite unless it overflows, and any NaN or inf makes it
+    non-finite.  Only then are rows scanned in bounded chunks to locate the
+    culprit (an overflowing but finite array passes).
+    """
+    if arr.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(arr.reshape(-1))
+    if np.isfinite(total):
+        return
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    for start in range(0, flat.shape[0], _CHUNK_ROWS):
+        block = flat[start : start + _CHUNK_ROWS]
+        bad = ~np.isfinite(block)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            idx = np.unravel_index(int((start + r) * flat.shape[1] + c), arr.shape)
+            value = arr[idx]
+            where = ", ".join(str(int(i)) for i in idx)
+            count = int(bad.sum())
+            raise InputError(
+                f"{name}: contains {value!r} at index [{where}]"
+                + (f" (and {count - 1} more non-finite values in rows {start}..{start + block.shape[0] - 1})" if count > 1 else "")
+                + "; all values must be finite"
+            )
+
+
+def orthogonality_defect(R: np.ndarray) -> np.ndarray:
+    """Per-layer defect max_ik |(R_ℓᵀ R_ℓ − I)_ik| of an ``(L, M, M)`` stack."""
+    M = R.shape[-1]
+    gram = np.einsum("lji,ljk->lik", R, R)
+    gram -= np.eye(M)
+    return np.abs(gram).reshape(R.shape[0], -1).max(axis=1)
+
+
+def check_rotations(R: Any, *, name: str = "R", tol: float | None = None) -> np.ndarray:
+    """Validate an ``(L, M, M)`` stack of orthogonal matrices."""
+    R = as_float_array(name, R, 3)
+    L, M, M2 = R.shape
+    if M != M2:
+        raise InputError(f"{name}: each R_ℓ must be square, got shape {R.shape}")
+    if L < 1 or M < 1:
+        raise InputError(f"{name}: needs at least one layer and width ≥ 1, got shape {R.shape}")
+    check_finite(name, R)
+    tol = _config.ORTHOGONALITY_TOL if tol is None else tol
+    defect = orthogonality_defect(R)
+    worst = int(np.argmax(defect))
+    if defect[worst] > tol:
+        raise InputError(
+            f"{name}: layer {worst} is not orthogonal: max|RᵀR − I| = {defect[worst]:.3g} > tolerance {tol:.1g}"
+            " (truncfast.orthonormalize(R) returns the nearest orthogonal matrices)"
+        )
+    return R
+
+
+def check_state(R: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the flow state (R, b): R ``(L, M, M)`` orthogonal, b ``(L, M)``."""
+    R = check_rotations(R)
+    L, M, _ = R.shape
+    b = as_float_array("b", b, 2, (L, M))
+    check_finite("b", b)
+    return R, b
+
+
+def as_labels(labels: Any, N: int, Q: int, *, Q_name: str = "targets") -> np.ndarray:
+    """Validate integer labels of shape (N,) in 0..Q-1 and return them as int64."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"labels: expected an integer array, got {_describe(arr)}")
+    if arr.ndim != 1:
+        raise InputError(f"labels: expected shape ({N},), got shape {arr.shape}")
+    if arr.shape[0] != N:
+        raise InputError(f"labels: has {arr.shape[0]} entries but X has {N} rows")
+    if N:
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= Q:
+            bad = int(np.flatnonzero((arr < 0) | (arr >= Q))[0])
+            raise InputError(
+                f"labels: value {int(arr[bad])} at index {bad} is out of range 0..{Q - 1}"
+                f" (Q = {Q} from {Q_name})"
+            )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_problem(R: Any, b: Any, X: Any, labels: Any = None, targets: Any = None):
+    """Validate (R, b, X[, labels, targets]) and return float64/int64 versions.
+
+    Returns ``(R, b, X)`` or ``(R, b, X, labels, targets)``.
+    """
+    R, b = check_state(R, b)
+    M = R.shape[1]
+    X = as_float_array("X", X, 2, (None, M))
+    if X.shape[0] == 0:
+        raise InputError("X: has no rows (N = 0); at least one point is needed")
+    check_finite("X", X)
+    if labels is None and targets is None:
+        return R, b, X
+    if targets is None or labels is None:
+        raise InputError("labels and targets must be given together")
+    targets = as_float_array("targets", targets, 2, (None, M))
+    if targets.shape[0] == 0:
+        raise InputError("targets: has no rows (Q = 0)")
+    check_finite("targets", targets)
+    labels = as_labels(labels, X.shape[0], targets.shape[0])
+    return R, b, X, labels, targets
