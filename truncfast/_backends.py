@@ -87,10 +87,10 @@ class NumbaBackend:
         self._k = _kernels_numba
 
     def truncate(self, R, b, X):
-        return self._k.truncate_kernel(R, b, X, _config.CHUNK_SIZE)
+        return self._k.truncate_kernel(R, b, X, _config.CHUNK_SIZE, _config.BLOCK_SIZE)
 
     def codes(self, R, b, X):
-        return self._k.codes_kernel(R, b, X, _config.CHUNK_SIZE)
+        return self._k.codes_kernel(R, b, X, _config.CHUNK_SIZE, _config.BLOCK_SIZE)
 
     def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
         N = X.shape[0]
@@ -99,7 +99,8 @@ class NumbaBackend:
         chunk = _config.CHUNK_SIZE
         nchunks = (N + chunk - 1) // chunk
         batch = _batch(nchunks, 8 * (L * M * (M + 1) + P * (M + 1) + 1))
-        out = self._k.general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, batch)
+        out = self._k.general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk,
+                                     _config.BLOCK_SIZE, batch)
         return _normalise(N, *out, standard)
 
     def moments(self, R, b, X, labels, Q):
@@ -110,7 +111,7 @@ class NumbaBackend:
         return self._k.moments_kernel(R, b, X, labels, Q, chunk, batch)
 
     def violations(self, R, b, X, labels, Q):
-        return self._k.violations_kernel(R, b, X, labels, Q, _config.CHUNK_SIZE)
+        return self._k.violations_kernel(R, b, X, labels, Q, _config.CHUNK_SIZE, _config.BLOCK_SIZE)
 
 
 class CBackend:

@@ -11,6 +11,11 @@ from __future__ import annotations
 #: so results are bitwise identical for any thread count.
 CHUNK_SIZE: int = 4096
 
+#: Points per SIMD block inside a chunk (Numba kernels store a block transposed,
+#: (M, BLOCK_SIZE), so matrix–vector products become axpys over the points).
+#: Must divide CHUNK_SIZE.
+BLOCK_SIZE: int = 64
+
 #: Upper bound (bytes) on the scratch used for per-chunk partial sums at once.
 #: Chunks are processed in batches whose partials fit in this budget; the
 #: batching does not change the (fixed, chunk-ordered) summation.

@@ -1,25 +1,37 @@
 """Numba kernels (THEORY §§2, 5, 6).  Arrays and scalars in, arrays out.
 
 Kernels never validate (the API boundary does) and are compiled lazily on
-first use with ``cache=True``.  Parallel reductions follow one scheme
-(``_config.CHUNK_SIZE``): points are split into fixed-size chunks; each chunk is
-summed sequentially into its own partial buffer (``prange`` over the chunks of
-a batch); the partials are then added to the total in chunk order.  The
-chunking depends on N only, so the bits of every result are the same for any
-number of threads.
+first use with ``cache=True``.
 
-Per point, the forward and backward passes of §5 use O(L·M) scratch and exploit
-the structure of the flow:
+Determinism.  Parallel reductions follow one scheme (``_config.CHUNK_SIZE``):
+the points are split into fixed-size chunks; each chunk is summed sequentially
+into its own partial buffer (``prange`` over the chunks of a batch); the
+partials are then added to the total in chunk order.  The chunking depends on
+N only, so every result has the same bits for any number of threads.
 
-* a layer where the point is untruncated (h = 1…1) leaves z unchanged in the
-  forward pass, is skipped entirely in the backward pass (P_ℓ = I) and adds
-  nothing to ∇_b C or G_ℓ;
-* a layer where it is fully truncated (h = 0…0) sends z to the precomputed
-  point −R_ℓᵀ b_ℓ and ends the backward pass (g_{ℓ-1} = 0);
-* for a partially truncated layer the G_ℓ update
-  ``(h⊙r) vᵀ − r tᵀ = (h⊙r)((1−h)⊙u)ᵀ − ((1−h)⊙r) tᵀ``
-  touches only the rows of truncated directions and, in the other rows, only
-  the columns of truncated directions: O(M·k) work for k truncated directions.
+Layout.  Inside a chunk, points are processed in blocks of ``block`` points
+(``_config.BLOCK_SIZE``) stored transposed, ``(M, block)``, so that every
+matrix–vector product of §5 becomes an axpy over the points of the block:
+``V[i, :] += A[i, k] * T[k, :]``.  These loops vectorise (SIMD) *without*
+reassociating any sum: each entry is still summed over k in ascending order,
+exactly as a per-point dot product would be.  Scratch is O(L·M·block) per
+chunk; nothing of size N × M (or N × L × M) is ever formed.
+
+The forward pass of §5 is written in the "transfer" form: with
+``S_ℓ = R_{ℓ+1} R_ℓᵀ`` (precomputed, O(L M³)),
+
+    v_1 = R_1 x,   v_{ℓ+1} = R_{ℓ+1} z_ℓ = S_ℓ t_ℓ,   z_L = R_Lᵀ t_L,
+
+and the backward pass likewise ``r_{ℓ-1} = R_{ℓ-1} g_{ℓ-1} = S_{ℓ-1}ᵀ (h_ℓ ⊙ r_ℓ)``,
+so each layer costs one M×M product forward and one backward instead of two.
+A point untruncated at layer ℓ has h_ℓ ⊙ r_ℓ = r_ℓ exactly, so P_ℓ = I needs
+no special case; a fully truncated point has h_ℓ ⊙ r_ℓ = 0, which ends its
+backward pass.  The G_ℓ update of §5,
+
+    G_ℓ += (h⊙r) vᵀ − r tᵀ,  i.e. row i:  h_i = 1 →  r_i ((1−h)⊙u)ᵀ,   h_i = 0 →  −r_i tᵀ,
+
+is one axpy per (point, row), and zero work is done for layers at which no
+point of the block is truncated, or below the lowest truncating layer.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = [
+    "transfer_matrices",
     "truncate_kernel",
     "codes_kernel",
     "general_kernel",
@@ -35,209 +48,247 @@ __all__ = [
     "violations_kernel",
 ]
 
-_UNTRUNCATED = 1
-_PARTIAL = 0
-_FULL = 2
-
 
 @njit(cache=True, nogil=True)
-def _full_points(R, b):
-    """zfull[ℓ] = −R_ℓᵀ b_ℓ, where fully truncated points land (THEORY §2)."""
-    L, M = b.shape
-    zfull = np.zeros((L, M))
-    for l in range(L):
+def transfer_matrices(R):
+    """``S_ℓ = R_{ℓ+1} R_ℓᵀ`` for ℓ = 0..L-2, shape (max(L-1, 0), M, M)."""
+    L, M, _ = R.shape
+    S = np.zeros((max(L - 1, 0), M, M))
+    for l in range(L - 1):
         for i in range(M):
-            bi = -b[l, i]
-            for k in range(M):
-                zfull[l, k] += R[l, i, k] * bi
-    return zfull
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _forward_point(R, b, zfull, x, z, vs, us, ts, hs, tidx, ntr, state):
-    """Forward pass of one point; fills the per-layer scratch, leaves z = z_L."""
-    L, M = b.shape
-    for k in range(M):
-        z[k] = x[k]
-    for l in range(L):
-        n = 0
-        for i in range(M):
-            s = 0.0
-            for k in range(M):
-                s += R[l, i, k] * z[k]
-            vs[l, i] = s
-            u = s + b[l, i]
-            us[l, i] = u
-            if u > 0.0:
-                hs[l, i] = 1.0
-                ts[l, i] = u - b[l, i]  # t = h⊙u − b, as written in §5
-            else:
-                hs[l, i] = 0.0
-                ts[l, i] = -b[l, i]
-                tidx[l, n] = i
-                n += 1
-        ntr[l] = n
-        if n == 0:
-            state[l] = _UNTRUNCATED  # z_ℓ = z_{ℓ-1}
-        elif n == M:
-            state[l] = _FULL
-            for k in range(M):
-                z[k] = zfull[l, k]
-        else:
-            state[l] = _PARTIAL
-            for k in range(M):
-                z[k] = 0.0
-            for i in range(M):
-                ti = ts[l, i]
+            for j in range(M):
+                s = 0.0
                 for k in range(M):
-                    z[k] += R[l, i, k] * ti
+                    s += R[l + 1, i, k] * R[l, j, k]
+                S[l, i, j] = s
+    return S
 
 
 @njit(cache=True, nogil=True)
-def _truncate_chunk(R, b, zfull, X, out, start, stop, codes, want_codes):
+def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr):
+    """Forward pass of §5 for points p0..p0+nb-1 (transposed block layout).
+
+    Fills, per layer ℓ and point p: ``U[ℓ, :, p] = u_ℓ``, ``Hm[ℓ, :, p] = h_ℓ``
+    (1.0 / 0.0, H(0) = 0), ``Tt[ℓ, :, p] = t_ℓ = h⊙u − b``; ``ntr[ℓ]`` = number
+    of truncated (point, direction) pairs in the block; ``Z[:, p] = z_L``.
+    """
     L, M = b.shape
-    z = np.empty(M)
-    vs = np.empty((L, M))
-    us = np.empty((L, M))
-    ts = np.empty((L, M))
-    hs = np.empty((L, M))
-    tidx = np.empty((L, M), dtype=np.int64)
-    ntr = np.empty(L, dtype=np.int64)
-    state = np.empty(L, dtype=np.int64)
-    for n in range(start, stop):
-        _forward_point(R, b, zfull, X[n], z, vs, us, ts, hs, tidx, ntr, state)
-        if want_codes:
-            for l in range(L):
-                c = np.uint64(0)
-                for i in range(M):
-                    if hs[l, i] > 0.0:
-                        c |= np.uint64(1) << np.uint64(i)
-                codes[n, l] = c
-        else:
+    for p in range(nb):
+        for k in range(M):
+            Z[k, p] = X[p0 + p, k]
+    for l in range(L):
+        V = U[l]
+        A = R[0] if l == 0 else S[l - 1]
+        src = Z if l == 0 else Tt[l - 1]
+        for i in range(M):
+            for p in range(nb):
+                V[i, p] = 0.0
             for k in range(M):
-                out[n, k] = z[k]
+                a = A[i, k]
+                for p in range(nb):
+                    V[i, p] += a * src[k, p]
+        cnt = 0
+        for i in range(M):
+            bi = b[l, i]
+            for p in range(nb):
+                u = V[i, p] + bi
+                V[i, p] = u
+                pos = u > 0.0
+                Hm[l, i, p] = 1.0 if pos else 0.0
+                Tt[l, i, p] = (u - bi) if pos else -bi
+                cnt += 0 if pos else 1
+        ntr[l] = cnt
+    for k in range(M):
+        for p in range(nb):
+            Z[k, p] = 0.0
+    for i in range(M):
+        for k in range(M):
+            a = R[L - 1, i, k]
+            for p in range(nb):
+                Z[k, p] += a * Tt[L - 1, i, p]
+
+
+@njit(cache=True, nogil=True)
+def _truncate_chunk(R, S, b, X, start, stop, block, out, codes, want_codes):
+    L, M = b.shape
+    U = np.empty((L, M, block))
+    Hm = np.empty((L, M, block))
+    Tt = np.empty((L, M, block))
+    Z = np.empty((M, block))
+    ntr = np.empty(L, dtype=np.int64)
+    for p0 in range(start, stop, block):
+        nb = min(block, stop - p0)
+        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr)
+        if want_codes:
+            for p in range(nb):
+                for l in range(L):
+                    c = np.uint64(0)
+                    for i in range(M):
+                        if Hm[l, i, p] > 0.0:
+                            c |= np.uint64(1) << np.uint64(i)
+                    codes[p0 + p, l] = c
+        else:
+            for p in range(nb):
+                for k in range(M):
+                    out[p0 + p, k] = Z[k, p]
 
 
 @njit(cache=True, parallel=True)
-def truncate_kernel(R, b, X, chunk):
-    """τ^(L)(x) for every row of X."""
+def truncate_kernel(R, b, X, chunk, block):
+    """τ^(L)(x) for every row of X, (N, M)."""
     N, M = X.shape
     L = b.shape[0]
-    zfull = _full_points(R, b)
+    S = transfer_matrices(R)
     out = np.empty((N, M))
     codes = np.empty((0, L), dtype=np.uint64)
     nchunks = (N + chunk - 1) // chunk
     for c in prange(nchunks):
-        _truncate_chunk(R, b, zfull, X, out, c * chunk, min(N, (c + 1) * chunk), codes, False)
+        _truncate_chunk(R, S, b, X, c * chunk, min(N, (c + 1) * chunk), block, out, codes, False)
     return out
 
 
 @njit(cache=True, parallel=True)
-def codes_kernel(R, b, X, chunk):
+def codes_kernel(R, b, X, chunk, block):
     """Sector codes (N, L) uint64 along the composition (bit i = h_ℓ,i)."""
     N, M = X.shape
     L = b.shape[0]
-    zfull = _full_points(R, b)
+    S = transfer_matrices(R)
     out = np.empty((0, M))
     codes = np.empty((N, L), dtype=np.uint64)
     nchunks = (N + chunk - 1) // chunk
     for c in prange(nchunks):
-        _truncate_chunk(R, b, zfull, X, out, c * chunk, min(N, (c + 1) * chunk), codes, True)
+        _truncate_chunk(R, S, b, X, c * chunk, min(N, (c + 1) * chunk), block, out, codes, True)
     return codes
 
 
 @njit(cache=True, nogil=True)
-def _general_chunk(R, b, zfull, X, labels, T, W, bout, Y, standard, start, stop,
-                   gb, G, gW, gbo, want_grad):
+def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start, stop, block,
+                  gb, G, gW, gbo):
     """Sequential sum over points start..stop-1 of the §5 contributions.
 
-    Accumulates raw sums (no 1/N) into gb (L, M), G (L, M, M), gW (P, M),
-    gbo (P); returns the raw loss sum Σ ½|residual|².
+    Accumulates raw sums (no 1/N) into gb (L, M), G (L, M, M), gW (P, M) and
+    gbo (P,); returns the raw loss Σ ½|residual|².  Euclidean loss: residual
+    z_L − T[j]; standard loss: W z_L + bout − Y[j] and e = Wᵀ·residual.
     """
     L, M = b.shape
     P = W.shape[0]
-    z = np.empty(M)
-    vs = np.empty((L, M))
-    us = np.empty((L, M))
-    ts = np.empty((L, M))
-    hs = np.empty((L, M))
-    tidx = np.empty((L, M), dtype=np.int64)
+    U = np.empty((L, M, block))
+    Hm = np.empty((L, M, block))
+    Tt = np.empty((L, M, block))
+    Z = np.empty((M, block))
+    E = np.empty((M, block))
+    Ra = np.empty((M, block))
+    Rb = np.empty((M, block))
+    Dv = np.empty((M, block))
+    WT = np.empty((block, M))
+    TT = np.empty((block, M))
+    res = np.empty((P, block))
     ntr = np.empty(L, dtype=np.int64)
-    state = np.empty(L, dtype=np.int64)
-    g = np.empty(M)
-    r = np.empty(M)
-    res = np.empty(P)
     loss = 0.0
-    for n in range(start, stop):
-        _forward_point(R, b, zfull, X[n], z, vs, us, ts, hs, tidx, ntr, state)
-        j = labels[n]
-        # error vector e = g_L (§5)
+    for p0 in range(start, stop, block):
+        nb = min(block, stop - p0)
+        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr)
+        # residual, loss and error vector e = g_L (§5)
         if standard:
-            for p in range(P):
-                s = bout[p] - Y[j, p]
+            for q in range(P):
+                for p in range(nb):
+                    res[q, p] = bout[q] - Y[labels[p0 + p], q]
                 for k in range(M):
-                    s += W[p, k] * z[k]
-                res[p] = s
-                loss += 0.5 * s * s
+                    w = W[q, k]
+                    for p in range(nb):
+                        res[q, p] += w * Z[k, p]
+            for p in range(nb):
+                s = 0.0
+                for q in range(P):
+                    s += res[q, p] * res[q, p]
+                loss += 0.5 * s
             if not want_grad:
                 continue
+            for q in range(P):
+                for p in range(nb):
+                    rq = res[q, p]
+                    gbo[q] += rq
+                    for k in range(M):
+                        gW[q, k] += rq * Z[k, p]
             for k in range(M):
-                g[k] = 0.0
-            for p in range(P):
-                rp = res[p]
-                gbo[p] += rp
+                for p in range(nb):
+                    E[k, p] = 0.0
+            for q in range(P):
                 for k in range(M):
-                    gW[p, k] += rp * z[k]
-                    g[k] += W[p, k] * rp
+                    w = W[q, k]
+                    for p in range(nb):
+                        E[k, p] += w * res[q, p]
         else:
-            for k in range(M):
-                d = z[k] - T[j, k]
-                g[k] = d
-                loss += 0.5 * d * d
-            if not want_grad:
-                continue
-        # backward: g_ℓ = P_{ℓ+1} ⋯ P_L e
-        for l in range(L - 1, -1, -1):
-            st = state[l]
-            if st == _UNTRUNCATED:
-                continue  # P_ℓ = I and no contribution to layer ℓ
-            for i in range(M):
+            for p in range(nb):
+                j = labels[p0 + p]
                 s = 0.0
                 for k in range(M):
-                    s += R[l, i, k] * g[k]
-                r[i] = s
-            if st == _FULL:
-                # t = −b: G += r bᵀ, ∇_b −= r, and g_{ℓ-1} = 0 ends the pass
-                for i in range(M):
-                    ri = r[i]
-                    gb[l, i] -= ri
-                    for k in range(M):
-                        G[l, i, k] += ri * b[l, k]
+                    d = Z[k, p] - T[j, k]
+                    E[k, p] = d
+                    s += d * d
+                loss += 0.5 * s
+            if not want_grad:
+                continue
+        # lowest layer at which some point of the block is truncated: below it
+        # every contribution vanishes, so the backward pass can stop there
+        lowest = L
+        for l in range(L):
+            if ntr[l] > 0:
+                lowest = l
                 break
-            nt = ntr[l]
-            for i in range(M):
-                ri = r[i]
-                if hs[l, i] > 0.0:
-                    for q in range(nt):
-                        k = tidx[l, q]
-                        G[l, i, k] += ri * us[l, k]
-                else:
-                    gb[l, i] -= ri
-                    for k in range(M):
-                        G[l, i, k] -= ri * ts[l, k]
-            # g_{ℓ-1} = R_ℓᵀ (h ⊙ r)
+        if lowest == L:
+            continue
+        # r_L = R_L e
+        for i in range(M):
+            for p in range(nb):
+                Ra[i, p] = 0.0
             for k in range(M):
-                g[k] = 0.0
-            for i in range(M):
-                if hs[l, i] > 0.0:
-                    ri = r[i]
-                    for k in range(M):
-                        g[k] += R[l, i, k] * ri
+                a = R[L - 1, i, k]
+                for p in range(nb):
+                    Ra[i, p] += a * E[k, p]
+        for l in range(L - 1, lowest - 1, -1):
+            if ntr[l] > 0:
+                # ∇_b C −= (1 − h) ⊙ r ;  Ra becomes h ⊙ r (= r where untruncated)
+                # h and 1 − h are exactly 0 or 1, so these products are exact selections
+                for i in range(M):
+                    for p in range(nb):
+                        ri = Ra[i, p]
+                        h = Hm[l, i, p]
+                        Dv[i, p] = (1.0 - h) * ri
+                        Ra[i, p] = h * ri
+                    s = 0.0
+                    for p in range(nb):
+                        s += Dv[i, p]
+                    gb[l, i] -= s
+                for k in range(M):
+                    for p in range(nb):
+                        WT[p, k] = (1.0 - Hm[l, k, p]) * U[l, k, p]
+                        TT[p, k] = Tt[l, k, p]
+                # G_ℓ row i: h_i = 1 → += r_i ((1−h)⊙u)ᵀ ; h_i = 0 → −= r_i tᵀ.
+                # One of a, d is zero, and x·w − 0·t = x·w exactly: branch-free, same bits.
+                for i in range(M):
+                    for p in range(nb):
+                        a = Ra[i, p]
+                        d = Dv[i, p]
+                        for k in range(M):
+                            G[l, i, k] += a * WT[p, k] - d * TT[p, k]
+            if l > lowest:
+                # r_{ℓ-1} = S_{ℓ-1}ᵀ (h_ℓ ⊙ r_ℓ)
+                Sl = S[l - 1]
+                for j in range(M):
+                    for p in range(nb):
+                        Rb[j, p] = 0.0
+                for i in range(M):
+                    for j in range(M):
+                        a = Sl[i, j]
+                        for p in range(nb):
+                            Rb[j, p] += a * Ra[i, p]
+                Ra, Rb = Rb, Ra
     return loss
 
 
 @njit(cache=True, parallel=True)
-def general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, batch):
+def general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, batch):
     """Loss and gradient sums of THEORY §5 over all points, chunk-deterministic.
 
     Returns raw sums ``(loss, gb (L, M), G (L, M, M), gW (P, M), gbo (P,))``;
@@ -246,7 +297,7 @@ def general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, b
     N, M = X.shape
     L = b.shape[0]
     P = W.shape[0]
-    zfull = _full_points(R, b)
+    S = transfer_matrices(R)
     nchunks = (N + chunk - 1) // chunk
     gb = np.zeros((L, M))
     G = np.zeros((L, M, M))
@@ -266,9 +317,9 @@ def general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, b
             pgW[s] = 0.0
             pgbo[s] = 0.0
             c = c0 + s
-            ploss[s] = _general_chunk(R, b, zfull, X, labels, T, W, bout, Y, standard,
-                                      c * chunk, min(N, (c + 1) * chunk),
-                                      pgb[s], pG[s], pgW[s], pgbo[s], want_grad)
+            ploss[s] = general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
+                                     c * chunk, min(N, (c + 1) * chunk), block,
+                                     pgb[s], pG[s], pgW[s], pgbo[s])
         for s in range(nb):  # fixed chunk order: thread-count independent bits
             loss += ploss[s]
             gb += pgb[s]
@@ -325,32 +376,35 @@ def moments_kernel(R, b, X, labels, Q, chunk, batch):
 
 
 @njit(cache=True, nogil=True)
-def _violations_chunk(R, b, zfull, X, labels, start, stop, counts):
+def _violations_chunk(R, S, b, X, labels, start, stop, block, counts):
     L, M = b.shape
-    z = np.empty(M)
-    vs = np.empty((L, M))
-    us = np.empty((L, M))
-    ts = np.empty((L, M))
-    hs = np.empty((L, M))
-    tidx = np.empty((L, M), dtype=np.int64)
+    U = np.empty((L, M, block))
+    Hm = np.empty((L, M, block))
+    Tt = np.empty((L, M, block))
+    Z = np.empty((M, block))
     ntr = np.empty(L, dtype=np.int64)
-    state = np.empty(L, dtype=np.int64)
-    for n in range(start, stop):
-        _forward_point(R, b, zfull, X[n], z, vs, us, ts, hs, tidx, ntr, state)
-        j = labels[n]
-        for l in range(L):
-            if l != j and ntr[l] > 0:
-                counts[j, l] += 1
+    for p0 in range(start, stop, block):
+        nb = min(block, stop - p0)
+        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr)
+        for p in range(nb):
+            j = labels[p0 + p]
+            for l in range(L):
+                if l == j:
+                    continue
+                for i in range(M):
+                    if Hm[l, i, p] == 0.0:
+                        counts[j, l] += 1
+                        break
 
 
 @njit(cache=True, parallel=True)
-def violations_kernel(R, b, X, labels, Q, chunk):
+def violations_kernel(R, b, X, labels, Q, chunk, block):
     """(Q, L) counts of points of cluster j truncated at a layer ℓ ≠ j (§6 check)."""
     N, M = X.shape
     L = b.shape[0]
-    zfull = _full_points(R, b)
+    S = transfer_matrices(R)
     nchunks = (N + chunk - 1) // chunk
     part = np.zeros((nchunks, Q, L), dtype=np.int64)
     for c in prange(nchunks):
-        _violations_chunk(R, b, zfull, X, labels, c * chunk, min(N, (c + 1) * chunk), part[c])
+        _violations_chunk(R, S, b, X, labels, c * chunk, min(N, (c + 1) * chunk), block, part[c])
     return part.sum(axis=0)
