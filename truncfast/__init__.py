@@ -13,6 +13,9 @@ from ._errors import BackendUnavailable as BackendUnavailable
 from ._errors import DivergenceError as DivergenceError
 from ._errors import InputError as InputError
 from ._errors import SeparationError as SeparationError
+from ._exact import BiasComponentSolution as BiasComponentSolution
+from ._exact import exact_bias_events as exact_bias_events
+from ._exact import exact_bias_flow as exact_bias_flow
 from ._gradient import cluster_moments as cluster_moments
 from ._gradient import gradient as gradient
 from ._gradient import loss as loss
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "BiasComponentSolution",
     "DivergenceError",
     "InputError",
     "SeparationError",
@@ -38,6 +42,8 @@ __all__ = [
     "backends",
     "cluster_moments",
     "cumulative_to_layers",
+    "exact_bias_events",
+    "exact_bias_flow",
     "gradient",
     "layers_to_cumulative",
     "loss",
