@@ -26,6 +26,14 @@ from ._model import cumulative_to_layers as cumulative_to_layers
 from ._model import layers_to_cumulative as layers_to_cumulative
 from ._model import orthonormalize as orthonormalize
 from ._model import pullback_targets as pullback_targets
+from ._output_layer import OutputFlow as OutputFlow
+from ._output_layer import collapsed_output_flow as collapsed_output_flow
+from ._output_layer import collapsed_output_loss as collapsed_output_loss
+from ._output_layer import collapsed_output_rhs as collapsed_output_rhs
+from ._output_layer import conserved_gram as conserved_gram
+from ._output_layer import positive_sector_output_flow as positive_sector_output_flow
+from ._output_layer import positive_sector_output_solution as positive_sector_output_solution
+from ._output_layer import spectral_gap_bound as spectral_gap_bound
 from ._truncation import sector_codes as sector_codes
 from ._truncation import truncate as truncate
 from ._validate import orthogonality_defect as orthogonality_defect
@@ -37,10 +45,15 @@ __all__ = [
     "BiasComponentSolution",
     "DivergenceError",
     "InputError",
+    "OutputFlow",
     "SeparationError",
     "aligned_from_cumulative",
     "backends",
     "cluster_moments",
+    "collapsed_output_flow",
+    "collapsed_output_loss",
+    "collapsed_output_rhs",
+    "conserved_gram",
     "cumulative_to_layers",
     "exact_bias_events",
     "exact_bias_flow",
@@ -49,8 +62,11 @@ __all__ = [
     "loss",
     "orthogonality_defect",
     "orthonormalize",
+    "positive_sector_output_flow",
+    "positive_sector_output_solution",
     "pullback_targets",
     "sector_codes",
+    "spectral_gap_bound",
     "standard_gradient",
     "standard_loss",
     "truncate",
