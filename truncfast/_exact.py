@@ -90,9 +90,10 @@ class BiasComponentSolution:
         s = np.asarray(s, dtype=np.float64)
         k = np.searchsorted(self.event_times, s, side="right") - 1
         k = np.clip(k, 0, len(self.event_times) - 1)
-        # exp(−0·∞) must not appear: rates are finite, times finite (validated).
-        decay = np.exp(-self.rates[k] * (s - self.event_times[k]))
-        return self.beta_star + (self.thresholds[k] - self.beta_star) * decay
+        theta = self.thresholds[k]
+        # β = θ_k + (β* − θ_k)(1 − e^{−r Δs}), written with expm1 so that β is
+        # exactly θ_k at the event itself (and at s = 0) and accurate just after it.
+        return theta - (self.beta_star - theta) * np.expm1(-self.rates[k] * (s - self.event_times[k]))
 
     def truncated(self, s: Any) -> np.ndarray:
         """n(β(s)): the number of points truncated at time ``s`` (H(0) = 0)."""

@@ -1,0 +1,189 @@
+"""The exact bias flow at fixed R (THEORY §7, paper [4.38–4.50]) as an oracle.
+
+* ``tf.exact_bias_flow`` against an independent brute-force fine-step Euler
+  integration of ∂_s β = −(n(β)/N)(β − β*) (both directions, ties, boundaries).
+* Its event structure: rates n/N, truncation times [4.49], stop at the release
+  of the last truncated point (H(0) = 0).
+* Fixed-step integrators of the engine with frozen weights converge to it:
+  Lie–Euler at first order (log–log slope over dt = 2⁻ᵏ, as diffrax's
+  test_ode_order), exponential Euler exactly while no point changes sector.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+import truncfast as tf
+from truncfast._exact import solve_bias_component
+
+
+# ------------------------------------------------------------ brute force ---
+
+@numba.njit(cache=False)
+def _brute_euler(z, beta0, beta_star, N, times, dt):
+    """Explicit Euler with a tiny step on ∂_s β = −(n(β)/N)(β − β*),
+    n(β) = #{k : z_k + β ≤ 0}; written from the equation, no event logic."""
+    out = np.empty(times.shape[0])
+    beta = beta0
+    s = 0.0
+    for q in range(times.shape[0]):  # times sorted increasingly
+        while s + 0.5 * dt < times[q]:
+            n = 0
+            for k in range(z.shape[0]):
+                if z[k] + beta <= 0.0:
+                    n += 1
+            beta -= dt * (n / N) * (beta - beta_star)
+            s += dt
+        out[q] = beta
+    return out
+
+
+def _brute(z, beta0, beta_star, N, times, dt=2e-6):
+    return _brute_euler(np.asarray(z, float), float(beta0), float(beta_star), float(N),
+                        np.asarray(times, float), dt)
+
+
+def _cluster_problem(rng, n=(12, 9), M=3, tie_digits=1):
+    """L = Q clusters with rounded data (many ties) and frames ±I (exact: ties stay ties in R x)."""
+    X = np.round(rng.standard_normal((sum(n), M)), tie_digits)
+    labels = np.repeat(np.arange(len(n)), n)
+    R = np.stack([np.eye(M)] + [-np.eye(M)] * (len(n) - 1))
+    return X, labels, R
+
+
+# ------------------------------------------------------------ the oracle ----
+
+CASES = [
+    # (beta0, beta_star) with z = the rounded sample below
+    (1.0, -2.5),    # decreasing, truncates everything, then rate N_j/N
+    (0.3, -0.6),    # decreasing, stops truncating: β* inside the data
+    (-1.5, 2.5),    # increasing, releases everything: flow stops at −min z
+    (-0.4, 0.45),   # increasing, releases some, converges to β*
+    (-3.0, -1.0),   # increasing from fully truncated
+    (0.7, 0.7),     # β = β*: fixed point
+    (9.0, -1.0),    # no point truncated: fixed point
+]
+
+
+@pytest.mark.parametrize("beta0, beta_star", CASES)
+def test_component_against_brute_force(beta0, beta_star):
+    rng = np.random.default_rng(11)
+    z = np.round(rng.standard_normal(25), 1)  # many ties
+    z[:3] = -beta0  # three points exactly on the boundary at s = 0 (truncated: H(0) = 0)
+    N = 40  # total number of points (other clusters only set the time scale)
+    times = np.array([0.0, 0.05, 0.3, 0.9, 1.7, 3.0, 6.0])
+    sol = solve_bias_component(z, beta0, beta_star, N)
+    exact = sol(times)
+    brute = _brute(z, beta0, beta_star, N, times)
+    np.testing.assert_allclose(exact, brute, atol=2e-5)
+    assert exact[0] == beta0
+    # monotone towards β*, never crossing it
+    d = np.diff(exact) * np.sign(beta_star - beta0)
+    assert np.all(d >= -1e-15)
+    assert np.all((exact - beta_star) * (beta0 - beta_star) >= 0)
+
+
+def test_events_follow_the_papers_recursion():
+    """s_{n+1} = s_n + (N/n) ln((β(s_n) − β*)/(−z_{n+1} − β*)) [4.49]; n jumps by the multiplicity of ties."""
+    z = np.array([0.5, -0.2, 0.1, 0.1, 0.3, 2.0])
+    beta0, beta_star, N = 0.15, -1.0, 10  # truncated at start: z ≤ −0.15 → {−0.2}
+    sol = solve_bias_component(z, beta0, beta_star, N)
+    # −z reachable above β* = −1: z = 0.1 (×2), 0.3, 0.5; z = 2.0 is never truncated
+    np.testing.assert_array_equal(sol.thresholds, [0.15, -0.1, -0.3, -0.5])
+    np.testing.assert_array_equal(sol.counts, [1, 3, 4, 5])
+    s1 = (N / 1) * np.log((0.15 + 1) / (-0.1 + 1))
+    s2 = s1 + (N / 3) * np.log((-0.1 + 1) / (-0.3 + 1))
+    s3 = s2 + (N / 4) * np.log((-0.3 + 1) / (-0.5 + 1))
+    np.testing.assert_allclose(sol.event_times, [0.0, s1, s2, s3], rtol=1e-14)
+    np.testing.assert_allclose(sol(sol.event_times), sol.thresholds, rtol=0, atol=1e-15)
+    # after the last event: rate 5/N towards β*
+    s = s3 + 7.0
+    assert sol(s) == pytest.approx(beta_star + (-0.5 - beta_star) * np.exp(-0.5 * 7.0), rel=1e-14)
+    assert sol.stop_time == np.inf
+    # the count reported is the count of the state (H(0) = 0 at the event itself)
+    for k, s in enumerate(sol.event_times):
+        beta = sol(s)
+        assert np.count_nonzero(z + beta <= 0) == sol.truncated(s) == sol.counts[k]
+
+
+def test_increasing_flow_stops_at_release_of_last_point():
+    """β < β*: truncated points are released at β = −z; after the last release the
+    right-hand side vanishes for every β above −min z, so β stops there for good."""
+    z = np.array([-1.0, -0.5, -0.5, -1.0, -1.0, 3.0])
+    N = 10
+    sol = solve_bias_component(z, 0.0, 5.0, N)
+    np.testing.assert_array_equal(sol.counts, [5, 3, 0])
+    np.testing.assert_array_equal(sol.thresholds, [0.0, 0.5, 1.0])
+    s1 = (N / 5) * np.log(5.0 / 4.5)
+    s2 = s1 + (N / 3) * np.log(4.5 / 4.0)
+    assert sol.stop_time == pytest.approx(s2, rel=1e-14)
+    assert np.all(sol([s2, s2 + 1, 1e6]) == 1.0)
+    brute = _brute(z, 0.0, 5.0, N, [s2 + 1.0], dt=1e-5)
+    assert abs(brute[0] - 1.0) < 1e-5  # Euler overshoots by O(dt), then stops
+
+
+def test_public_api_per_layer_and_component():
+    """tf.exact_bias_flow: layer j ↔ cluster j, z = R_j x, β* = −R_j ỹ_j, N = all points,
+    any order of times, duplicates allowed."""
+    rng = np.random.default_rng(12)
+    X, labels, R = _cluster_problem(rng)
+    L, M = R.shape[0], R.shape[1]
+    targets = rng.standard_normal((L, M)) * 2
+    b = rng.standard_normal((L, M))
+    times = np.array([2.0, 0.0, 0.7, 2.0, 5.0, 0.1])
+    out = tf.exact_bias_flow(R, b, X, labels, targets, times)
+    assert out.shape == (len(times), L, M) and out.dtype == np.float64
+    np.testing.assert_array_equal(out[1], b)
+    np.testing.assert_array_equal(out[0], out[3])
+    order = np.argsort(times, kind="stable")
+    for j in range(L):
+        z = X[labels == j] @ R[j].T
+        ystar = -(R[j] @ targets[j])
+        for i in range(M):
+            ref = _brute(z[:, i], b[j, i], ystar[i], len(X), times[order])
+            np.testing.assert_allclose(out[order, j, i], ref, atol=2e-5)
+
+
+def test_rate_is_the_derivative_of_the_separated_gradient():
+    """Right after s = 0 (no event yet), ∂_s b equals −grad_b of the separated form [3.39]."""
+    rng = np.random.default_rng(13)
+    n = (30, 20)
+    X = np.vstack([0.3 * rng.standard_normal((n[0], 2)), [10, 10] + 0.3 * rng.standard_normal((n[1], 2))])
+    labels = np.repeat([0, 1], n)
+    R = np.stack([np.eye(2), -np.eye(2)])
+    b = np.array([[0.05, -0.02], [10.03, 9.96]])
+    targets = np.array([[2.0, 2.0], [8.0, 8.0]])
+    grad_b, _ = tf.gradient(R, b, X, labels, targets, form="separated")
+    events = tf.exact_bias_events(R, b, X, labels, targets)
+    h = 0.5 * min(e.event_times[1] for row in events for e in row if len(e.event_times) > 1)
+    out = tf.exact_bias_flow(R, b, X, labels, targets, [0.0, h])
+    rate = np.array([[e.rates[0] for e in row] for row in events])
+    # the rate of the first segment is n/N, n the truncated count: −grad_b = −(n/N)(b + ỹ')
+    np.testing.assert_allclose(rate * (b + np.einsum("jik,jk->ji", R, targets)), grad_b, rtol=1e-12, atol=1e-15)
+    # before the first event the solution is the exponential b(h) − b(0) = −grad_b (1 − e^{−rh})/r
+    safe = np.where(rate > 0, rate, 1.0)
+    chord = np.where(rate > 0, -np.expm1(-rate * h) / safe, h)
+    np.testing.assert_allclose(out[1] - out[0], -grad_b * chord, rtol=1e-12, atol=1e-15)
+    assert (rate > 0).any()
+
+
+def test_input_validation():
+    rng = np.random.default_rng(14)
+    X, labels, R = _cluster_problem(rng)
+    targets = np.zeros((2, 3))
+    b = np.zeros((2, 3))
+    with pytest.raises(tf.InputError, match="times"):
+        tf.exact_bias_flow(R, b, X, labels, targets, [0.0, -1.0])
+    with pytest.raises(tf.InputError, match="times"):
+        tf.exact_bias_flow(R, b, X, labels, targets, [0.0, np.nan])
+    with pytest.raises(tf.InputError, match="times"):
+        tf.exact_bias_flow(R, b, X, labels, targets, [[0.0]])
+    with pytest.raises(tf.SeparationError, match="L == Q"):
+        tf.exact_bias_flow(R, b, X, labels % 1, targets[:1], [0.0])
+    with pytest.raises(tf.InputError, match="L == Q"):
+        tf.exact_bias_flow(R[:1], b[:1], X, labels, targets, [0.0])
+    with pytest.raises(tf.InputError, match="no points"):
+        tf.exact_bias_flow(R, b, X, np.zeros_like(labels), targets, [0.0])
+    assert tf.exact_bias_flow(R, b, X, labels, targets, np.zeros(0)).shape == (0, 2, 3)
