@@ -36,6 +36,8 @@ from ._output_layer import positive_sector_output_solution as positive_sector_ou
 from ._output_layer import spectral_gap_bound as spectral_gap_bound
 from ._truncation import sector_codes as sector_codes
 from ._truncation import truncate as truncate
+from ._parallel import get_num_threads as get_num_threads
+from ._parallel import set_num_threads as set_num_threads
 from ._validate import orthogonality_defect as orthogonality_defect
 
 __version__ = "0.1.0"
@@ -55,6 +57,7 @@ __all__ = [
     "collapsed_output_rhs",
     "conserved_gram",
     "cumulative_to_layers",
+    "get_num_threads",
     "exact_bias_events",
     "exact_bias_flow",
     "gradient",
@@ -66,6 +69,7 @@ __all__ = [
     "positive_sector_output_solution",
     "pullback_targets",
     "sector_codes",
+    "set_num_threads",
     "spectral_gap_bound",
     "standard_gradient",
     "standard_loss",

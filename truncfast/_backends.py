@@ -37,19 +37,16 @@ def _normalise(N, loss, gb, G, gW, gbo, standard):
 
 
 def _batch(nchunks: int, bytes_per_chunk: int) -> int:
-    """Chunks per parallel batch: enough to feed every thread, bounded in memory.
+    """Chunks per batch of partial slots: enough to feed every thread, bounded in memory.
 
-    The batch size never changes the result (partials are added in chunk order).
+    The batch size never changes the result (slots are added in chunk order).
     """
-    try:
-        import numba
+    from ._parallel import get_num_threads
 
-        threads = numba.get_num_threads()
-    except Exception:  # pragma: no cover
-        threads = os.cpu_count() or 1
+    threads = get_num_threads()
     cap = _config.PARTIALS_BUDGET_BYTES // max(1, bytes_per_chunk)
     # at least one chunk per thread even if that exceeds the budget a little
-    return int(max(1, min(nchunks, 4 * threads, max(cap, threads))))
+    return int(max(1, min(nchunks, max(cap, threads))))
 
 
 class NumpyBackend:
@@ -79,39 +76,87 @@ class NumpyBackend:
 
 
 class NumbaBackend:
+    """Sequential GIL-free Numba kernels run over chunk ranges by ``_parallel``."""
+
     name = "numba"
 
     def __init__(self):
-        from . import _kernels_numba
+        from . import _kernels_numba, _parallel
 
         self._k = _kernels_numba
+        self._par = _parallel
+
+    def _forward_map(self, R, b, X, want_codes):
+        N, M = X.shape
+        L = b.shape[0]
+        k = self._k
+        S = k.transfer_matrices(R)
+        chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+        out = np.empty((0 if want_codes else N, M))
+        codes = np.empty((N if want_codes else 0, L), dtype=np.uint64)
+        nchunks = (N + chunk - 1) // chunk
+        self._par.run_ranges(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, out, codes, want_codes),
+                             0, nchunks)
+        return codes if want_codes else out
 
     def truncate(self, R, b, X):
-        return self._k.truncate_kernel(R, b, X, _config.CHUNK_SIZE, _config.BLOCK_SIZE)
+        return self._forward_map(R, b, X, False)
 
     def codes(self, R, b, X):
-        return self._k.codes_kernel(R, b, X, _config.CHUNK_SIZE, _config.BLOCK_SIZE)
+        return self._forward_map(R, b, X, True)
 
     def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
         N = X.shape[0]
         L, M = b.shape
         P = W.shape[0]
-        chunk = _config.CHUNK_SIZE
+        k = self._k
+        S = k.transfer_matrices(R)
+        chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
         nchunks = (N + chunk - 1) // chunk
         batch = _batch(nchunks, 8 * (L * M * (M + 1) + P * (M + 1) + 1))
-        out = self._k.general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk,
-                                     _config.BLOCK_SIZE, batch)
-        return _normalise(N, *out, standard)
+        gb, G, gW, gbo, loss = np.zeros((L, M)), np.zeros((L, M, M)), np.zeros((P, M)), np.zeros(P), np.zeros(1)
+        pgb, pG = np.empty((batch, L, M)), np.empty((batch, L, M, M))
+        pgW, pgbo, ploss = np.empty((batch, P, M)), np.empty((batch, P)), np.empty((batch, 1))
+        for c0 in range(0, nchunks, batch):
+            nb = min(batch, nchunks - c0)
+            self._par.run_ranges(
+                lambda a, c, _: k.general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
+                                             a, c, chunk, block, c0, pgb, pG, pgW, pgbo, ploss[:, 0]),
+                c0, c0 + nb)
+            for total, part in ((loss, ploss), (gb, pgb), (G, pG), (gW, pgW), (gbo, pgbo)):
+                k.add_slots(total, part, nb)
+        return _normalise(N, loss[0], gb, G, gW, gbo, standard)
 
     def moments(self, R, b, X, labels, Q):
         N, M = X.shape
+        k = self._k
         chunk = _config.CHUNK_SIZE
         nchunks = (N + chunk - 1) // chunk
         batch = _batch(nchunks, 8 * Q * M * (2 * M + 1))
-        return self._k.moments_kernel(R, b, X, labels, Q, chunk, batch)
+        S0, S1, S2 = np.zeros((Q, M)), np.zeros((Q, M, M)), np.zeros((Q, M, M))
+        p0, p1, p2 = np.empty((batch, Q, M)), np.empty((batch, Q, M, M)), np.empty((batch, Q, M, M))
+        for c0 in range(0, nchunks, batch):
+            nb = min(batch, nchunks - c0)
+            self._par.run_ranges(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, c0, p0, p1, p2),
+                                 c0, c0 + nb)
+            for total, part in ((S0, p0), (S1, p1), (S2, p2)):
+                k.add_slots(total, part, nb)
+        return S0, S1, S2
 
     def violations(self, R, b, X, labels, Q):
-        return self._k.violations_kernel(R, b, X, labels, Q, _config.CHUNK_SIZE, _config.BLOCK_SIZE)
+        N = X.shape[0]
+        L = b.shape[0]
+        k = self._k
+        S = k.transfer_matrices(R)
+        chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+        nchunks = (N + chunk - 1) // chunk
+        from ._parallel import get_num_threads
+
+        # integer counts: any summation order gives the same result
+        parts = np.zeros((max(1, min(get_num_threads(), nchunks)), Q, L), dtype=np.int64)
+        self._par.run_ranges(
+            lambda a, c, i: k.violations_range(R, S, b, X, labels, a, c, chunk, block, parts[i]), 0, nchunks)
+        return parts.sum(axis=0)
 
 
 class CBackend:

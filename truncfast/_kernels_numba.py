@@ -3,11 +3,14 @@
 Kernels never validate (the API boundary does) and are compiled lazily on
 first use with ``cache=True``.
 
-Determinism.  Parallel reductions follow one scheme (``_config.CHUNK_SIZE``):
-the points are split into fixed-size chunks; each chunk is summed sequentially
-into its own partial buffer (``prange`` over the chunks of a batch); the
-partials are then added to the total in chunk order.  The chunking depends on
-N only, so every result has the same bits for any number of threads.
+Determinism and threads.  The kernels here are sequential and release the GIL
+(``nogil=True``); ``_parallel`` runs them on a thread pool over ranges of
+fixed-size chunks (``_config.CHUNK_SIZE``).  Each chunk is summed sequentially
+into its own partial slot and the slots are added in chunk order, so every
+result has the same bits for any number of threads.  (Plain Python threads
+instead of ``parallel=True``/``prange``: the parfor version took ~15 s to
+compile cold and caching parallel kernels is fragile; these compile in a few
+seconds and cache reliably.)
 
 Layout.  Inside a chunk, points are processed in blocks of ``block`` points
 (``_config.BLOCK_SIZE``) stored transposed, ``(M, block)``, so that every
@@ -37,15 +40,16 @@ point of the block is truncated, or below the lowest truncating layer.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 __all__ = [
     "transfer_matrices",
-    "truncate_kernel",
-    "codes_kernel",
-    "general_kernel",
-    "moments_kernel",
-    "violations_kernel",
+    "truncate_range",
+    "general_chunk",
+    "general_range",
+    "moments_range",
+    "violations_range",
+    "add_slots",
 ]
 
 
@@ -133,32 +137,12 @@ def _truncate_chunk(R, S, b, X, start, stop, block, out, codes, want_codes):
                     out[p0 + p, k] = Z[k, p]
 
 
-@njit(cache=True, parallel=True)
-def truncate_kernel(R, b, X, chunk, block):
-    """τ^(L)(x) for every row of X, (N, M)."""
-    N, M = X.shape
-    L = b.shape[0]
-    S = transfer_matrices(R)
-    out = np.empty((N, M))
-    codes = np.empty((0, L), dtype=np.uint64)
-    nchunks = (N + chunk - 1) // chunk
-    for c in prange(nchunks):
-        _truncate_chunk(R, S, b, X, c * chunk, min(N, (c + 1) * chunk), block, out, codes, False)
-    return out
-
-
-@njit(cache=True, parallel=True)
-def codes_kernel(R, b, X, chunk, block):
-    """Sector codes (N, L) uint64 along the composition (bit i = h_ℓ,i)."""
-    N, M = X.shape
-    L = b.shape[0]
-    S = transfer_matrices(R)
-    out = np.empty((0, M))
-    codes = np.empty((N, L), dtype=np.uint64)
-    nchunks = (N + chunk - 1) // chunk
-    for c in prange(nchunks):
-        _truncate_chunk(R, S, b, X, c * chunk, min(N, (c + 1) * chunk), block, out, codes, True)
-    return codes
+@njit(cache=True, nogil=True)
+def truncate_range(R, S, b, X, c_first, c_last, chunk, block, out, codes, want_codes):
+    """Forward pass of chunks c_first..c_last-1: τ^(L) rows into ``out`` or codes into ``codes``."""
+    N = X.shape[0]
+    for c in range(c_first, c_last):
+        _truncate_chunk(R, S, b, X, c * chunk, min(N, (c + 1) * chunk), block, out, codes, want_codes)
 
 
 @njit(cache=True, nogil=True)
@@ -287,46 +271,19 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
     return loss
 
 
-@njit(cache=True, parallel=True)
-def general_kernel(R, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, batch):
-    """Loss and gradient sums of THEORY §5 over all points, chunk-deterministic.
-
-    Returns raw sums ``(loss, gb (L, M), G (L, M, M), gW (P, M), gbo (P,))``;
-    the caller divides by N and antisymmetrises G.
-    """
-    N, M = X.shape
-    L = b.shape[0]
-    P = W.shape[0]
-    S = transfer_matrices(R)
-    nchunks = (N + chunk - 1) // chunk
-    gb = np.zeros((L, M))
-    G = np.zeros((L, M, M))
-    gW = np.zeros((P, M))
-    gbo = np.zeros(P)
-    loss = 0.0
-    pgb = np.empty((batch, L, M))
-    pG = np.empty((batch, L, M, M))
-    pgW = np.empty((batch, P, M))
-    pgbo = np.empty((batch, P))
-    ploss = np.empty(batch)
-    for c0 in range(0, nchunks, batch):
-        nb = min(batch, nchunks - c0)
-        for s in prange(nb):
-            pgb[s] = 0.0
-            pG[s] = 0.0
-            pgW[s] = 0.0
-            pgbo[s] = 0.0
-            c = c0 + s
-            ploss[s] = general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
-                                     c * chunk, min(N, (c + 1) * chunk), block,
-                                     pgb[s], pG[s], pgW[s], pgbo[s])
-        for s in range(nb):  # fixed chunk order: thread-count independent bits
-            loss += ploss[s]
-            gb += pgb[s]
-            G += pG[s]
-            gW += pgW[s]
-            gbo += pgbo[s]
-    return loss, gb, G, gW, gbo
+@njit(cache=True, nogil=True)
+def general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, c_first, c_last, chunk, block,
+                  slot0, pgb, pG, pgW, pgbo, ploss):
+    """Chunks c_first..c_last-1 of §5, each summed into its own partial slot c − slot0."""
+    N = X.shape[0]
+    for c in range(c_first, c_last):
+        s = c - slot0
+        pgb[s] = 0.0
+        pG[s] = 0.0
+        pgW[s] = 0.0
+        pgbo[s] = 0.0
+        ploss[s] = general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
+                                 c * chunk, min(N, (c + 1) * chunk), block, pgb[s], pG[s], pgW[s], pgbo[s])
 
 
 @njit(cache=True, nogil=True)
@@ -349,30 +306,16 @@ def _moments_chunk(R, b, X, labels, start, stop, S0, S1, S2):
                     S2[j, i, k] += vi * v[k]
 
 
-@njit(cache=True, parallel=True)
-def moments_kernel(R, b, X, labels, Q, chunk, batch):
-    """Raw constrained moments of §6: S0 (Q, M), S1, S2 (Q, M, M), cluster j at layer j."""
-    N, M = X.shape
-    nchunks = (N + chunk - 1) // chunk
-    S0 = np.zeros((Q, M))
-    S1 = np.zeros((Q, M, M))
-    S2 = np.zeros((Q, M, M))
-    p0 = np.empty((batch, Q, M))
-    p1 = np.empty((batch, Q, M, M))
-    p2 = np.empty((batch, Q, M, M))
-    for c0 in range(0, nchunks, batch):
-        nb = min(batch, nchunks - c0)
-        for s in prange(nb):
-            p0[s] = 0.0
-            p1[s] = 0.0
-            p2[s] = 0.0
-            c = c0 + s
-            _moments_chunk(R, b, X, labels, c * chunk, min(N, (c + 1) * chunk), p0[s], p1[s], p2[s])
-        for s in range(nb):
-            S0 += p0[s]
-            S1 += p1[s]
-            S2 += p2[s]
-    return S0, S1, S2
+@njit(cache=True, nogil=True)
+def moments_range(R, b, X, labels, c_first, c_last, chunk, slot0, p0, p1, p2):
+    """Raw constrained moments of §6 (cluster j at layer j) per chunk, into slots c − slot0."""
+    N = X.shape[0]
+    for c in range(c_first, c_last):
+        s = c - slot0
+        p0[s] = 0.0
+        p1[s] = 0.0
+        p2[s] = 0.0
+        _moments_chunk(R, b, X, labels, c * chunk, min(N, (c + 1) * chunk), p0[s], p1[s], p2[s])
 
 
 @njit(cache=True, nogil=True)
@@ -397,14 +340,16 @@ def _violations_chunk(R, S, b, X, labels, start, stop, block, counts):
                         break
 
 
-@njit(cache=True, parallel=True)
-def violations_kernel(R, b, X, labels, Q, chunk, block):
-    """(Q, L) counts of points of cluster j truncated at a layer ℓ ≠ j (§6 check)."""
-    N, M = X.shape
-    L = b.shape[0]
-    S = transfer_matrices(R)
-    nchunks = (N + chunk - 1) // chunk
-    part = np.zeros((nchunks, Q, L), dtype=np.int64)
-    for c in prange(nchunks):
-        _violations_chunk(R, S, b, X, labels, c * chunk, min(N, (c + 1) * chunk), block, part[c])
-    return part.sum(axis=0)
+@njit(cache=True, nogil=True)
+def violations_range(R, S, b, X, labels, c_first, c_last, chunk, block, counts):
+    """Add to ``counts`` (Q, L) the points of cluster j truncated at a layer ℓ ≠ j (§6 check)."""
+    N = X.shape[0]
+    for c in range(c_first, c_last):
+        _violations_chunk(R, S, b, X, labels, c * chunk, min(N, (c + 1) * chunk), block, counts)
+
+
+@njit(cache=True, nogil=True)
+def add_slots(total, parts, n):
+    """total += parts[0] + parts[1] + … + parts[n-1], added one slot at a time in order."""
+    for s in range(n):
+        total += parts[s]

@@ -1,0 +1,62 @@
+"""Gradient evaluation: NumPy reference vs Numba vs PyTorch eager autograd (issue 2).
+
+Run:  pytest benchmarks/bench_gradient.py --benchmark-enable --benchmark-columns=min,median,mean,rounds
+
+The PyTorch baseline evaluates the same Euclidean loss C_E (THEORY §3) with the
+truncation maps written as tensor ops on R and b and differentiates it with
+autograd; omega = P_A(∇_R C · Rᵀ).  Peak RSS growth during the timed calls is
+stored in ``benchmark.extra_info['rss_growth_MB']``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import truncfast as tf
+from _memory import peak_rss
+from _problems import random_problem
+
+N, M, L = 10**6, 8, 8
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return random_problem(N, M, L)
+
+
+def _run(benchmark, fn, rounds=5):
+    fn()  # warm up (JIT compile, caches)
+    with peak_rss() as mem:
+        result = benchmark.pedantic(fn, rounds=rounds, iterations=1)
+    benchmark.extra_info["rss_growth_MB"] = mem.growth / 2**20
+    return result
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_gradient(benchmark, problem, backend):
+    R, b, X, labels, targets = problem
+    benchmark.group = f"gradient N={N} M={M} L={L}"
+    _run(benchmark, lambda: tf.gradient(R, b, X, labels, targets, backend=backend), rounds=3 if backend == "numpy" else 10)
+
+
+def test_gradient_torch_eager(benchmark, problem):
+    torch = pytest.importorskip("torch")
+    R, b, X, labels, targets = problem
+    benchmark.group = f"gradient N={N} M={M} L={L}"
+    Xt = torch.from_numpy(X)
+    Tt = torch.from_numpy(targets)[torch.from_numpy(labels)]
+
+    def step():
+        Rt = torch.tensor(R, requires_grad=True)
+        bt = torch.tensor(b, requires_grad=True)
+        z = Xt
+        for l in range(L):
+            u = z @ Rt[l].T + bt[l]
+            z = (torch.relu(u) - bt[l]) @ Rt[l]
+        loss = ((z - Tt) ** 2).sum() / (2 * N)
+        loss.backward()
+        G = Rt.grad @ Rt.detach().transpose(1, 2)
+        return bt.grad, 0.5 * (G - G.transpose(1, 2))
+
+    _run(benchmark, step, rounds=3)
