@@ -21,11 +21,14 @@ from ._gradient import gradient as gradient
 from ._gradient import loss as loss
 from ._gradient import standard_gradient as standard_gradient
 from ._gradient import standard_loss as standard_loss
+from ._integrate import integrate as integrate
+from ._integrate import resume as resume
 from ._model import aligned_from_cumulative as aligned_from_cumulative
 from ._model import cumulative_to_layers as cumulative_to_layers
 from ._model import layers_to_cumulative as layers_to_cumulative
 from ._model import orthonormalize as orthonormalize
 from ._model import pullback_targets as pullback_targets
+from ._trajectory import Trajectory as Trajectory
 from ._output_layer import OutputFlow as OutputFlow
 from ._output_layer import collapsed_output_flow as collapsed_output_flow
 from ._output_layer import collapsed_output_loss as collapsed_output_loss
@@ -49,6 +52,7 @@ __all__ = [
     "InputError",
     "OutputFlow",
     "SeparationError",
+    "Trajectory",
     "aligned_from_cumulative",
     "backends",
     "cluster_moments",
@@ -61,6 +65,7 @@ __all__ = [
     "exact_bias_events",
     "exact_bias_flow",
     "gradient",
+    "integrate",
     "layers_to_cumulative",
     "loss",
     "orthogonality_defect",
@@ -68,6 +73,7 @@ __all__ = [
     "positive_sector_output_flow",
     "positive_sector_output_solution",
     "pullback_targets",
+    "resume",
     "sector_codes",
     "set_num_threads",
     "spectral_gap_bound",

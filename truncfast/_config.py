@@ -28,5 +28,15 @@ ORTHOGONALITY_TOL: float = 1e-8
 #: max|RᵀR − I| exceeds this.
 REORTHONORMALIZE_TOL: float = 1e-12
 
+#: ``integrate`` runs its whole step loop in compiled code (Numba, sequential,
+#: ``_integrate._compiled_steps``) when the backend is numba and N is at most
+#: this: one reduction chunk, which the parallel kernel could not split anyway,
+#: so per-step Python and thread start-up overhead would dominate.
+COMPILED_LOOP_MAX_N: int = CHUNK_SIZE
+
+#: Wall-clock target (seconds) of one chunk of integration steps between
+#: returns to Python (progress bar updates, Ctrl-C latency).  Never changes results.
+INTEGRATE_CHUNK_SECONDS: float = 0.05
+
 #: Largest width for which sector codes fit a uint64 bitmask.
 MAX_CODE_WIDTH: int = 64

@@ -1,0 +1,236 @@
+"""The result of :func:`truncfast.integrate`: a recorded trajectory of the flow.
+
+A :class:`Trajectory` holds the final state ``(R, b)`` and, for every recorded
+step (step 0, every ``record_every`` steps, and the last step), the time, the
+loss, the norms of the right-hand side, the orthogonality defect, the truncation
+counts per layer and cluster, and the state itself.
+
+Files.  :meth:`Trajectory.save` writes one ``.npz`` (no pickles) holding the
+arrays, a JSON header (settings and scalars) stored as bytes, and a sha256
+checksum over header and arrays; :meth:`Trajectory.load` verifies the checksum
+and raises :class:`truncfast.InputError` on any corruption.  Writes are atomic:
+a temporary file in the target directory, flushed and fsync'ed, then
+``os.replace``.  Checkpoints (``integrate(..., checkpoint=...)``) are the same
+files with a ``"checkpoint"`` entry in the header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._errors import InputError
+
+__all__ = ["Trajectory", "FORMAT_VERSION"]
+
+#: Version of the on-disk layout written by :meth:`Trajectory.save`.
+FORMAT_VERSION = 1
+
+#: Recorded arrays: name -> dtype.  Saved, checksummed and truncated together.
+_RECORDED = {
+    "times": np.float64,
+    "steps": np.int64,
+    "loss": np.float64,
+    "grad_b_norm": np.float64,
+    "omega_norm": np.float64,
+    "ortho_defect": np.float64,
+    "counts": np.int64,
+    "Rs": np.float64,
+    "bs": np.float64,
+}
+
+# counts[..., c]: untruncated, partially truncated, fully truncated
+UNTRUNCATED, PARTIAL, FULL = 0, 1, 2
+
+
+def _checksum(header_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the header and every array (name, dtype, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    h.update(header_bytes)
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(str(a.dtype).encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` as an .npz, atomically (temp file + ``os.replace``).
+
+    A reader (or a crash, or a second Ctrl-C) sees either the old file or the
+    complete new one, never a partial write.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@dataclass
+class Trajectory:
+    """A recorded run of the effective gradient flow (THEORY §§5, 9).
+
+    Attributes
+    ----------
+    R, b : (L, M, M), (L, M)
+        State after the last step taken (``last_step``).
+    times, steps, loss : (K,)
+        Flow time ``step·dt``, step index and Euclidean loss C_E at each
+        recorded step (step 0, every ``record_every`` steps, the last step).
+    grad_b_norm, omega_norm : (K,)
+        ‖∇_b C‖ and ‖Ω‖ (Frobenius over all layers) at the recorded states.
+    ortho_defect : (K,)
+        ``max_ℓ max|R_ℓᵀR_ℓ − I|`` at the recorded states.
+    counts : (K, L, Q, 3) int64
+        Points of cluster j that layer ℓ leaves untruncated / partially
+        truncates / fully truncates, along the composition (sector codes,
+        THEORY §2); all −1 when M > 64.
+    Rs, bs : (K, L, M, M), (K, L, M)
+        The recorded states.
+    reorthonormalizations : int
+        How often R was projected back onto O(M) (polar factor) because the
+        defect exceeded ``_config.REORTHONORMALIZE_TOL``.
+    settings : dict
+        method, dt, steps (requested), record_every, train_weights,
+        train_biases, backend (actually used), form, N, M, L, Q, version, ...
+    last_step : int
+        Step index of ``R, b``; smaller than ``settings["steps"]`` for a
+        partial trajectory (interrupted or diverged run, or a checkpoint).
+    """
+
+    R: np.ndarray
+    b: np.ndarray
+    times: np.ndarray
+    steps: np.ndarray
+    loss: np.ndarray
+    grad_b_norm: np.ndarray
+    omega_norm: np.ndarray
+    ortho_defect: np.ndarray
+    counts: np.ndarray
+    Rs: np.ndarray
+    bs: np.ndarray
+    reorthonormalizations: int = 0
+    settings: dict = field(default_factory=dict)
+    last_step: int = 0
+
+    # ---------------------------------------------------------- derived ---
+    @property
+    def collapse_times(self) -> np.ndarray:
+        """(Q,) first recorded time at which some layer fully truncates every point of cluster j.
+
+        NaN if that never happens among the recorded steps (or M > 64, where no
+        counts are kept).  This is the finite collapse time s₀ of Prop. 4.2
+        (THEORY §7), resolved to the recording grid.
+        """
+        c = self.counts
+        Q = c.shape[2] if c.ndim == 4 else 0
+        out = np.full(Q, np.nan)
+        if c.ndim != 4 or c.shape[0] == 0 or (c < 0).any():
+            return out
+        size = c.sum(axis=3)  # (K, L, Q): N_j at every layer
+        collapsed = ((c[..., FULL] == size) & (size > 0)).any(axis=1)  # (K, Q)
+        for j in range(Q):
+            hit = np.flatnonzero(collapsed[:, j])
+            if hit.size:
+                out[j] = self.times[hit[0]]
+        return out
+
+    @property
+    def complete(self) -> bool:
+        """True when the run reached the requested number of steps."""
+        return self.last_step == int(self.settings.get("steps", self.last_step))
+
+    def __repr__(self) -> str:
+        s = self.settings
+        last = f"{self.loss[-1]:.6g}" if len(self.loss) else "n/a"
+        return (f"Trajectory(method={s.get('method')!r}, dt={s.get('dt')}, step {self.last_step}/"
+                f"{s.get('steps')}, {len(self.steps)} records, L={self.R.shape[0]}, M={self.R.shape[1]}, "
+                f"final loss {last}, reorthonormalizations={self.reorthonormalizations})")
+
+    # ------------------------------------------------------------- files ---
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {name: np.asarray(getattr(self, name), dtype=dt) for name, dt in _RECORDED.items()}
+        arrays["R"] = np.asarray(self.R, dtype=np.float64)
+        arrays["b"] = np.asarray(self.b, dtype=np.float64)
+        return arrays
+
+    def save(self, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> None:
+        """Write the trajectory to ``path`` (.npz, atomic, checksummed; see the module docstring).
+
+        ``extra`` is stored in the JSON header (used for checkpoint metadata).
+        """
+        header = {
+            "format": "truncfast.Trajectory",
+            "format_version": FORMAT_VERSION,
+            "settings": self.settings,
+            "reorthonormalizations": int(self.reorthonormalizations),
+            "last_step": int(self.last_step),
+        }
+        if extra:
+            header.update(extra)
+        hb = json.dumps(header, sort_keys=True).encode()
+        arrays = self._arrays()
+        digest = _checksum(hb, arrays)
+        atomic_write_npz(path, {"header": np.frombuffer(hb, dtype=np.uint8),
+                                "checksum": np.frombuffer(digest.encode(), dtype=np.uint8), **arrays})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Trajectory":
+        """Read a file written by :meth:`save` (or a checkpoint), verifying its checksum."""
+        traj, _ = cls._load_with_header(path)
+        return traj
+
+    @classmethod
+    def _load_with_header(cls, path) -> tuple["Trajectory", dict]:
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise InputError(f"path: no trajectory file at {path!r}") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+            raise InputError(f"path: {path!r} is not a readable truncfast trajectory/checkpoint "
+                             f"(corrupted or truncated file: {type(exc).__name__}: {exc})") from None
+        missing = [k for k in ("header", "checksum", "R", "b", *_RECORDED) if k not in data]
+        if missing:
+            raise InputError(f"path: {path!r} is not a truncfast trajectory (missing {', '.join(missing)})")
+        hb = data.pop("header").tobytes()
+        stored = data.pop("checksum").tobytes().decode(errors="replace")
+        actual = _checksum(hb, data)
+        if actual != stored:
+            raise InputError(f"path: checksum mismatch in {path!r} (stored sha256 {stored[:16]}…, "
+                             f"contents hash to {actual[:16]}…): the file is corrupted")
+        try:
+            header = json.loads(hb.decode())
+        except ValueError as exc:  # pragma: no cover - checksum would have caught it
+            raise InputError(f"path: {path!r} has an unreadable header ({exc})") from None
+        if header.get("format") != "truncfast.Trajectory" or header.get("format_version", 0) > FORMAT_VERSION:
+            raise InputError(f"path: {path!r} has format {header.get('format')!r} version "
+                             f"{header.get('format_version')!r}; this truncfast reads version ≤ {FORMAT_VERSION}")
+        traj = cls(R=data["R"], b=data["b"], **{k: data[k] for k in _RECORDED},
+                   reorthonormalizations=int(header["reorthonormalizations"]),
+                   settings=header["settings"], last_step=int(header["last_step"]))
+        return traj, header
