@@ -1,0 +1,650 @@
+/*
+ * truncfast.c -- C99 + OpenMP port of truncfast/_kernels_numba.py.
+ *
+ * The algorithm, the layout and the order of every floating-point operation
+ * are those of the Numba kernels, so that both give the same bits:
+ *
+ *   - The N points are split into fixed chunks of `chunk` points; a chunk is
+ *     processed sequentially by one thread into its own partial sums, and the
+ *     partials are added to the totals in chunk order (THEORY 5, DESIGN.md
+ *     "Determinism").  Chunks are handed out in batches that bound the memory
+ *     of the partials; batching never changes the order of the additions.
+ *   - Inside a chunk, points are processed in blocks of TF_BLOCK_SIZE points
+ *     stored transposed, (M, block), so every matrix-vector product becomes
+ *     axpys over the points of a block; these vectorise without reassociating
+ *     any sum (each entry is still summed over k in ascending order).
+ *   - The forward pass uses transfer matrices S_l = R_{l+1} R_l^T:
+ *       v_1 = R_1 x,  v_{l+1} = S_l t_l,  z_L = R_L^T t_L,
+ *     and the backward pass r_{l-1} = S_{l-1}^T (h_l . r_l) (THEORY 5).
+ *   - Layers at which no point of a block is truncated add nothing to the
+ *     gradient and are skipped, as is everything below the lowest truncating
+ *     layer of the block (THEORY 5, structural facts).
+ *
+ * Must be compiled without floating-point contraction (-ffp-contract=off) and
+ * without -ffast-math: an FMA or a reassociated sum changes the bits.
+ */
+#include "truncfast.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define B TF_BLOCK_SIZE
+
+/* Upper bound (bytes) of the per-chunk partial sums held at once (as
+ * _config.PARTIALS_BUDGET_BYTES); it sets the batch size only, never the bits. */
+#define TF_PARTIALS_BUDGET ((int64_t)8 << 20)
+
+/* Hot loops get an AVX2 clone next to the baseline one on x86-64 with GCC:
+ * portable binaries that still use 256-bit vectors where the CPU has them.
+ * AVX2 without FMA contraction computes exactly the same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TF_NO_CLONES) \
+    && (__GNUC__ >= 6)
+#define TF_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define TF_HOT
+#endif
+
+#ifdef _OPENMP
+#define TF_THREAD() omp_get_thread_num()
+#define TF_MAXTHREADS() omp_get_max_threads()
+#else
+#define TF_THREAD() 0
+#define TF_MAXTHREADS() 1
+#endif
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* ------------------------------------------------------------ info helpers */
+
+const char *tf_status_string(int status)
+{
+    switch (status) {
+    case TF_OK: return "ok";
+    case TF_ERR_SIZE: return "a size argument is out of range";
+    case TF_ERR_NULL: return "a required pointer is NULL";
+    case TF_ERR_NOMEM: return "out of memory";
+    case TF_ERR_LABEL: return "a label is outside 0..Q-1";
+    case TF_ERR_WIDTH: return "sector codes need M <= 64";
+    default: return "unknown status";
+    }
+}
+
+int tf_block_size(void) { return B; }
+
+int tf_has_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int tf_max_threads(void) { return TF_MAXTHREADS(); }
+
+/* ------------------------------------------------------------- scratch ---- */
+
+/* Per-thread scratch of one chunk: O(L M block), never O(N).
+ *   U, Hm, Tt (L, M, B): u_l, h_l (1.0 / 0.0), t_l = h_l . u_l - b_l;
+ *   Z, E, Ra, Rb, Dv (M, B): z_L, e, r_l (then h_l . r_l), r_{l-1}, (1 - h_l) . r_l;
+ *   WT, TT (B, M), point-major: (1 - h_l) . u_l and t_l;  res (P, B): standard residual. */
+typedef struct {
+    double *U, *Hm, *Tt, *Z, *E, *Ra, *Rb, *Dv, *WT, *TT, *res;
+    int64_t *ntr; /* (L,) truncated (point, direction) pairs per layer in the block */
+} work_t;
+
+static size_t work_doubles(int64_t M, int64_t L, int64_t P)
+{
+    return (size_t)(3 * L * M * B + 5 * M * B + 2 * B * M + P * B + L);
+}
+
+static void work_bind(work_t *w, double *base, int64_t M, int64_t L, int64_t P)
+{
+    double *q = base;
+    w->U = q; q += L * M * B;
+    w->Hm = q; q += L * M * B;
+    w->Tt = q; q += L * M * B;
+    w->Z = q; q += M * B;
+    w->E = q; q += M * B;
+    w->Ra = q; q += M * B;
+    w->Rb = q; q += M * B;
+    w->Dv = q; q += M * B;
+    w->WT = q; q += B * M;
+    w->TT = q; q += B * M;
+    w->res = q; q += P * B;
+    w->ntr = (int64_t *)q; /* L slots, sizeof(int64_t) == sizeof(double) */
+}
+
+/* ------------------------------------------------------ common pieces ---- */
+
+static int check_common(const double *R, const double *b, const double *X,
+                        int64_t N, int64_t M, int64_t L, int64_t chunk)
+{
+    if (M < 1 || L < 1 || N < 0 || chunk < 1) return TF_ERR_SIZE;
+    if (!R || !b || (N > 0 && !X)) return TF_ERR_NULL;
+    return TF_OK;
+}
+
+static int check_labels(const int64_t *labels, int64_t N, int64_t Q)
+{
+    if (N > 0 && !labels) return TF_ERR_NULL;
+    for (int64_t n = 0; n < N; n++)
+        if (labels[n] < 0 || labels[n] >= Q) return TF_ERR_LABEL;
+    return TF_OK;
+}
+
+/* S_l = R_{l+1} R_l^T for l = 0..L-2 (sequential sums over k, as Numba). */
+static double *transfer_matrices(const double *R, int64_t M, int64_t L)
+{
+    size_t n = (size_t)(L > 1 ? L - 1 : 1) * (size_t)(M * M);
+    double *S = (double *)malloc(n * sizeof(double));
+    if (!S) return NULL;
+    for (int64_t l = 0; l + 1 < L; l++) {
+        const double *Ra = R + (l + 1) * M * M, *Rl = R + l * M * M;
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < M; j++) {
+                double s = 0.0;
+                for (int64_t k = 0; k < M; k++) s += Ra[i * M + k] * Rl[j * M + k];
+                S[l * M * M + i * M + j] = s;
+            }
+    }
+    return S;
+}
+
+/* Batch of chunks whose partials are held at once: enough for every thread,
+ * bounded in memory (the same rule as _backends._batch; bits never depend on it). */
+static int64_t batch_size(int64_t nchunks, int64_t bytes_per_chunk)
+{
+    int64_t threads = TF_MAXTHREADS();
+    int64_t cap = TF_PARTIALS_BUDGET / max64(1, bytes_per_chunk);
+    return max64(1, min64(nchunks, min64(4 * threads, max64(cap, threads))));
+}
+
+/*
+ * Forward pass of THEORY 5 for the nb points p0.. of a block (transposed):
+ *   v = A src, u = v + b_l, h = H(u), t = h ? u - b_l : -b_l,  z_L = R_L^T t_L.
+ */
+TF_HOT
+static void forward_block(const double *restrict R, const double *restrict S,
+                          const double *restrict b, const double *restrict X,
+                          int64_t M, int64_t L, int64_t p0, int nb, work_t *w)
+{
+    double *Z = w->Z; /* not restrict: read again below as src of layer 0 */
+    for (int p = 0; p < nb; p++)
+        for (int64_t k = 0; k < M; k++) Z[k * B + p] = X[(p0 + p) * M + k];
+    for (int64_t l = 0; l < L; l++) {
+        double *restrict V = w->U + l * M * B;
+        double *restrict Hl = w->Hm + l * M * B;
+        double *restrict Tl = w->Tt + l * M * B;
+        const double *restrict A = l == 0 ? R : S + (l - 1) * M * M;
+        const double *src = l == 0 ? Z : w->Tt + (l - 1) * M * B;
+        for (int64_t i = 0; i < M; i++) {
+            double *restrict Vi = V + i * B;
+            for (int p = 0; p < nb; p++) Vi[p] = 0.0;
+            for (int64_t k = 0; k < M; k++) {
+                const double a = A[i * M + k];
+                const double *restrict sk = src + k * B;
+                for (int p = 0; p < nb; p++) Vi[p] += a * sk[p];
+            }
+        }
+        int64_t cnt = 0;
+        for (int64_t i = 0; i < M; i++) {
+            const double bi = b[l * M + i];
+            double *restrict Vi = V + i * B;
+            double *restrict Hi = Hl + i * B;
+            double *restrict Ti = Tl + i * B;
+            for (int p = 0; p < nb; p++) {
+                const double u = Vi[p] + bi;
+                const int pos = u > 0.0; /* H(0) = 0 */
+                Vi[p] = u;
+                Hi[p] = pos ? 1.0 : 0.0;
+                Ti[p] = pos ? (u - bi) : -bi;
+                cnt += !pos;
+            }
+        }
+        w->ntr[l] = cnt;
+    }
+    for (int64_t k = 0; k < M; k++)
+        for (int p = 0; p < nb; p++) Z[k * B + p] = 0.0;
+    const double *restrict RL = R + (L - 1) * M * M;
+    const double *restrict TL = w->Tt + (L - 1) * M * B;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t k = 0; k < M; k++) {
+            const double a = RL[i * M + k];
+            for (int p = 0; p < nb; p++) Z[k * B + p] += a * TL[i * B + p];
+        }
+}
+
+/* ------------------------------------------------------ truncate / codes -- */
+
+static void truncate_chunk(const double *R, const double *S, const double *b, const double *X,
+                           int64_t M, int64_t L, int64_t start, int64_t stop, work_t *w,
+                           double *out, uint64_t *codes)
+{
+    for (int64_t p0 = start; p0 < stop; p0 += B) {
+        const int nb = (int)min64(B, stop - p0);
+        forward_block(R, S, b, X, M, L, p0, nb, w);
+        if (codes) {
+            for (int p = 0; p < nb; p++)
+                for (int64_t l = 0; l < L; l++) {
+                    uint64_t c = 0;
+                    for (int64_t i = 0; i < M; i++)
+                        if (w->Hm[(l * M + i) * B + p] > 0.0) c |= (uint64_t)1 << i;
+                    codes[(p0 + p) * L + l] = c;
+                }
+        } else {
+            for (int p = 0; p < nb; p++)
+                for (int64_t k = 0; k < M; k++) out[(p0 + p) * M + k] = w->Z[k * B + p];
+        }
+    }
+}
+
+static int truncate_or_codes(const double *R, const double *b, const double *X,
+                             int64_t N, int64_t M, int64_t L, int64_t chunk,
+                             double *out, uint64_t *codes)
+{
+    const int64_t nchunks = (N + chunk - 1) / chunk;
+    const int nthreads = TF_MAXTHREADS();
+    const size_t wsz = work_doubles(M, L, 0);
+    double *S = transfer_matrices(R, M, L);
+    double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
+    if (!S || !ws) {
+        free(S);
+        free(ws);
+        return TF_ERR_NOMEM;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nchunks > 1)
+#endif
+    for (int64_t c = 0; c < nchunks; c++) {
+        work_t w;
+        work_bind(&w, ws + (size_t)TF_THREAD() * wsz, M, L, 0);
+        truncate_chunk(R, S, b, X, M, L, c * chunk, min64(N, (c + 1) * chunk), &w, out, codes);
+    }
+    free(S);
+    free(ws);
+    return TF_OK;
+}
+
+int tf_truncate(const double *R, const double *b, const double *X,
+                int64_t N, int64_t M, int64_t L, int64_t chunk, double *out)
+{
+    int st = check_common(R, b, X, N, M, L, chunk);
+    if (st) return st;
+    if (N > 0 && !out) return TF_ERR_NULL;
+    return truncate_or_codes(R, b, X, N, M, L, chunk, out, NULL);
+}
+
+int tf_codes(const double *R, const double *b, const double *X,
+             int64_t N, int64_t M, int64_t L, int64_t chunk, uint64_t *codes)
+{
+    int st = check_common(R, b, X, N, M, L, chunk);
+    if (st) return st;
+    if (M > 64) return TF_ERR_WIDTH;
+    if (N > 0 && !codes) return TF_ERR_NULL;
+    return truncate_or_codes(R, b, X, N, M, L, chunk, NULL, codes);
+}
+
+/* ---------------------------------------------------------------- general -- */
+
+/*
+ * Sequential sum over points start..stop-1 of the THEORY 5 contributions
+ * (port of _kernels_numba.general_chunk, same operation order).  Accumulates
+ * raw sums into gb, G, gW, gbo and returns the raw loss sum of |res|^2 / 2.
+ */
+TF_HOT
+static double general_chunk(const double *restrict R, const double *restrict S,
+                            const double *restrict b, const double *restrict X,
+                            const int64_t *restrict labels, const double *restrict T,
+                            const double *restrict W, const double *restrict bout,
+                            const double *restrict Y, int64_t M, int64_t L, int64_t P,
+                            int standard, int want_grad, int64_t start, int64_t stop, work_t *w,
+                            double *restrict gb, double *restrict G, double *restrict gW,
+                            double *restrict gbo)
+{
+    double *Z = w->Z; /* written by forward_block through w: not restrict */
+    double *restrict E = w->E, *restrict Dv = w->Dv;
+    double *restrict WT = w->WT, *restrict TT = w->TT, *restrict res = w->res;
+    double loss = 0.0;
+    for (int64_t p0 = start; p0 < stop; p0 += B) {
+        const int nb = (int)min64(B, stop - p0);
+        forward_block(R, S, b, X, M, L, p0, nb, w);
+        /* residual, loss and error vector e = g_L */
+        if (standard) {
+            for (int64_t q = 0; q < P; q++) {
+                double *restrict rq = res + q * B;
+                for (int p = 0; p < nb; p++) rq[p] = bout[q] - Y[labels[p0 + p] * P + q];
+                for (int64_t k = 0; k < M; k++) {
+                    const double wq = W[q * M + k];
+                    for (int p = 0; p < nb; p++) rq[p] += wq * Z[k * B + p];
+                }
+            }
+            for (int p = 0; p < nb; p++) {
+                double s = 0.0;
+                for (int64_t q = 0; q < P; q++) s += res[q * B + p] * res[q * B + p];
+                loss += 0.5 * s;
+            }
+            if (!want_grad) continue;
+            for (int64_t q = 0; q < P; q++)
+                for (int p = 0; p < nb; p++) {
+                    const double rq = res[q * B + p];
+                    gbo[q] += rq;
+                    for (int64_t k = 0; k < M; k++) gW[q * M + k] += rq * Z[k * B + p];
+                }
+            for (int64_t k = 0; k < M; k++)
+                for (int p = 0; p < nb; p++) E[k * B + p] = 0.0;
+            for (int64_t q = 0; q < P; q++)
+                for (int64_t k = 0; k < M; k++) {
+                    const double wq = W[q * M + k];
+                    for (int p = 0; p < nb; p++) E[k * B + p] += wq * res[q * B + p];
+                }
+        } else {
+            for (int p = 0; p < nb; p++) {
+                const double *restrict Tj = T + labels[p0 + p] * M;
+                double s = 0.0;
+                for (int64_t k = 0; k < M; k++) {
+                    const double d = Z[k * B + p] - Tj[k];
+                    E[k * B + p] = d;
+                    s += d * d;
+                }
+                loss += 0.5 * s;
+            }
+            if (!want_grad) continue;
+        }
+        /* below the lowest truncating layer every contribution vanishes */
+        int64_t lowest = L;
+        for (int64_t l = 0; l < L; l++)
+            if (w->ntr[l] > 0) {
+                lowest = l;
+                break;
+            }
+        if (lowest == L) continue;
+        /* r_L = R_L e */
+        double *Ra = w->Ra, *Rb = w->Rb; /* swapped per layer: not restrict */
+        const double *restrict RL = R + (L - 1) * M * M;
+        for (int64_t i = 0; i < M; i++) {
+            for (int p = 0; p < nb; p++) Ra[i * B + p] = 0.0;
+            for (int64_t k = 0; k < M; k++) {
+                const double a = RL[i * M + k];
+                for (int p = 0; p < nb; p++) Ra[i * B + p] += a * E[k * B + p];
+            }
+        }
+        for (int64_t l = L - 1; l >= lowest; l--) {
+            if (w->ntr[l] > 0) {
+                const double *restrict Hl = w->Hm + l * M * B;
+                const double *restrict Ul = w->U + l * M * B;
+                const double *restrict Tl = w->Tt + l * M * B;
+                /* grad_b -= (1 - h) . r ;  Ra becomes h . r.  h is exactly 0 or 1,
+                 * so both products are exact selections (kept as products for
+                 * the same signed zeros as Numba). */
+                for (int64_t i = 0; i < M; i++) {
+                    for (int p = 0; p < nb; p++) {
+                        const double ri = Ra[i * B + p], h = Hl[i * B + p];
+                        Dv[i * B + p] = (1.0 - h) * ri;
+                        Ra[i * B + p] = h * ri;
+                    }
+                    double s = 0.0;
+                    for (int p = 0; p < nb; p++) s += Dv[i * B + p];
+                    gb[l * M + i] -= s;
+                }
+                for (int64_t k = 0; k < M; k++)
+                    for (int p = 0; p < nb; p++) {
+                        WT[p * M + k] = (1.0 - Hl[k * B + p]) * Ul[k * B + p];
+                        TT[p * M + k] = Tl[k * B + p];
+                    }
+                /* G_l row i: h_i = 1 -> += r_i ((1-h).u)^T ; h_i = 0 -> -= r_i t^T
+                 * (one of a, d is zero: branch-free, same bits as Numba). */
+                double *restrict Gl = G + l * M * M;
+                for (int64_t i = 0; i < M; i++) {
+                    double *restrict Gi = Gl + i * M;
+                    for (int p = 0; p < nb; p++) {
+                        const double a = Ra[i * B + p], d = Dv[i * B + p];
+                        const double *restrict wp = WT + p * M, *restrict tp = TT + p * M;
+                        for (int64_t k = 0; k < M; k++) Gi[k] += a * wp[k] - d * tp[k];
+                    }
+                }
+            }
+            if (l > lowest) {
+                /* r_{l-1} = S_{l-1}^T (h_l . r_l) */
+                const double *restrict Sl = S + (l - 1) * M * M;
+                for (int64_t j = 0; j < M; j++)
+                    for (int p = 0; p < nb; p++) Rb[j * B + p] = 0.0;
+                for (int64_t i = 0; i < M; i++)
+                    for (int64_t j = 0; j < M; j++) {
+                        const double a = Sl[i * M + j];
+                        for (int p = 0; p < nb; p++) Rb[j * B + p] += a * Ra[i * B + p];
+                    }
+                double *tmp = Ra;
+                Ra = Rb;
+                Rb = tmp;
+            }
+        }
+    }
+    return loss;
+}
+
+int tf_general(const double *R, const double *b, const double *X, const int64_t *labels,
+               int64_t N, int64_t M, int64_t L, int64_t Q,
+               const double *T, const double *W, const double *bout, const double *Y, int64_t P,
+               int standard, int want_grad, int64_t chunk,
+               double *loss, double *gb, double *G, double *gW, double *gbo)
+{
+    int st = check_common(R, b, X, N, M, L, chunk);
+    if (st) return st;
+    if (Q < 1 || P < 0) return TF_ERR_SIZE;
+    if (!standard) P = 0; /* no output layer in the Euclidean loss */
+    if (!loss || !gb || !G) return TF_ERR_NULL;
+    if (standard && (P > 0 && (!W || !bout || !Y || !gW || !gbo))) return TF_ERR_NULL;
+    if (!standard && !T) return TF_ERR_NULL;
+    if ((st = check_labels(labels, N, Q))) return st;
+
+    const int64_t LM = L * M, LMM = L * M * M, PM = P * M;
+    memset(gb, 0, (size_t)LM * sizeof(double));
+    memset(G, 0, (size_t)LMM * sizeof(double));
+    if (P > 0) {
+        memset(gW, 0, (size_t)PM * sizeof(double));
+        memset(gbo, 0, (size_t)P * sizeof(double));
+    }
+    *loss = 0.0;
+    if (N == 0) return TF_OK;
+
+    const int64_t nchunks = (N + chunk - 1) / chunk;
+    /* one partial record per chunk of the batch: loss, gb, G, gW, gbo */
+    const int64_t rec = 1 + LM + LMM + PM + P;
+    const int64_t batch = batch_size(nchunks, 8 * rec);
+    const int nthreads = TF_MAXTHREADS();
+    const size_t wsz = work_doubles(M, L, P);
+    double *S = transfer_matrices(R, M, L);
+    double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
+    double *part = (double *)malloc((size_t)batch * (size_t)rec * sizeof(double));
+    if (!S || !ws || !part) {
+        free(S);
+        free(ws);
+        free(part);
+        return TF_ERR_NOMEM;
+    }
+    double total_loss = 0.0;
+    for (int64_t c0 = 0; c0 < nchunks; c0 += batch) {
+        const int64_t nbatch = min64(batch, nchunks - c0);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nbatch > 1)
+#endif
+        {
+            work_t w;
+            work_bind(&w, ws + (size_t)TF_THREAD() * wsz, M, L, P);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (int64_t s = 0; s < nbatch; s++) {
+                double *pr = part + s * rec;
+                memset(pr, 0, (size_t)rec * sizeof(double));
+                const int64_t c = c0 + s;
+                pr[0] = general_chunk(R, S, b, X, labels, T, W, bout, Y, M, L, P, standard,
+                                      want_grad, c * chunk, min64(N, (c + 1) * chunk), &w,
+                                      pr + 1, pr + 1 + LM, pr + 1 + LM + LMM,
+                                      pr + 1 + LM + LMM + PM);
+            }
+        }
+        /* fixed chunk order: thread-count independent bits */
+        for (int64_t s = 0; s < nbatch; s++) {
+            const double *pr = part + s * rec;
+            total_loss += pr[0];
+            if (!want_grad) continue;
+            for (int64_t e = 0; e < LM; e++) gb[e] += pr[1 + e];
+            for (int64_t e = 0; e < LMM; e++) G[e] += pr[1 + LM + e];
+            for (int64_t e = 0; e < PM; e++) gW[e] += pr[1 + LM + LMM + e];
+            for (int64_t e = 0; e < P; e++) gbo[e] += pr[1 + LM + LMM + PM + e];
+        }
+    }
+    *loss = total_loss;
+    free(S);
+    free(ws);
+    free(part);
+    return TF_OK;
+}
+
+/* ---------------------------------------------------------------- moments -- */
+
+/* Port of _kernels_numba._moments_chunk: per point, v = R_j x (j = label). */
+TF_HOT
+static void moments_chunk(const double *restrict R, const double *restrict b,
+                          const double *restrict X, const int64_t *restrict labels, int64_t M,
+                          int64_t start, int64_t stop, double *restrict v, double *restrict S0,
+                          double *restrict S1, double *restrict S2)
+{
+    for (int64_t n = start; n < stop; n++) {
+        const int64_t j = labels[n];
+        const double *restrict Rj = R + j * M * M, *restrict x = X + n * M;
+        for (int64_t i = 0; i < M; i++) {
+            double s = 0.0;
+            for (int64_t k = 0; k < M; k++) s += Rj[i * M + k] * x[k];
+            v[i] = s;
+        }
+        for (int64_t i = 0; i < M; i++) {
+            if (v[i] + b[j * M + i] > 0.0) {
+                const double vi = v[i];
+                double *restrict s1 = S1 + (j * M + i) * M, *restrict s2 = S2 + (j * M + i) * M;
+                S0[j * M + i] += 1.0;
+                for (int64_t k = 0; k < M; k++) {
+                    s1[k] += v[k];
+                    s2[k] += vi * v[k];
+                }
+            }
+        }
+    }
+}
+
+int tf_moments(const double *R, const double *b, const double *X, const int64_t *labels,
+               int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk,
+               double *S0, double *S1, double *S2)
+{
+    int st = check_common(R, b, X, N, M, L, chunk);
+    if (st) return st;
+    if (Q < 1 || Q > L) return TF_ERR_SIZE; /* cluster j uses layer j */
+    if (!S0 || !S1 || !S2) return TF_ERR_NULL;
+    if ((st = check_labels(labels, N, Q))) return st;
+    const int64_t QM = Q * M, QMM = Q * M * M;
+    memset(S0, 0, (size_t)QM * sizeof(double));
+    memset(S1, 0, (size_t)QMM * sizeof(double));
+    memset(S2, 0, (size_t)QMM * sizeof(double));
+    if (N == 0) return TF_OK;
+
+    const int64_t nchunks = (N + chunk - 1) / chunk;
+    const int64_t rec = QM + 2 * QMM;
+    const int64_t batch = batch_size(nchunks, 8 * rec);
+    const int nthreads = TF_MAXTHREADS();
+    double *part = (double *)malloc((size_t)batch * (size_t)rec * sizeof(double));
+    double *vs = (double *)malloc((size_t)nthreads * (size_t)M * sizeof(double));
+    if (!part || !vs) {
+        free(part);
+        free(vs);
+        return TF_ERR_NOMEM;
+    }
+    for (int64_t c0 = 0; c0 < nchunks; c0 += batch) {
+        const int64_t nbatch = min64(batch, nchunks - c0);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nbatch > 1)
+#endif
+        for (int64_t s = 0; s < nbatch; s++) {
+            double *pr = part + s * rec;
+            memset(pr, 0, (size_t)rec * sizeof(double));
+            const int64_t c = c0 + s;
+            moments_chunk(R, b, X, labels, M, c * chunk, min64(N, (c + 1) * chunk),
+                          vs + (size_t)TF_THREAD() * M, pr, pr + QM, pr + QM + QMM);
+        }
+        for (int64_t s = 0; s < nbatch; s++) { /* chunk order */
+            const double *pr = part + s * rec;
+            for (int64_t e = 0; e < QM; e++) S0[e] += pr[e];
+            for (int64_t e = 0; e < QMM; e++) S1[e] += pr[QM + e];
+            for (int64_t e = 0; e < QMM; e++) S2[e] += pr[QM + QMM + e];
+        }
+    }
+    free(part);
+    free(vs);
+    return TF_OK;
+}
+
+/* ------------------------------------------------------------- violations -- */
+
+int tf_violations(const double *R, const double *b, const double *X, const int64_t *labels,
+                  int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk, int64_t *counts)
+{
+    int st = check_common(R, b, X, N, M, L, chunk);
+    if (st) return st;
+    if (Q < 1) return TF_ERR_SIZE;
+    if (!counts) return TF_ERR_NULL;
+    if ((st = check_labels(labels, N, Q))) return st;
+    const int64_t QL = Q * L;
+    memset(counts, 0, (size_t)QL * sizeof(int64_t));
+    if (N == 0) return TF_OK;
+
+    const int64_t nchunks = (N + chunk - 1) / chunk;
+    const int nthreads = TF_MAXTHREADS();
+    const size_t wsz = work_doubles(M, L, 0);
+    double *S = transfer_matrices(R, M, L);
+    double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
+    /* integer counts: the order of the sum does not matter, one row per thread */
+    int64_t *part = (int64_t *)calloc((size_t)nthreads * (size_t)QL, sizeof(int64_t));
+    if (!S || !ws || !part) {
+        free(S);
+        free(ws);
+        free(part);
+        return TF_ERR_NOMEM;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nchunks > 1)
+#endif
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int t = TF_THREAD();
+        work_t w;
+        work_bind(&w, ws + (size_t)t * wsz, M, L, 0);
+        int64_t *cnt = part + (size_t)t * QL;
+        const int64_t stop = min64(N, (c + 1) * chunk);
+        for (int64_t p0 = c * chunk; p0 < stop; p0 += B) {
+            const int nb = (int)min64(B, stop - p0);
+            forward_block(R, S, b, X, M, L, p0, nb, &w);
+            for (int p = 0; p < nb; p++) {
+                const int64_t j = labels[p0 + p];
+                for (int64_t l = 0; l < L; l++) {
+                    if (l == j) continue;
+                    for (int64_t i = 0; i < M; i++)
+                        if (w.Hm[(l * M + i) * B + p] == 0.0) {
+                            cnt[j * L + l] += 1;
+                            break;
+                        }
+                }
+            }
+        }
+    }
+    for (int t = 0; t < nthreads; t++)
+        for (int64_t e = 0; e < QL; e++) counts[e] += part[(size_t)t * QL + e];
+    free(S);
+    free(ws);
+    free(part);
+    return TF_OK;
+}

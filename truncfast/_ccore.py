@@ -1,0 +1,186 @@
+"""The only importer of the compiled C core (``truncfast._ccore_cffi``).
+
+Thin wrappers around ``csrc/truncfast.h``: arrays in, arrays out, one FFI
+crossing per call (never per point).  Inputs must already be C-contiguous
+float64 (labels int64), as the API boundary (``_validate``) guarantees; they
+are passed zero-copy with ``ffi.from_buffer`` and a non-contiguous or
+wrongly-typed array is refused (``TypeError``) instead of silently copied.
+The C functions release the GIL while they run (cffi API mode).
+
+Results have the same layout and meaning as the Numba kernels
+(``_kernels_numba``): raw sums, not divided by N, G not antisymmetrised
+(THEORY §5, §6), and with the same chunk size the same bits.
+
+The core is optional: when the extension was not built (no compiler,
+``TRUNCFAST_NO_CEXT=1`` at build time) or ``TRUNCFAST_NO_CEXT=1`` is set at run
+time, :func:`available` is False and :func:`unavailable_reason` says why.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+
+__all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size",
+           "truncate", "codes", "general", "moments", "violations"]
+
+#: Calls into the C core per function name (lets tests prove the C path ran).
+calls: collections.Counter = collections.Counter()
+
+_reason = ""
+ffi = lib = None
+if os.environ.get("TRUNCFAST_NO_CEXT", "").strip().lower() not in ("", "0", "false", "no"):
+    _reason = "disabled by the environment variable TRUNCFAST_NO_CEXT"
+else:
+    try:
+        from ._ccore_cffi import ffi, lib  # type: ignore[import-not-found]
+    except ImportError as exc:  # not built: no compiler, or installed without the C core
+        _reason = (f"the C extension truncfast._ccore_cffi is not built ({exc}); reinstall with a "
+                   "C compiler and without TRUNCFAST_NO_CEXT to get it")
+
+
+def available() -> bool:
+    """True when the compiled C core is importable (and not disabled)."""
+    return lib is not None
+
+
+def unavailable_reason() -> str:
+    """Why the C core is unavailable ('' when it is available)."""
+    return _reason
+
+
+def has_openmp() -> bool:
+    """True when the core was compiled with OpenMP (else it runs serially, same bits)."""
+    return bool(lib.tf_has_openmp())
+
+
+def max_threads() -> int:
+    """Threads a parallel C call would use now."""
+    return int(lib.tf_max_threads())
+
+
+def block_size() -> int:
+    """Points per SIMD block compiled into the core (must equal ``_config.BLOCK_SIZE`` for equal bits)."""
+    return int(lib.tf_block_size())
+
+
+# ------------------------------------------------------------------ helpers ---
+
+def _buf(ctype: str, arr: np.ndarray | None, dtype: type, name: str):
+    """Zero-copy pointer to ``arr``'s data (NULL for None or empty arrays)."""
+    if arr is None or arr.size == 0:
+        return ffi.NULL
+    if arr.dtype != dtype or not arr.flags.c_contiguous:
+        # the API boundary converts; a copy here would hide a slow path
+        raise TypeError(f"_ccore: {name} must be a C-contiguous {np.dtype(dtype).name} array, "
+                        f"got {arr.dtype} (C-contiguous: {arr.flags.c_contiguous})")
+    return ffi.cast(ctype, ffi.from_buffer(arr))
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        message = ffi.string(lib.tf_status_string(status)).decode()
+        if status == lib.TF_ERR_NOMEM:
+            raise MemoryError(f"truncfast C core, {what}: {message}")
+        raise ValueError(f"truncfast C core, {what}: {message} (status {status})")
+
+
+def _dims(R: np.ndarray, b: np.ndarray, X: np.ndarray) -> tuple[int, int, int]:
+    L, M = b.shape
+    N = X.shape[0]
+    assert R.shape == (L, M, M) and X.shape == (N, M), "shapes of R, b, X do not match"
+    return N, M, L
+
+
+# ---------------------------------------------------------------- kernels ---
+
+def truncate(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int) -> np.ndarray:
+    """τ^(L)(x) for every row of X, (N, M) (THEORY §2, §4)."""
+    calls["truncate"] += 1
+    N, M, L = _dims(R, b, X)
+    out = np.empty((N, M))
+    _check(lib.tf_truncate(_buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
+                           _buf("double *", X, np.float64, "X"), N, M, L, chunk,
+                           _buf("double *", out, np.float64, "out")), "truncate")
+    return out
+
+
+def codes(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int) -> np.ndarray:
+    """Sector codes (N, L) uint64 along the composition; bit i = h_ℓ,i (THEORY §2)."""
+    calls["codes"] += 1
+    N, M, L = _dims(R, b, X)
+    out = np.empty((N, L), dtype=np.uint64)
+    _check(lib.tf_codes(_buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
+                        _buf("double *", X, np.float64, "X"), N, M, L, chunk,
+                        _buf("uint64_t *", out, np.uint64, "codes")), "codes")
+    return out
+
+
+def general(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: np.ndarray,
+            W: np.ndarray, bout: np.ndarray, Y: np.ndarray, standard: bool, want_grad: bool,
+            chunk: int) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Raw loss and gradient sums of the general flow (THEORY §5).
+
+    Returns ``(loss, gb (L, M), G (L, M, M), gW (P, M), gbo (P,))`` with
+    ``loss = Σ ½|res|²``, ``gb = −Σ (1 − h_ℓ) ⊙ r_ℓ``,
+    ``G_ℓ = Σ (h_ℓ ⊙ r_ℓ) v_ℓᵀ − r_ℓ t_ℓᵀ``, and for the standard loss
+    ``gW = Σ res z_Lᵀ``, ``gbo = Σ res`` (zeros otherwise) — exactly as
+    ``_kernels_numba.general_kernel``.
+    """
+    calls["general"] += 1
+    N, M, L = _dims(R, b, X)
+    P = W.shape[0]
+    Q = Y.shape[0] if standard else T.shape[0]
+    loss = ffi.new("double *")
+    gb = np.empty((L, M))
+    G = np.empty((L, M, M))
+    gW = np.zeros((P, M))
+    gbo = np.zeros(P)
+    _check(lib.tf_general(
+        _buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
+        _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
+        N, M, L, Q,
+        ffi.NULL if standard else _buf("double *", T, np.float64, "T"),
+        _buf("double *", W, np.float64, "W") if standard else ffi.NULL,
+        _buf("double *", bout, np.float64, "bout") if standard else ffi.NULL,
+        _buf("double *", Y, np.float64, "Y") if standard else ffi.NULL,
+        P if standard else 0, int(bool(standard)), int(bool(want_grad)), chunk,
+        loss, _buf("double *", gb, np.float64, "gb"), _buf("double *", G, np.float64, "G"),
+        _buf("double *", gW, np.float64, "gW") if standard else ffi.NULL,
+        _buf("double *", gbo, np.float64, "gbo") if standard else ffi.NULL), "general")
+    return float(loss[0]), gb, G, gW, gbo
+
+
+def moments(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
+            chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw constrained moments of THEORY §6, cluster j at layer j.
+
+    ``S0[j, i] = Σ h_i``, ``S1[j, i, k] = Σ h_i v_k``, ``S2[j, i, k] = Σ h_i v_i v_k``
+    over the points of cluster j, with ``v = R_j x`` and ``h = H(v + b_j)``.
+    """
+    calls["moments"] += 1
+    N, M, L = _dims(R, b, X)
+    S0 = np.empty((Q, M))
+    S1 = np.empty((Q, M, M))
+    S2 = np.empty((Q, M, M))
+    _check(lib.tf_moments(
+        _buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
+        _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
+        N, M, L, Q, chunk, _buf("double *", S0, np.float64, "S0"),
+        _buf("double *", S1, np.float64, "S1"), _buf("double *", S2, np.float64, "S2")), "moments")
+    return S0, S1, S2
+
+
+def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
+               chunk: int) -> np.ndarray:
+    """(Q, L) int64: points of cluster j truncated at some layer ℓ ≠ j (THEORY §6 check)."""
+    calls["violations"] += 1
+    N, M, L = _dims(R, b, X)
+    counts = np.empty((Q, L), dtype=np.int64)
+    _check(lib.tf_violations(
+        _buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
+        _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
+        N, M, L, Q, chunk, _buf("int64_t *", counts, np.int64, "counts")), "violations")
+    return counts
