@@ -24,6 +24,11 @@ PARTIALS_BUDGET_BYTES: int = 8 * 2**20
 #: An input rotation R is accepted when max_ℓ max|R_ℓᵀR_ℓ − I| ≤ this.
 ORTHOGONALITY_TOL: float = 1e-8
 
+#: An R given in a lower precision than float64 (float32, float16) is accepted
+#: when its defect is at most this many units of roundoff of that precision
+#: times M (rounding an exactly orthogonal matrix already costs about one unit).
+ORTHOGONALITY_ULPS: float = 8.0
+
 #: Integrators re-orthonormalise R (polar decomposition) once the defect
 #: max|RᵀR − I| exceeds this.
 REORTHONORMALIZE_TOL: float = 1e-12

@@ -85,7 +85,7 @@ def check_finite(name: str, arr: np.ndarray) -> None:
             where = ", ".join(str(int(i)) for i in idx)
             count = int(bad.sum())
             raise InputError(
-                f"{name}: contains {value!r} at index [{where}]"
+                f"{name}: contains {float(value)!r} at index [{where}]"
                 + (f" (and {count - 1} more non-finite values in rows {start}..{start + block.shape[0] - 1})" if count > 1 else "")
                 + "; all values must be finite"
             )
@@ -100,7 +100,13 @@ def orthogonality_defect(R: np.ndarray) -> np.ndarray:
 
 
 def check_rotations(R: Any, *, name: str = "R", tol: float | None = None) -> np.ndarray:
-    """Validate an ``(L, M, M)`` stack of orthogonal matrices."""
+    """Validate an ``(L, M, M)`` stack of orthogonal matrices.
+
+    The default tolerance is ``_config.ORTHOGONALITY_TOL``, widened for an R
+    given in a lower float precision (CONTRACT: any float dtype is accepted) to
+    ``ORTHOGONALITY_ULPS · M · eps`` of that precision.
+    """
+    given = getattr(R, "dtype", None)
     R = as_float_array(name, R, 3)
     L, M, M2 = R.shape
     if M != M2:
@@ -108,7 +114,10 @@ def check_rotations(R: Any, *, name: str = "R", tol: float | None = None) -> np.
     if L < 1 or M < 1:
         raise InputError(f"{name}: needs at least one layer and width ≥ 1, got shape {R.shape}")
     check_finite(name, R)
-    tol = _config.ORTHOGONALITY_TOL if tol is None else tol
+    if tol is None:
+        tol = _config.ORTHOGONALITY_TOL
+        if isinstance(given, np.dtype) and given.kind == "f":
+            tol = max(tol, _config.ORTHOGONALITY_ULPS * M * float(np.finfo(given).eps))
     defect = orthogonality_defect(R)
     worst = int(np.argmax(defect))
     if defect[worst] > tol:
