@@ -27,7 +27,10 @@ def _forward(R, b, X):
         v = z @ Rl.T  # v_ℓ = R_ℓ z_{ℓ-1}
         u = v + bl
         h = (u > 0).astype(np.float64)
-        t = h * u - bl  # = R_ℓ z_ℓ
+        # t_ℓ = h⊙u − b (= R_ℓ z_ℓ), formed as v where h = 1 and −b where h = 0: the
+        # same value, but (v + b) − b would round, and an untruncated point must add
+        # exactly nothing to G_ℓ (Prop. 4.1 equilibria give exact zeros).
+        t = np.where(h > 0, v, -bl)
         z = t @ Rl  # z_ℓ = R_ℓᵀ t_ℓ
         layers.append((v, u, h, t))
     return z, layers
