@@ -353,3 +353,27 @@ def add_slots(total, parts, n):
     """total += parts[0] + parts[1] + … + parts[n-1], added one slot at a time in order."""
     for s in range(n):
         total += parts[s]
+
+
+@njit(cache=True, nogil=True)
+def cluster_sums_range(X, labels, c_first, c_last, chunk, sums):
+    """Add Σ x over each cluster (rows of ``sums``, (Q, M)) for chunks c_first..c_last-1."""
+    N, M = X.shape
+    for n in range(c_first * chunk, min(N, c_last * chunk)):
+        j = labels[n]
+        for k in range(M):
+            sums[j, k] += X[n, k]
+
+
+@njit(cache=True, nogil=True)
+def cluster_radius_range(X, labels, centers, c_first, c_last, chunk, rad):
+    """rad[j] = max(rad[j], max |x − centers[j]|² over cluster j) for chunks c_first..c_last-1."""
+    N, M = X.shape
+    for n in range(c_first * chunk, min(N, c_last * chunk)):
+        j = labels[n]
+        s = 0.0
+        for k in range(M):
+            d = X[n, k] - centers[j, k]
+            s += d * d
+        if s > rad[j]:
+            rad[j] = s

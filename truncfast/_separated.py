@@ -21,7 +21,14 @@ import numpy as np
 
 from ._errors import InputError, SeparationError
 
-__all__ = ["SeparationShapeError", "check_separation", "assemble", "normalised_moments"]
+__all__ = [
+    "SeparationShapeError",
+    "cluster_balls",
+    "separated_by_balls",
+    "check_separation",
+    "assemble",
+    "normalised_moments",
+]
 
 
 class SeparationShapeError(SeparationError, InputError):
@@ -31,10 +38,79 @@ class SeparationShapeError(SeparationError, InputError):
         SeparationError.__init__(self, message, [])
 
 
+def cluster_balls(X, labels, Q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (Q, M) and radius (Q,) of a ball containing each cluster.
+
+    The centre is the cluster mean; the radius the largest distance to it,
+    enlarged by a relative 1e-12 so that rounding can only make it larger.
+    Two passes over X, O(N M), no N-sized temporaries (Numba when available).
+    """
+    N, M = X.shape
+    counts = np.bincount(labels, minlength=Q).astype(np.float64)
+    try:
+        from . import _kernels_numba as k
+        from . import _parallel
+    except ImportError:  # pragma: no cover - numba missing: plain NumPy, chunked
+        k = None
+    chunk = 1 << 16
+    nchunks = (N + chunk - 1) // chunk
+    if k is not None:
+        parts = np.zeros((max(1, min(_parallel.get_num_threads(), nchunks)), Q, M))
+        n = _parallel.run_ranges(lambda a, c, i: k.cluster_sums_range(X, labels, a, c, chunk, parts[i]), 0, nchunks)
+        sums = np.zeros((Q, M))
+        k.add_slots(sums, parts, n)
+    else:
+        sums = np.zeros((Q, M))
+        for s in range(0, N, chunk):
+            np.add.at(sums, labels[s : s + chunk], X[s : s + chunk])
+    centers = sums / np.maximum(counts, 1.0)[:, None]
+    if k is not None:
+        rparts = np.zeros((max(1, min(_parallel.get_num_threads(), nchunks)), Q))
+        _parallel.run_ranges(lambda a, c, i: k.cluster_radius_range(X, labels, centers, a, c, chunk, rparts[i]),
+                             0, nchunks)
+        rad2 = rparts.max(axis=0)  # a max is exact in any order
+    else:
+        rad2 = np.zeros(Q)
+        for s in range(0, N, chunk):
+            d2 = ((X[s : s + chunk] - centers[labels[s : s + chunk]]) ** 2).sum(axis=1)
+            np.maximum.at(rad2, labels[s : s + chunk], d2)
+    radius = np.sqrt(rad2) * (1.0 + 1e-12) + 1e-300
+    return centers, radius
+
+
+def separated_by_balls(R, b, centers, radius) -> bool:
+    """Sufficient condition for cluster separation, O(Q L M²), no pass over the data.
+
+    Cluster j lies in the ball B(c_j, r_j).  For ℓ < j the points reach layer ℓ
+    unchanged, for ℓ > j as τ_j(x) with |τ_j(x) − τ_j(c_j)| ≤ r_j because τ_j is a
+    projection onto a convex set (1-Lipschitz, THEORY §4).  So if every
+    coordinate of R_ℓ z + b_ℓ at the centre z exceeds r_j (plus a rounding
+    margin) the whole cluster is untruncated by τ_ℓ.  Returns False when the
+    test is inconclusive (the exact per-point check must then decide).
+    """
+    L = R.shape[0]
+    eps = 1e-9
+    for j in range(L):
+        z = centers[j]
+        r = radius[j]
+        for l in range(L):
+            u = R[l] @ z + b[l]
+            if l == j:
+                z = z - R[l].T @ np.minimum(u, 0.0)  # τ_j(c_j)
+                continue
+            margin = eps * (np.abs(u).max() + np.abs(b[l]).max() + r + 1.0)
+            if u.min() <= r + margin:
+                return False
+    return True
+
+
 def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
     """Raise :class:`SeparationError` unless layer ℓ ≠ j leaves cluster j untruncated.
 
-    Returns the cluster sizes N_j.  Also rejects L ≠ Q and empty clusters.
+    Returns the cluster sizes N_j.  Also rejects L ≠ Q and empty clusters.  A
+    cheap sufficient test on enclosing balls (:func:`separated_by_balls`) is
+    tried first; only when it is inconclusive does the exact check run the
+    full composition over every point.
     """
     L = R.shape[0]
     if L != Q:
@@ -47,6 +123,8 @@ def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
         raise InputError(
             f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points; form='separated' needs every cluster non-empty"
         )
+    if separated_by_balls(R, b, *cluster_balls(X, labels, Q)):
+        return counts.astype(np.float64)
     bad = np.asarray(bk.violations(R, b, X, labels, Q))
     if bad.any():
         viol = [(int(j), int(l), int(bad[j, l])) for j, l in zip(*np.nonzero(bad))]
@@ -61,14 +139,23 @@ def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
 
 
 def assemble(R, b, targets, counts, S0, S1, S2, N: int):
-    """(grad_b, omega) of the separated form from raw moment sums (THEORY §6)."""
-    Q, M = targets.shape
+    """(grad_b, omega) of the separated form from raw moment sums (THEORY §6).
+
+    With n_k = N_j − S0_k truncated points in direction k and D_k = S1_kk,
+    N_j t̄_k = D_k − n_k b_k, and the bracket of [3.40–3.41] times N_j is A − Aᵀ with
+
+        A_ik = S2_ik + ỹ'_i (D_k − S1_ik) − n_k (ỹ'_i b_k).
+
+    Grouped this way the equilibria of Prop. 4.1 give exactly zero in floating
+    point: untruncated clusters have S1_ik = D_k and n = 0, so A = S2 is exactly
+    symmetric; fully truncated clusters with b = −ỹ' have S = 0, n_k = N_j and
+    ỹ'_i b_k = −ỹ'_i ỹ'_k, again exactly symmetric.
+    """
     yr = np.einsum("jik,jk->ji", R, targets)  # ỹ'_j = R_j ỹ_j
     n_trunc = counts[:, None] - S0  # N_j (1 − m0)
     grad_b = n_trunc * (b + yr) / N
     diag = np.einsum("jkk->jk", S1)
-    tbar = diag - n_trunc * b  # N_j t̄
-    A = S2 - yr[:, :, None] * S1 + yr[:, :, None] * tbar[:, None, :]
+    A = S2 + yr[:, :, None] * (diag[:, None, :] - S1) - n_trunc[:, None, :] * (yr[:, :, None] * b[:, None, :])
     omega = 0.5 * (A - np.swapaxes(A, 1, 2)) / N
     return grad_b, omega
 
