@@ -1,0 +1,68 @@
+"""Sizes that cross the kernels' internal boundaries: point blocks
+(``_config.BLOCK_SIZE``) with remainders, several reduction chunks
+(``_config.CHUNK_SIZE``), wider layers and deeper stacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import naive
+import truncfast as tf
+from truncfast import _config
+from conftest import RTOL, assert_rel, make_problem, separated_problem
+
+
+@pytest.mark.parametrize("shape", [(130, 17, 4, 3, 5), (67, 8, 5, 2, 8), (200, 3, 2, 4, 2)],
+                         ids=lambda s: "N%d-M%d-L%d-Q%d-P%d" % s)
+def test_block_remainders_and_wide_layers_vs_naive(backend, rng, shape):
+    N, M, L, Q, P = shape
+    p = make_problem(rng, N=N, M=M, L=L, Q=Q, P=P)
+    # make a fifth of the points fully truncated and a fifth untruncated at layer 0
+    k = N // 5
+    shift = rng.uniform(0.1, 2.0, size=(2 * k, M))
+    p.X[:k] = (-p.b[0] - shift[:k]) @ p.R[0]
+    p.X[k:2 * k] = (-p.b[0] + shift[k:]) @ p.R[0]
+    codes = naive.codes(p.R, p.b, p.X)
+    full = np.uint64(2**M - 1)
+    assert (codes == 0).any() and (codes == full).any() and ((codes != 0) & (codes != full)).any()
+    assert_rel(tf.truncate(p.R, p.b, p.X, backend=backend), naive.truncate(p.R, p.b, p.X), RTOL)
+    np.testing.assert_array_equal(tf.sector_codes(p.R, p.b, p.X, backend=backend), codes)
+    for g, w in zip(tf.gradient(*p.euclid, backend=backend), naive.gradient(*p.euclid)):
+        assert_rel(g, w, RTOL)
+    for g, w in zip(tf.standard_gradient(*p.standard, backend=backend), naive.standard_gradient(*p.standard)):
+        assert_rel(g, w, RTOL)
+
+
+@pytest.fixture(scope="module")
+def many_chunks():
+    rng = np.random.default_rng(20260)
+    N = 2 * _config.CHUNK_SIZE + 77
+    return make_problem(rng, N=N, M=4, L=3, Q=3, P=2)
+
+
+def test_several_chunks_agree_with_reference(backend, many_chunks):
+    """Many reduction chunks: every backend agrees with the NumPy reference
+    (itself checked against the naive loop everywhere else)."""
+    p = many_chunks
+    assert_rel(tf.truncate(p.R, p.b, p.X, backend=backend), tf.truncate(p.R, p.b, p.X, backend="numpy"), RTOL)
+    np.testing.assert_array_equal(tf.sector_codes(p.R, p.b, p.X, backend=backend),
+                                  tf.sector_codes(p.R, p.b, p.X, backend="numpy"))
+    assert_rel(tf.loss(*p.euclid, backend=backend), tf.loss(*p.euclid, backend="numpy"), RTOL)
+    for g, w in zip(tf.gradient(*p.euclid, backend=backend), tf.gradient(*p.euclid, backend="numpy")):
+        assert_rel(g, w, RTOL)
+    for g, w in zip(tf.standard_gradient(*p.standard, backend=backend),
+                    tf.standard_gradient(*p.standard, backend="numpy")):
+        assert_rel(g, w, RTOL)
+    # and a slice of it against the naive loop, through the same backend
+    idx = np.r_[0:5, _config.CHUNK_SIZE - 3:_config.CHUNK_SIZE + 3, len(p.X) - 5:len(p.X)]
+    assert_rel(tf.truncate(p.R, p.b, p.X, backend=backend)[idx], naive.truncate(p.R, p.b, p.X[idx]), RTOL)
+
+
+def test_separated_moments_over_several_chunks(backend):
+    rng = np.random.default_rng(7)
+    p = separated_problem(rng, 3, 3, n_per=_config.CHUNK_SIZE // 2 + 11)
+    sep = tf.gradient(*p.euclid, form="separated", backend=backend)
+    gen = tf.gradient(*p.euclid, form="general", backend="numpy")
+    for s, g in zip(sep, gen):
+        assert_rel(s, g, RTOL)
