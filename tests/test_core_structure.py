@@ -139,6 +139,14 @@ def _plane_problem(rng, n=60):
     return Problem(R, b, X, labels, T, np.eye(2), np.zeros(2), T)
 
 
+def _plane_outlier(rng):
+    """The plane problem with one far point of cluster 0 that its own layer truncates:
+    still separated, but no longer provably so from an enclosing ball of the cluster."""
+    p = _plane_problem(rng)
+    p.X[np.flatnonzero(p.labels == 0)[0]] = [-30.0, 0.5]
+    return p
+
+
 def _one_cluster(rng):
     p = make_problem(rng, N=30, M=4, L=1, Q=1)
     return p
@@ -147,6 +155,7 @@ def _one_cluster(rng):
 SEPARATED = {
     "one-cluster": _one_cluster,
     "plane": _plane_problem,
+    "plane-outlier": _plane_outlier,
     "M2-Q2": lambda rng: separated_problem(rng, 2, 2),
     "M3-Q3": lambda rng: separated_problem(rng, 3, 3),
     "M4-Q2": lambda rng: separated_problem(rng, 4, 2),
