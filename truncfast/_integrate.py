@@ -145,6 +145,33 @@ def _compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt,
     return _DONE, nsteps, loss
 
 
+def _stamp_dependencies(*dispatchers) -> None:
+    """Make the on-disk Numba cache of ``dispatchers`` depend on the kernels they call.
+
+    Numba keys a cached function on its own source file only, yet it links the
+    callees (``_kernels_numba.general_chunk``, ``_expm``) into the cached code:
+    after an edit of ``_kernels_numba.py`` the cache would silently keep the old
+    kernel and break the bitwise equality with the Python loop.  Adding the
+    callees' (mtime, size) to the cache stamp makes such a cache stale.
+    """
+    deps = []
+    for mod in (_kn, _expm):
+        try:
+            st = os.stat(mod.__file__)
+            deps.append((st.st_mtime, st.st_size))
+        except (OSError, TypeError):  # pragma: no cover - frozen installs
+            deps.append(None)
+    for d in dispatchers:
+        try:
+            cf = d._cache._cache_file
+            cf._source_stamp = (cf._source_stamp, tuple(deps))
+        except AttributeError:  # pragma: no cover - NUMBA_DISABLE_JIT or another Numba layout
+            pass
+
+
+_stamp_dependencies(_evaluate_seq, _compiled_steps)
+
+
 # -------------------------------------------------------------- validation ---
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -255,6 +282,12 @@ class _Run:
     # ------------------------------------------------------------ pieces ---
     def evaluate(self, R, b) -> RHS:
         """Right-hand side at (R, b) in the requested form (THEORY §5 or §6)."""
+        # a diverging state makes inf − inf in the kernels; non-finite results are
+        # detected by the caller (DivergenceError), so no RuntimeWarning noise
+        with np.errstate(all="ignore"):
+            return self._evaluate(R, b)
+
+    def _evaluate(self, R, b) -> RHS:
         X, labels, T = self.X, self.labels, self.targets
         if self.form == "general":
             loss, gb, om, _, _ = self.bk.general(R, b, X, labels, T, self._W0, self._bo0, self._Y0, False, True)
