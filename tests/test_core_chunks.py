@@ -13,7 +13,7 @@ from truncfast import _config
 from conftest import RTOL, assert_rel, make_problem, separated_problem
 
 
-@pytest.mark.parametrize("shape", [(130, 17, 4, 3, 5), (67, 8, 5, 2, 8), (200, 3, 2, 4, 2)],
+@pytest.mark.parametrize("shape", [(130, 17, 4, 3, 5), (67, 8, 5, 2, 8), (200, 3, 2, 4, 2), (20, 70, 2, 2, 3)],
                          ids=lambda s: "N%d-M%d-L%d-Q%d-P%d" % s)
 def test_block_remainders_and_wide_layers_vs_naive(backend, rng, shape):
     N, M, L, Q, P = shape
@@ -23,11 +23,12 @@ def test_block_remainders_and_wide_layers_vs_naive(backend, rng, shape):
     shift = rng.uniform(0.1, 2.0, size=(2 * k, M))
     p.X[:k] = (-p.b[0] - shift[:k]) @ p.R[0]
     p.X[k:2 * k] = (-p.b[0] + shift[k:]) @ p.R[0]
-    codes = naive.codes(p.R, p.b, p.X)
-    full = np.uint64(2**M - 1)
-    assert (codes == 0).any() and (codes == full).any() and ((codes != 0) & (codes != full)).any()
     assert_rel(tf.truncate(p.R, p.b, p.X, backend=backend), naive.truncate(p.R, p.b, p.X), RTOL)
-    np.testing.assert_array_equal(tf.sector_codes(p.R, p.b, p.X, backend=backend), codes)
+    if M <= 64:
+        codes = naive.codes(p.R, p.b, p.X)
+        full = np.uint64(2**M - 1)
+        assert (codes == 0).any() and (codes == full).any() and ((codes != 0) & (codes != full)).any()
+        np.testing.assert_array_equal(tf.sector_codes(p.R, p.b, p.X, backend=backend), codes)
     for g, w in zip(tf.gradient(*p.euclid, backend=backend), naive.gradient(*p.euclid)):
         assert_rel(g, w, RTOL)
     for g, w in zip(tf.standard_gradient(*p.standard, backend=backend), naive.standard_gradient(*p.standard)):

@@ -189,6 +189,17 @@ def test_pullback_targets(rng, M, P):
     assert np.abs(res).max() <= 1e-10 * (1 + np.abs(Y).max())  # full row rank: exact
 
 
+@pytest.mark.parametrize("M,P,rank", [(3, 3, 2), (4, 4, 1), (3, 5, 2), (4, 2, 1)])
+def test_pullback_targets_rank_deficient(rng, M, P, rank):
+    """A singular W_out: the minimum-norm least-squares ỹ (Moore–Penrose)."""
+    W = rng.standard_normal((P, rank)) @ rng.standard_normal((rank, M))
+    bo = rng.standard_normal(P)
+    Y = rng.standard_normal((3, P))
+    got = tf.pullback_targets(W, bo, Y)
+    assert_rel(got, naive.pullback_targets(W, bo, Y), RTOL_COMPOSED)
+    assert np.abs(got @ np.linalg.svd(W)[2][rank:].T).max() <= 1e-10  # no part in ker W
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N%d-M%d-L%d-Q%d-P%d" % s)
 def test_losses_match_naive(backend, rng, shape):
     N, M, L, Q, P = shape

@@ -230,3 +230,23 @@ def test_separated_rejects_empty_cluster(backend, rng):
     keep = p.labels == 0
     with pytest.raises(tf.InputError, match="labels.*1"):
         tf.gradient(p.R, p.b, p.X[keep], p.labels[keep], p.targets, form="separated", backend=backend)
+
+
+def test_repeated_layer_keeps_projected_points_on_the_shared_face(backend, rng):
+    """τ_ℓ is idempotent: repeating a layer (W_{ℓ+1} = I, b_{ℓ+1} = 0 in the network)
+    changes nothing, and the points it projected sit exactly on the shared faces,
+    u = 0, so they count as truncated again (H(0) = 0).  Signed-permutation R keep
+    the arithmetic exact (see DESIGN.md on faces shared up to rounding)."""
+    M = 4
+    p = make_problem(rng, N=40, M=M, L=1, Q=2, kind="boundary")
+    p.X = 2.0 * p.X + 1.0  # odd integers: nothing on a face of the first layer
+    R2 = np.concatenate([p.R, p.R])
+    b2 = np.concatenate([p.b, p.b])
+    codes = tf.sector_codes(R2, b2, p.X, backend=backend)
+    np.testing.assert_array_equal(codes[:, 1], codes[:, 0])
+    np.testing.assert_array_equal(codes, naive.codes(R2, b2, p.X))
+    np.testing.assert_array_equal(tf.truncate(R2, b2, p.X, backend=backend), tf.truncate(p.R, p.b, p.X, backend=backend))
+    gb, om = tf.gradient(R2, b2, p.X, p.labels, p.targets, backend=backend)
+    ngb, nom = naive.gradient(R2, b2, p.X, p.labels, p.targets)
+    assert_rel(gb, ngb, RTOL)
+    assert_rel(om, nom, RTOL)
