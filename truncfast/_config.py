@@ -45,3 +45,14 @@ INTEGRATE_CHUNK_SECONDS: float = 0.05
 
 #: Largest width for which sector codes fit a uint64 bitmask.
 MAX_CODE_WIDTH: int = 64
+
+#: How dask inputs (``_distributed``) add the per-block partial sums:
+#: ``"ordered"`` — a chain of fold tasks in row order, the local engine's exact
+#: summation (same bits when every dask row-chunk boundary is a multiple of
+#: CHUNK_SIZE), latency one task hop per block; ``"tree"`` — block sums added in
+#: a fixed binary tree by block index (deterministic, log depth, within 1e-12).
+DISTRIBUTED_REDUCTION: str = "ordered"
+
+#: A distributed step whose computation fails because a worker or connection was
+#: lost is recomputed (tasks are pure: same bits) at most this many times.
+DISTRIBUTED_RETRIES: int = 3

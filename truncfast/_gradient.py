@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import _backends, _separated
+from ._distributed import uses_dask
 from ._errors import InputError
 from ._validate import as_float_array, as_labels, check_finite, check_problem, check_state
 
@@ -31,7 +32,12 @@ def loss(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "a
     """Euclidean loss in input space (THEORY §3, [2.26]).
 
     ``C_E = 1/(2N) Σ_n |τ^(L)(x_n) − ỹ_{labels[n]}|²``.
+    Dask arrays for X / labels run on the dask cluster (docs/distributed.md).
     """
+    if uses_dask(X, labels):
+        from . import _distributed
+
+        return _distributed.loss(R, b, X, labels, targets, backend=backend)
     R, b, X, labels, targets = check_problem(R, b, X, labels, targets)
     return float(_euclid(R, b, X, labels, targets, backend, False)[0])
 
@@ -47,7 +53,13 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
     (§6) needs L == Q and layer j acting on cluster j only; it checks that
     assumption first and raises :class:`SeparationError` naming the clusters and
     layers that break it.
+
+    Dask arrays for X / labels run on the dask cluster (docs/distributed.md).
     """
+    if uses_dask(X, labels):
+        from . import _distributed
+
+        return _distributed.gradient(R, b, X, labels, targets, form=form, backend=backend)
     R, b, X, labels, targets = check_problem(R, b, X, labels, targets)
     if form == "general":
         _, gb, omega, _, _ = _euclid(R, b, X, labels, targets, backend, True)

@@ -49,6 +49,7 @@ from . import _kernels_numba as _kn
 from ._errors import DivergenceError, InputError, SeparationError
 from ._model import orthonormalize
 from ._solvers import RHS, SOLVERS, Solver
+from ._distributed import uses_dask
 from ._trajectory import FULL, PARTIAL, UNTRUNCATED, Trajectory
 from ._validate import check_problem
 
@@ -550,7 +551,17 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     KeyboardInterrupt
         Re-raised after Ctrl-C, with the partial run in ``exc.trajectory``
         (and a last checkpoint written when checkpointing).
+
+    Dask arrays for X / labels run on the dask cluster (``_distributed``,
+    docs/distributed.md).
     """
+    if uses_dask(X, labels):
+        from ._distributed import integrate as integrate_dask
+
+        return integrate_dask(R, b, X, labels, targets, dt=dt, steps=steps, method=method,
+                              train_weights=train_weights, train_biases=train_biases, record_every=record_every,
+                              backend=backend, progress=progress, checkpoint=checkpoint,
+                              checkpoint_every=checkpoint_every, form=form)
     R, b, X, labels, targets = check_problem(R, b, X, labels, targets)
     dt = _check_dt(dt)
     steps = _check_int("steps", steps, 0)

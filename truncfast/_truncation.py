@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from . import _backends, _config
+from ._distributed import uses_dask
 from ._errors import InputError
 from ._validate import check_problem
 
@@ -26,8 +27,13 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
 
     Returns
     -------
-    (N, M) float64, a new array.
+    (N, M) float64, a new array; a lazy dask array, chunked like X's rows, when
+    X is a dask array (docs/distributed.md).
     """
+    if uses_dask(X):
+        from . import _distributed
+
+        return _distributed.truncate(R, b, X, backend=backend)
     R, b, X = check_problem(R, b, X)
     return _backends.get(backend).truncate(R, b, X)
 

@@ -1,0 +1,613 @@
+"""The public API on dask arrays: data stay on the workers (issue 8).
+
+``gradient``, ``loss``, ``truncate`` and ``integrate`` route here when ``X`` (or
+``labels``) is a ``dask.array.Array``.  Dask is an optional dependency
+(``pip install "truncfast[distributed]"``); it is imported only once a dask
+collection has actually been passed (:func:`uses_dask` looks at
+``sys.modules`` and never imports anything).
+
+One evaluation of the flow (THEORY §5) is one *map* and one *reduction*:
+
+* **map** — every row block of X (a dask chunk, wherever it lives) runs the
+  same sequential per-chunk Numba kernel as the local engine
+  (``_kernels_numba.general_range``) over its own fixed chunks of
+  ``_config.CHUNK_SIZE`` rows and returns one partial sum per chunk;
+* **reduction** — the partials are added in a fixed order
+  (``_config.DISTRIBUTED_REDUCTION``):
+
+  ``"ordered"`` (default) is a chain of small fold tasks, block after block,
+  each adding its block's per-chunk partials one at a time to the running
+  total (``_kernels_numba.add_slots``).  That is exactly the local engine's
+  summation (zero, then chunk 0, chunk 1, ... in row order), so when every
+  dask row-chunk boundary is a multiple of ``CHUNK_SIZE`` the result has the
+  *same bits* as the local numba backend.  Otherwise the chunks restart at
+  each block start and the result agrees to rounding (≲ 1e-15 relative).
+  Only the running total (O(L M²) bytes) travels between workers; the chain
+  overlaps with the map, and its latency (one task hop per block) is what
+  the cost model in docs/distributed.md calls the reduction latency.
+
+  ``"tree"`` folds each block to one block sum, then adds block sums
+  pairwise in a fixed binary tree by block index: deterministic (the same
+  bits for any cluster, worker count or scheduling), logarithmic depth, but
+  not bitwise equal to the local engine (within 1e-12).
+
+The client holds only the small state (R, b, targets): it finishes the
+reduction (``_backends._normalise``), takes the solver step and broadcasts the
+new state as one small graph literal that every block task depends on.
+
+Validation.  Shapes, dtypes and chunk structure are checked on the client
+from metadata (no data move); values (finiteness of X, the range of labels)
+are checked inside the first map of each call, on the workers, and reported
+as :class:`InputError` naming the argument and the *global* index.  For the
+lazy ``truncate`` the check runs when the result is computed.
+
+Resilience.  ``integrate`` persists the (converted) data once; if a worker
+dies, dask recomputes its lost blocks from their lineage and the step is
+retried (``_config.DISTRIBUTED_RETRIES`` times).  Every task is a pure
+function of its block and the state, so a retried step has the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from . import _config
+from ._errors import InputError
+
+__all__ = ["uses_dask", "is_dask_array", "DaskEngine", "loss", "gradient", "truncate", "integrate"]
+
+
+# ------------------------------------------------------------ detection ---
+
+def is_dask_array(x: Any) -> bool:
+    """True if ``x`` is a ``dask.array.Array``; never imports dask.
+
+    A dask array can only exist once ``dask.array`` has been imported, so
+    looking it up in ``sys.modules`` is enough and costs nothing for users
+    without dask.
+    """
+    mod = sys.modules.get("dask.array")
+    return mod is not None and isinstance(x, getattr(mod, "Array", ()))
+
+
+def uses_dask(*arrays: Any) -> bool:
+    """True if any argument is a dask array (the API boundary's routing test)."""
+    if "dask.array" not in sys.modules:
+        return False
+    return any(is_dask_array(a) for a in arrays)
+
+
+def _require_dask():
+    try:
+        import dask  # noqa: F401
+        import dask.array  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - only reachable with a broken install
+        raise ImportError('dask inputs need the optional dependency: pip install "truncfast[distributed]"') from exc
+
+
+# ------------------------------------------------------ worker functions ---
+# Module-level, picklable by reference: workers import truncfast and run them.
+# They receive plain NumPy blocks (the dask chunk) and the small state.
+
+def _block_error(X: np.ndarray, labels: np.ndarray | None, offset: int, Q: int) -> str | None:
+    """Value checks of one block (CONTRACT.md): the first problem, named, with its global index."""
+    if X.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.add.reduce(X.reshape(-1))
+        if not np.isfinite(total):
+            bad = ~np.isfinite(X)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                count = int(bad.sum())
+                more = f" (and {count - 1} more non-finite values in rows {offset}..{offset + X.shape[0] - 1})" \
+                    if count > 1 else ""
+                return (f"X: contains {float(X[r, c])!r} at index [{offset + int(r)}, {int(c)}]{more}; "
+                        "all values must be finite")
+    if labels is not None and labels.size:
+        lo, hi = labels.min(), labels.max()
+        if lo < 0 or hi >= Q:
+            i = int(np.flatnonzero((labels < 0) | (labels >= Q))[0])
+            return (f"labels: value {int(labels[i])} at index {offset + i} is out of range 0..{Q - 1}"
+                    f" (Q = {Q} from targets)")
+    return None
+
+
+class _Partials:
+    """Partial sums of §5 travelling between tasks, or the first validation error.
+
+    ``arrays`` = (loss (1,), gb (L, M), G (L, M, M), gW (P, M), gbo (P,)), each
+    with a leading axis of ``n`` per-chunk slots when ``n > 0`` (a map result
+    of the ordered reduction), or plain totals when ``n == 0``.
+    """
+
+    __slots__ = ("arrays", "n", "error")
+
+    def __init__(self, arrays, n: int, error: str | None = None):
+        self.arrays = arrays
+        self.n = n
+        self.error = error
+
+
+def _partials_general(X, labels, state, offset: int, standard: bool, want_grad: bool, validate: bool,
+                      fold_block: bool) -> _Partials:
+    """Map step of one block: per-chunk partials of the §5 sums (raw, not divided by N)."""
+    from . import _kernels_numba as k
+
+    R, S, b, T, W, bout, Y = state
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if validate:
+        err = _block_error(X, labels, offset, Y.shape[0] if standard else T.shape[0])
+        if err is not None:
+            return _Partials(None, 0, err)
+    n = X.shape[0]
+    L, M = b.shape
+    P = W.shape[0]
+    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+    nch = (n + chunk - 1) // chunk
+    ploss, pgb, pG = np.empty((nch, 1)), np.empty((nch, L, M)), np.empty((nch, L, M, M))
+    pgW, pgbo = np.empty((nch, P, M)), np.empty((nch, P))
+    k.general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, 0, nch, chunk, block,
+                    0, pgb, pG, pgW, pgbo, ploss[:, 0])
+    parts = (ploss, pgb, pG, pgW, pgbo)
+    if fold_block:  # tree mode: this block's sum, chunk by chunk from zero
+        sums = tuple(np.zeros(p.shape[1:]) for p in parts)
+        for tot, p in zip(sums, parts):
+            k.add_slots(tot, p, nch)
+        return _Partials(sums, 0)
+    return _Partials(parts, nch)
+
+
+def _fold(total: _Partials | None, part: _Partials) -> _Partials:
+    """One link of the ordered chain: ``total + part[0] + part[1] + …``, one slot at a time.
+
+    ``total`` is None for the first block (the sum starts from zeros, as the
+    local engine's does).  The first validation error in row order wins.
+    """
+    from . import _kernels_numba as k
+
+    if total is not None and total.error is not None:
+        return total
+    if part.error is not None:
+        return part
+    if total is None:
+        acc = tuple(np.zeros(p.shape[1:]) for p in part.arrays)
+    else:
+        acc = tuple(a.copy() for a in total.arrays)  # never mutate a task's input
+    for a, p in zip(acc, part.arrays):
+        k.add_slots(a, p, part.n)
+    return _Partials(acc, 0)
+
+
+def _combine(a: _Partials, b: _Partials) -> _Partials:
+    """One node of the tree reduction: block sums ``a + b`` (a holds the earlier rows)."""
+    if a.error is not None:
+        return a
+    if b.error is not None:
+        return b
+    return _Partials(tuple(x + y for x, y in zip(a.arrays, b.arrays)), 0)
+
+
+def _block_counts(X, labels, state, offset: int, Q: int, validate: bool):
+    """Per-block (L, Q, 3) counts of untruncated / partially / fully truncated points (THEORY §2)."""
+    from . import _kernels_numba as k
+    from ._trajectory import FULL, PARTIAL, UNTRUNCATED
+
+    R, S, b = state
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if validate:
+        err = _block_error(X, labels, offset, Q)
+        if err is not None:
+            return err
+    n = X.shape[0]
+    L, M = b.shape
+    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+    codes = np.empty((n, L), dtype=np.uint64)
+    k.truncate_range(R, S, b, X, 0, (n + chunk - 1) // chunk, chunk, block, np.empty((0, M)), codes, True)
+    ones = np.uint64((1 << M) - 1)
+    cat = np.where(codes == ones, UNTRUNCATED, np.where(codes == 0, FULL, PARTIAL))
+    out = np.empty((L, Q, 3), dtype=np.int64)
+    for l in range(L):
+        out[l] = np.bincount(labels * 3 + cat[:, l], minlength=3 * Q).reshape(Q, 3)
+    return out
+
+
+def _add_counts(a, b):
+    """Integer counts: exact in any order.  A string is a validation error (first one wins)."""
+    if isinstance(a, str):
+        return a
+    if isinstance(b, str):
+        return b
+    return a + b
+
+
+def _block_truncate(X, R, S, b, block_info=None):
+    """Lazy ``truncate`` of one block: τ^(L) of every row (per-point, so chunking never changes bits)."""
+    from . import _kernels_numba as k
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    offset = block_info[0]["array-location"][0][0] if block_info else 0
+    err = _block_error(X, None, offset, 0)
+    if err is not None:
+        raise InputError(err)
+    n, M = X.shape
+    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+    out = np.empty((n, M))
+    k.truncate_range(R, S, b, X, 0, (n + chunk - 1) // chunk, chunk, block, out,
+                     np.empty((0, b.shape[0]), dtype=np.uint64), False)
+    return out
+
+
+# ---------------------------------------------------------- the engine ---
+
+def _retryable_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "a worker or connection was lost", not "the computation is wrong"."""
+    errs: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        from distributed import KilledWorker
+        from distributed.comm.core import CommClosedError
+
+        errs += [KilledWorker, CommClosedError]
+    except ImportError:  # only the local schedulers: nothing to retry
+        pass
+    try:
+        from concurrent.futures import CancelledError
+
+        errs.append(CancelledError)
+        from distributed.client import FutureCancelledError  # type: ignore[attr-defined]
+
+        errs.append(FutureCancelledError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def _compute(obj):
+    """``dask.compute`` on the active scheduler, retried after a lost worker (same bits: tasks are pure)."""
+    import dask
+
+    retryable = _retryable_errors()
+    attempt = 0
+    while True:
+        try:
+            return dask.compute(obj)[0]
+        except retryable:
+            attempt += 1
+            if attempt > _config.DISTRIBUTED_RETRIES:
+                raise
+            time.sleep(min(0.2 * 2 ** attempt, 5.0))  # let the nanny restart the worker
+
+
+class DaskEngine:
+    """The backend interface of ``_backends`` (``general``, ``codes``-style counts) over dask arrays.
+
+    ``X`` and ``labels`` passed to the methods are the prepared dask arrays of
+    :func:`prepare` (float64 rows in one column chunk, labels chunked like the
+    rows of X).  The first map of an engine validates the values; later maps
+    skip the check (the data are the same).
+    """
+
+    name = "dask"
+
+    def __init__(self, reduction: str | None = None):
+        self.reduction = _config.DISTRIBUTED_REDUCTION if reduction is None else reduction
+        if self.reduction not in ("ordered", "tree"):
+            raise InputError(f"reduction: unknown reduction {self.reduction!r}; choose 'ordered' or 'tree'")
+        self._validated = False
+        self._blocks_cache: tuple | None = None
+
+    def _blocks(self, X, labels):
+        """(delayed X block, delayed labels block, global row offset) per row block, cached per data."""
+        key = (X.name, labels.name)
+        if self._blocks_cache is None or self._blocks_cache[0] != key:
+            xs = X.to_delayed().ravel()
+            ls = labels.to_delayed().ravel()
+            offsets = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(np.int64)
+            self._blocks_cache = (key, list(zip(xs, ls, offsets.tolist())))
+        return self._blocks_cache[1]
+
+    def _take_validation(self) -> bool:
+        v = not self._validated
+        self._validated = True
+        return v
+
+    def _raise(self, error: str):
+        self._validated = False  # the data were rejected: check again next time
+        raise InputError(error)
+
+    def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
+        """``(loss, grad_b, omega, grad_W, grad_bout)`` divided by N, as ``_backends`` returns them."""
+        from dask import delayed
+
+        from . import _backends
+        from . import _kernels_numba as k
+
+        S = k.transfer_matrices(R)  # the same function as the local engine: same bits
+        state = delayed((R, S, b, T, W, bout, Y), traverse=False)
+        validate = self._take_validation()
+        tree = self.reduction == "tree"
+        part = delayed(_partials_general, pure=False)
+        parts = [part(xb, lb, state, off, standard, want_grad, validate, tree) for xb, lb, off in self._blocks(X, labels)]
+        if tree:
+            while len(parts) > 1:
+                nxt = [delayed(_combine, pure=False)(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+                if len(parts) % 2:
+                    nxt.append(parts[-1])
+                parts = nxt
+            total = parts[0]
+        else:
+            total = None
+            for p in parts:
+                total = delayed(_fold, pure=False)(total, p)
+        res = _compute(total)
+        if res.error is not None:
+            self._raise(res.error)
+        loss, gb, G, gW, gbo = res.arrays
+        return _backends._normalise(X.shape[0], loss[0], gb, G, gW, gbo, standard)
+
+    def counts(self, R, b, X, labels, Q: int) -> np.ndarray:
+        """(L, Q, 3) counts along the composition, summed over blocks (integers: exact)."""
+        from dask import delayed
+
+        from . import _kernels_numba as k
+
+        state = delayed((R, k.transfer_matrices(R), b), traverse=False)
+        validate = self._take_validation()
+        parts = [delayed(_block_counts, pure=False)(xb, lb, state, off, Q, validate)
+                 for xb, lb, off in self._blocks(X, labels)]
+        while len(parts) > 1:
+            nxt = [delayed(_add_counts, pure=False)(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+            if len(parts) % 2:
+                nxt.append(parts[-1])
+            parts = nxt
+        out = _compute(parts[0])
+        if isinstance(out, str):
+            self._raise(out)
+        return out
+
+
+# ------------------------------------------------------------ boundary ---
+
+def _prepare_X(X, M: int):
+    """Metadata checks of a dask ``X`` and its conversion (lazy) to float64 rows in one column chunk."""
+    import dask.array as da
+
+    if X.dtype.kind not in "fiub":
+        raise InputError(f"X: expected a real numeric array, got dtype {X.dtype}"
+                         + (" (complex values are not supported)" if X.dtype.kind == "c" else ""))
+    if X.ndim != 2:
+        raise InputError(f"X: expected shape (?, {M}), got shape {X.shape} ({X.ndim}-D)")
+    if any(math.isnan(c) for c in X.chunks[0]):
+        raise InputError("X: the dask array has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    if X.shape[1] != M:
+        raise InputError(f"X: expected shape (?, {M}), got {X.shape} (axis 1 is {X.shape[1]}, expected {M})")
+    if X.shape[0] == 0:
+        raise InputError("X: has no rows (N = 0); at least one point is needed")
+    if len(X.chunks[1]) != 1:
+        X = X.rechunk({1: -1})  # the kernels need whole rows; moves data between workers only
+    if X.dtype != np.float64:
+        X = X.astype(np.float64)
+    if any(c == 0 for c in X.chunks[0]):  # empty blocks would only cost a task each
+        X = X.rechunk({0: tuple(c for c in X.chunks[0] if c)})
+    assert isinstance(X, da.Array)
+    return X
+
+
+def _prepare_labels(labels, X, Q: int):
+    """Labels as int64 dask array chunked like the rows of X (values are checked in the first map)."""
+    import dask.array as da
+
+    N = X.shape[0]
+    if is_dask_array(labels):
+        if labels.dtype.kind not in "iu":
+            raise InputError(f"labels: expected an integer array, got dtype {labels.dtype}")
+        if labels.ndim != 1:
+            raise InputError(f"labels: expected shape ({N},), got shape {labels.shape}")
+        if any(math.isnan(c) for c in labels.chunks[0]):
+            raise InputError("labels: the dask array has unknown chunk sizes; call labels.compute_chunk_sizes() first")
+        if labels.shape[0] != N:
+            raise InputError(f"labels: has {labels.shape[0]} entries but X has {N} rows")
+        if labels.chunks[0] != X.chunks[0]:
+            labels = labels.rechunk((X.chunks[0],))
+        if labels.dtype != np.int64:
+            labels = labels.astype(np.int64)
+        return labels
+    from ._validate import as_labels
+
+    # a NumPy labels array is small next to X: check it here, ship it with the blocks
+    lab = as_labels(labels, N, Q)
+    return da.from_array(lab, chunks=(X.chunks[0],), name=False)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("auto", "numba"):
+        from ._backends import resolve
+
+        resolve(backend)  # unknown names raise the usual InputError
+        raise InputError(f"backend: dask inputs run the Numba chunk kernels on the workers; use 'auto' or "
+                         f"'numba', got {backend!r}")
+    from ._backends import resolve
+
+    if resolve("numba") != "numba":  # pragma: no cover - numba is a hard dependency
+        raise InputError("backend: dask inputs need the numba backend")
+
+
+def prepare(R, b, X, labels=None, targets=None):
+    """Validate the small arguments as the local API does and the dask ones from metadata.
+
+    Returns ``(R, b, X)`` or ``(R, b, X, labels, targets)`` with X, labels
+    prepared dask arrays.  Values of X and labels are checked by the first map.
+    """
+    _require_dask()
+    from ._validate import as_float_array, check_finite, check_state
+
+    R, b = check_state(R, b)
+    M = R.shape[1]
+    X = _prepare_X(X, M)
+    if labels is None and targets is None:
+        return R, b, X
+    if targets is None or labels is None:
+        raise InputError("labels and targets must be given together")
+    targets = as_float_array("targets", targets, 2, (None, M))
+    if targets.shape[0] == 0:
+        raise InputError("targets: has no rows (Q = 0)")
+    check_finite("targets", targets)
+    labels = _prepare_labels(labels, X, targets.shape[0])
+    return R, b, X, labels, targets
+
+
+def _local_labels(labels):
+    """X is in memory but labels are a dask array: bring the (small) labels here, run locally."""
+    return np.asarray(labels.compute()) if is_dask_array(labels) else labels
+
+
+def _euclid(R, b, X, labels, targets, want_grad):
+    M = R.shape[1]
+    eng = DaskEngine()
+    return eng.general(R, b, X, labels, targets, np.zeros((0, M)), np.zeros(0),
+                       np.zeros((targets.shape[0], 0)), False, want_grad)
+
+
+# -------------------------------------------------------------- public ---
+
+def loss(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "auto") -> float:
+    """``truncfast.loss`` on dask data: C_E with the map + ordered reduction (module docstring)."""
+    if not is_dask_array(X):
+        from . import _gradient
+
+        return _gradient.loss(R, b, X, _local_labels(labels), targets, backend=backend)
+    _check_backend(backend)
+    R, b, X, labels, targets = prepare(R, b, X, labels, targets)
+    return float(_euclid(R, b, X, labels, targets, False)[0])
+
+
+def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "general",
+             backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """``truncfast.gradient`` on dask data (``form="general"`` only; see docs/distributed.md)."""
+    if not is_dask_array(X):
+        from . import _gradient
+
+        return _gradient.gradient(R, b, X, _local_labels(labels), targets, form=form, backend=backend)
+    if form != "general":
+        if form == "separated":
+            raise InputError("form: form='separated' is not available for dask inputs yet; use form='general' "
+                             "(exact for any data)")
+        raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
+    _check_backend(backend)
+    R, b, X, labels, targets = prepare(R, b, X, labels, targets)
+    _, gb, omega, _, _ = _euclid(R, b, X, labels, targets, True)
+    return gb, omega
+
+
+def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto"):
+    """``truncfast.truncate`` on a dask ``X``: a lazy (N, M) float64 dask array, chunked like X's rows.
+
+    Non-finite values of X raise :class:`InputError` (naming X and the global
+    index) when the result is computed.
+    """
+    from . import _kernels_numba as k
+
+    _check_backend(backend)
+    R, b, X = prepare(R, b, X)
+    S = k.transfer_matrices(R)
+    return X.map_blocks(_block_truncate, R, S, b, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
+                        name="truncfast-truncate-" + _token(X, R, b))
+
+
+def _token(*args) -> str:
+    from dask.base import tokenize
+
+    return tokenize(*args)
+
+
+def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, steps: int,
+              method: str = "lie-euler", train_weights: bool = True, train_biases: bool = True,
+              record_every: int = 1, backend: str = "auto", progress: bool = False,
+              checkpoint=None, checkpoint_every: int | None = None, form: str = "general"):
+    """``truncfast.integrate`` on dask data: same loop, same records, same bits (``reduction="ordered"``).
+
+    The data are converted and persisted on the workers once; every step maps
+    the chunk kernel over the blocks, reduces, and takes the solver step on the
+    client (the state is O(L M²)).  The step loop is the local one
+    (``_integrate._Run``) with this module's engine in place of the backend,
+    so progress bars, divergence errors and Ctrl-C behave identically.
+    Not supported with dask data (yet): ``checkpoint`` and the separated form
+    (``form="separated"``, ``method="exp-euler"``).
+    """
+    from . import _integrate
+
+    if not is_dask_array(X):
+        return _integrate.integrate(R, b, X, _local_labels(labels), targets, dt=dt, steps=steps, method=method,
+                                    train_weights=train_weights, train_biases=train_biases,
+                                    record_every=record_every, backend=backend, progress=progress,
+                                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, form=form)
+    import dask
+
+    from ._solvers import SOLVERS
+
+    R, b, X, labels, targets = prepare(R, b, X, labels, targets)
+    dt = _integrate._check_dt(dt)
+    steps = _integrate._check_int("steps", steps, 0)
+    record_every = _integrate._check_int("record_every", record_every, 1)
+    if not isinstance(method, str) or method not in SOLVERS:
+        raise InputError(f"method: unknown method {method!r}; choose one of " + ", ".join(map(repr, SOLVERS)))
+    if form not in ("general", "separated"):
+        raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
+    if form == "separated" or SOLVERS[method].needs_moments:
+        raise InputError(f"method: method={method!r} / form={form!r} needs the separated moments, which are not "
+                         "available for dask inputs yet; use form='general' with 'lie-euler' or 'cayley'")
+    if checkpoint is not None or checkpoint_every is not None:
+        raise InputError("checkpoint: checkpoints are not supported for dask inputs yet (the data digest would "
+                         "have to be computed on the workers)")
+    train_weights = _integrate._check_flag("train_weights", train_weights)
+    train_biases = _integrate._check_flag("train_biases", train_biases)
+    progress = _integrate._check_flag("progress", progress)
+    _check_backend(backend)
+    N, M = X.shape
+    L, Q = R.shape[0], targets.shape[0]
+    X, labels = dask.persist(X, labels)  # once per run: every step reads the blocks where they are
+    engine = DaskEngine()
+    settings = {
+        "method": method, "dt": dt, "steps": steps, "record_every": record_every,
+        "train_weights": train_weights, "train_biases": train_biases, "backend": "numba",
+        "form": "general", "N": int(N), "M": int(M), "L": int(L), "Q": int(Q),
+        "version": _integrate._version(), "compiled_loop": False,
+        "distributed": "dask", "reduction": engine.reduction, "blocks": len(X.chunks[0]),
+    }
+    R = R.copy()
+    b = b.copy()
+    reorth0 = 0
+    if train_weights:
+        R, fixed = _integrate._reorthonormalize_initial(R)
+        reorth0 = int(fixed)
+    run = _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, reorth0)
+    return run.run()
+
+
+def _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, reorth0):
+    """The local step loop (``_integrate._Run``) driving the dask engine instead of a local backend."""
+
+    class _DaskRun(_integrate._Run):
+        """``_Run`` whose evaluations and sector counts are maps over the dask blocks."""
+
+        def __init__(self):
+            M = R.shape[1]
+            # the base class sizes its buffers from these; the data themselves are the dask arrays below
+            super().__init__(settings, R, b, np.zeros((0, M)), np.zeros(0, dtype=np.int64), targets,
+                             checkpoint=None, checkpoint_every=None, progress=progress, reorth0=reorth0)
+            self.X, self.labels = X, labels
+            self.bk = engine
+
+        def _counts(self, R_, b_):
+            L_, M_ = b_.shape
+            if M_ > _config.MAX_CODE_WIDTH:
+                return np.full((L_, targets.shape[0], 3), -1, dtype=np.int64)
+            return engine.counts(R_, b_, self.X, self.labels, targets.shape[0])
+
+    return _DaskRun()
