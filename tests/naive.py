@@ -97,7 +97,7 @@ def _point_gradient(R, b, x, error_of):
         v = R[l] @ z
         u = v + b[l]
         h = heaviside(u)
-        t = h * u - b[l]
+        t = np.maximum(v, -b[l])  # = h ⊙ u − b = R_ℓ z_ℓ (clamp form of §4)
         z = R[l].T @ t
         saved.append((v, h, t))
     g = error_of(z)
