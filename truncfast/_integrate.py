@@ -146,6 +146,35 @@ def _compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt,
     return _DONE, nsteps, loss
 
 
+@njit(cache=True, nogil=True)
+def _counts_seq(R, b, X, labels, Q, chunk, block, out):
+    """out[ℓ, j] = [untruncated, partial, fully truncated] points of cluster j at layer ℓ.
+
+    Sector codes along the composition from the numba backend's own kernel
+    (``truncate_range``), so the counts agree bit for bit with
+    ``tf.sector_codes(..., backend="numba")``; one sequential call instead of
+    a round of NumPy reductions per record.  Needs M ≤ 64.
+    """
+    N, M = X.shape
+    L = b.shape[0]
+    S = _transfer_matrices(R)
+    codes = np.empty((N, L), dtype=np.uint64)
+    dummy = np.empty((0, M))
+    _kn.truncate_range(R, S, b, X, 0, (N + chunk - 1) // chunk, chunk, block, dummy, codes, True)
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - M)
+    out[:] = 0
+    for n in range(N):
+        j = labels[n]
+        for l in range(L):
+            c = codes[n, l]
+            if c == ones:
+                out[l, j, 0] += 1
+            elif c == 0:
+                out[l, j, 2] += 1
+            else:
+                out[l, j, 1] += 1
+
+
 def _stamp_dependencies(*dispatchers) -> None:
     """Make the on-disk Numba cache of ``dispatchers`` depend on the kernels they call.
 
@@ -170,7 +199,7 @@ def _stamp_dependencies(*dispatchers) -> None:
             pass
 
 
-_stamp_dependencies(_evaluate_seq, _compiled_steps)
+_stamp_dependencies(_evaluate_seq, _compiled_steps, _counts_seq)
 
 
 # -------------------------------------------------------------- validation ---
@@ -315,6 +344,10 @@ class _Run:
         Q = self.targets.shape[0]
         if M > _config.MAX_CODE_WIDTH:
             return np.full((L, Q, 3), -1, dtype=np.int64)
+        if self.settings["backend"] == "numba":
+            out = np.empty((L, Q, 3), dtype=np.int64)
+            _counts_seq(R, b, self.X, self.labels, Q, _config.CHUNK_SIZE, _config.BLOCK_SIZE, out)
+            return out
         codes = np.asarray(self.bk.codes(R, b, self.X))
         ones = np.uint64((1 << M) - 1)
         cat = np.where(codes == ones, UNTRUNCATED, np.where(codes == 0, FULL, PARTIAL))
@@ -328,8 +361,8 @@ class _Run:
         buf["times"][i] = k * self.dt
         buf["steps"][i] = k
         buf["loss"][i] = rhs.loss
-        buf["grad_b_norm"][i] = math.sqrt(float(np.sum(rhs.grad_b * rhs.grad_b)))
-        buf["omega_norm"][i] = math.sqrt(float(np.sum(rhs.omega * rhs.omega)))
+        buf["grad_b_norm"][i] = math.sqrt(float(np.dot(rhs.grad_b.ravel(), rhs.grad_b.ravel())))
+        buf["omega_norm"][i] = math.sqrt(float(np.dot(rhs.omega.ravel(), rhs.omega.ravel())))
         buf["ortho_defect"][i] = _expm.defect(R)
         buf["counts"][i] = self._counts(R, b)
         buf["Rs"][i] = R
