@@ -6,13 +6,14 @@ reproducible."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import naive
 import truncfast as tf
-from conftest import AVAILABLE_BACKENDS, RTOL, Problem, assert_rel, make_problem
+from conftest import AVAILABLE_BACKENDS, RTOL, Problem, assert_rel, make_problem, separated_problem
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -107,3 +108,29 @@ def test_gradient_is_a_mean_over_points(p, k, rnd):
             assert_rel(tf.loss(*q.euclid, backend=bk), tf.loss(*p.euclid, backend=bk), RTOL)
             for g, w in zip(tf.gradient(*q.euclid, backend=bk), base):
                 assert_rel(g, w, RTOL)
+
+
+@SETTINGS
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 15), st.floats(0.01, 1.0),
+       st.integers(0, 2**32 - 1), st.booleans())
+def test_separated_form_on_random_separated_data(M, Q, n_per, spread, seed, outlier):
+    """form="separated" equals the naive general gradient and the §6 moment
+    formulas, or raises SeparationError listing exactly the naive violations."""
+    Q = min(Q, M)
+    rng = np.random.default_rng(seed)
+    p = separated_problem(rng, M, Q, n_per=n_per, spread=spread)
+    if outlier:  # deep in cluster 0's own negative sector: defeats the enclosing-ball shortcut
+        i = np.flatnonzero(p.labels == 0)[0]
+        p.X[i] -= 30.0 * (p.R[0].T @ np.ones(M))
+    viol = naive.separation_violations(p.R, p.b, p.X, p.labels, Q)
+    want = naive.gradient(*p.euclid)
+    want_mom = naive.separated_gradient(*p.euclid)
+    for bk in AVAILABLE_BACKENDS:
+        if viol:
+            with pytest.raises(tf.SeparationError) as info:
+                tf.gradient(*p.euclid, form="separated", backend=bk)
+            assert {tuple(v) for v in info.value.violations} == viol
+            continue
+        for g, w, m in zip(tf.gradient(*p.euclid, form="separated", backend=bk), want, want_mom):
+            assert_rel(g, w, RTOL, f"{bk} vs general")
+            assert_rel(g, m, RTOL, f"{bk} vs moments")
