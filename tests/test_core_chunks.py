@@ -13,7 +13,8 @@ from truncfast import _config
 from conftest import RTOL, assert_rel, make_problem, separated_problem
 
 
-@pytest.mark.parametrize("shape", [(130, 17, 4, 3, 5), (67, 8, 5, 2, 8), (200, 3, 2, 4, 2), (20, 70, 2, 2, 3)],
+@pytest.mark.parametrize("shape", [(130, 17, 4, 3, 5), (67, 8, 5, 2, 8), (200, 3, 2, 4, 2), (128, 3, 3, 2, 2), (64, 2, 2, 2, 1),
+                          (20, 70, 2, 2, 3)],
                          ids=lambda s: "N%d-M%d-L%d-Q%d-P%d" % s)
 def test_block_remainders_and_wide_layers_vs_naive(backend, rng, shape):
     N, M, L, Q, P = shape
@@ -35,10 +36,10 @@ def test_block_remainders_and_wide_layers_vs_naive(backend, rng, shape):
         assert_rel(g, w, RTOL)
 
 
-@pytest.fixture(scope="module")
-def many_chunks():
+@pytest.fixture(scope="module", params=[77, 0], ids=["remainder", "exact-multiple"])
+def many_chunks(request):
     rng = np.random.default_rng(20260)
-    N = 2 * _config.CHUNK_SIZE + 77
+    N = 2 * _config.CHUNK_SIZE + request.param
     return make_problem(rng, N=N, M=4, L=3, Q=3, P=2)
 
 
