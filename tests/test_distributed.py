@@ -1,0 +1,186 @@
+"""The public API on dask arrays against the local engine (issue 8, ``truncfast._distributed``).
+
+One real ``LocalCluster`` (2 worker processes, 1 thread each) serves the whole
+module.  Data chunked in multiples of ``_config.CHUNK_SIZE`` must give the
+*same bits* as the local numba backend (the ordered reduction is the local
+summation); other chunkings and the tree reduction agree to 1e-12.  The last
+test kills worker processes during an integration: dask recomputes the lost
+blocks from their lineage and the trajectory keeps its bits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import truncfast as tf
+from truncfast import _config, _distributed, _integrate
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+
+CH = _config.CHUNK_SIZE
+N, M, L, Q = 5 * CH + 1234, 6, 3, 3  # 5 full chunks and a partial one
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="768MiB",
+                                       dashboard_address=":0", silence_logs=50)
+    cl = distributed.Client(cluster)
+    # compile / load the cached kernels in the workers once, outside the timed checks
+    cl.run(lambda: __import__("truncfast._kernels_numba"))
+    yield cl
+    cl.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(8)
+    R = np.stack([np.linalg.qr(rng.normal(size=(M, M)))[0] for _ in range(L)])
+    b = 0.5 * rng.normal(size=(L, M))
+    X = rng.normal(size=(N, M))
+    labels = rng.integers(0, Q, N)
+    targets = rng.normal(size=(Q, M))
+    return R, b, X, labels, targets
+
+
+def _dask(X, labels, rows):
+    return da.from_array(X, chunks=(rows, X.shape[1])), da.from_array(labels, chunks=rows)
+
+
+def test_no_dask_import_without_dask_inputs():
+    code = ("import sys, numpy as np, truncfast as tf\n"
+            "R = np.eye(2)[None]; b = np.zeros((1, 2)); X = np.ones((3, 2))\n"
+            "tf.gradient(R, b, X, np.zeros(3, int), np.zeros((1, 2)), backend='numpy')\n"
+            "assert 'dask' not in sys.modules, 'dask imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_gradient_and_loss_same_bits_when_chunks_align(client, problem):
+    R, b, X, labels, targets = problem
+    gb0, om0 = tf.gradient(R, b, X, labels, targets, backend="numba")
+    loss0 = tf.loss(R, b, X, labels, targets, backend="numba")
+    Xd, ld = _dask(X, labels, 2 * CH)  # blocks of 2 chunks, last block partial
+    gb, om = tf.gradient(R, b, Xd, ld, targets)
+    assert np.array_equal(gb, gb0) and np.array_equal(om, om0)
+    assert tf.loss(R, b, Xd, ld, targets) == loss0
+    # labels as a NumPy array next to a dask X, float32 X in several column chunks
+    gb1, _ = tf.gradient(R, b, Xd, labels, targets)
+    assert np.array_equal(gb1, gb0)
+    X32 = X.astype(np.float32)
+    gb32, om32 = tf.gradient(R, b, X32, labels, targets, backend="numba")
+    gbd, omd = tf.gradient(R, b, da.from_array(X32, chunks=(CH, 4)), da.from_array(labels, chunks=777), targets)
+    assert np.array_equal(gbd, gb32) and np.array_equal(omd, om32)
+
+
+@pytest.mark.parametrize("rows, reduction", [(5000, "ordered"), (2 * CH, "tree"), (3001, "tree")])
+def test_other_chunkings_and_tree_reduction_agree(client, problem, monkeypatch, rows, reduction):
+    R, b, X, labels, targets = problem
+    monkeypatch.setattr(_config, "DISTRIBUTED_REDUCTION", reduction)
+    gb0, om0 = tf.gradient(R, b, X, labels, targets, backend="numba")
+    gb, om = tf.gradient(R, b, *_dask(X, labels, rows), targets)
+    scale = max(np.abs(gb0).max(), np.abs(om0).max())
+    assert np.abs(gb - gb0).max() <= 1e-12 * scale
+    assert np.abs(om - om0).max() <= 1e-12 * scale
+    loss0 = tf.loss(R, b, X, labels, targets, backend="numba")
+    assert abs(tf.loss(R, b, *_dask(X, labels, rows), targets) - loss0) <= 1e-12 * loss0
+    again = tf.gradient(R, b, *_dask(X, labels, rows), targets)  # deterministic run to run
+    assert np.array_equal(again[0], gb) and np.array_equal(again[1], om)
+
+
+def test_truncate_is_lazy_and_exact(client, problem):
+    R, b, X, _, _ = problem
+    Xd = da.from_array(X, chunks=(3001, M))
+    out = tf.truncate(R, b, Xd)
+    assert isinstance(out, da.Array) and out.shape == X.shape and out.dtype == np.float64
+    assert out.chunks == Xd.chunks
+    assert np.array_equal(out.compute(), tf.truncate(R, b, X, backend="numba"))
+
+
+def test_default_scheduler_without_client(problem):
+    R, b, X, labels, targets = problem
+    gb0, om0 = tf.gradient(R, b, X, labels, targets, backend="numba")
+    with dask.config.set(scheduler="threads"):
+        gb, om = tf.gradient(R, b, *_dask(X, labels, 2 * CH), targets)
+    assert np.array_equal(gb, gb0) and np.array_equal(om, om0)
+
+
+def test_dask_labels_with_numpy_X_run_locally(problem):
+    R, b, X, labels, targets = problem
+    gb0, _ = tf.gradient(R, b, X, labels, targets, backend="numba")
+    with dask.config.set(scheduler="sync"):
+        gb, _ = tf.gradient(R, b, X, da.from_array(labels, chunks=CH), targets, backend="numba")
+    assert np.array_equal(gb, gb0)
+
+
+def test_validation_names_argument_and_global_index(client, problem):
+    R, b, X, labels, targets = problem
+    bad = X.copy()
+    bad[CH * 3 + 17, 2] = np.nan
+    with pytest.raises(tf.InputError, match=rf"X: contains nan at index \[{CH * 3 + 17}, 2\]"):
+        tf.gradient(R, b, *_dask(bad, labels, CH), targets)
+    with pytest.raises(tf.InputError, match=rf"X: contains nan at index \[{CH * 3 + 17}, 2\]"):
+        tf.truncate(R, b, da.from_array(bad, chunks=(5000, M))).compute()
+    lab = labels.copy()
+    lab[N - 3] = Q
+    with pytest.raises(tf.InputError, match=rf"labels: value {Q} at index {N - 3} is out of range"):
+        tf.loss(R, b, *_dask(X, lab, CH), targets)
+    with pytest.raises(tf.InputError, match=r"X: expected shape \(\?, 6\)"):
+        tf.gradient(R, b, da.zeros((10, 5), chunks=5), da.zeros(10, dtype=int, chunks=5), targets)
+    with pytest.raises(tf.InputError, match="labels: expected an integer array"):
+        tf.gradient(R, b, da.from_array(X, chunks=(CH, M)), da.zeros(N, chunks=CH), targets)
+    with pytest.raises(tf.InputError, match="labels: has 9 entries but X has"):
+        tf.gradient(R, b, da.from_array(X, chunks=(CH, M)), da.zeros(9, dtype=int, chunks=3), targets)
+    with pytest.raises(tf.InputError, match="X: expected a real numeric array"):
+        tf.truncate(R, b, da.from_array(X.astype(complex), chunks=(CH, M)))
+    with pytest.raises(tf.InputError, match="form: form='separated' is not available for dask"):
+        tf.gradient(R, b, *_dask(X, labels, CH), targets, form="separated")
+    with pytest.raises(tf.InputError, match="backend: dask inputs run the Numba"):
+        tf.loss(R, b, *_dask(X, labels, CH), targets, backend="numpy")
+
+
+def test_integrate_20_steps_same_bits(client, problem):
+    R, b, X, labels, targets = problem
+    ref = tf.integrate(R, b, X, labels, targets, dt=0.2, steps=20, record_every=4, backend="numba")
+    traj = tf.integrate(R, b, *_dask(X, labels, 2 * CH), targets, dt=0.2, steps=20, record_every=4)
+    for name in ("R", "b", "times", "loss", "grad_b_norm", "omega_norm", "ortho_defect", "counts", "Rs", "bs"):
+        assert np.array_equal(getattr(traj, name), getattr(ref, name)), name
+    assert traj.settings["distributed"] == "dask" and traj.last_step == 20
+    with pytest.raises(tf.InputError, match="checkpoint"):
+        tf.integrate(R, b, *_dask(X, labels, CH), targets, dt=0.2, steps=2, checkpoint="x.npz")
+
+
+def test_integrate_survives_killed_workers(client, problem, monkeypatch):
+    """Kill one worker between steps 5 and 6 and the other during step 12: same trajectory bits."""
+    R, b, X, labels, targets = problem
+    ref = tf.integrate(R, b, X, labels, targets, dt=0.2, steps=20, backend="numba", method="cayley")
+    pids = list(client.run(os.getpid).values())
+    assert len(pids) == 2
+    killed = []
+
+    def kill(pid):
+        os.kill(pid, signal.SIGKILL)  # the nanny restarts the process; its blocks are gone
+        killed.append(pid)
+
+    def hook(k):
+        if k == 5:
+            kill(pids[0])  # between steps: step 6 must recompute the lost persisted blocks
+        elif k == 12:
+            threading.Timer(0.01, kill, args=(pids[1],)).start()  # most likely while step 13 runs
+
+    monkeypatch.setattr(_integrate, "_after_boundary", hook)
+    traj = tf.integrate(R, b, *_dask(X, labels, CH), targets, dt=0.2, steps=20, method="cayley")
+    assert sorted(killed) == sorted(pids)
+    for name in ("R", "b", "loss", "counts", "Rs", "bs"):
+        assert np.array_equal(getattr(traj, name), getattr(ref, name)), name
+    client.wait_for_workers(2, timeout=60)
+    assert not set(client.run(os.getpid).values()) & set(pids)
