@@ -263,3 +263,50 @@ def test_exp_euler_exact_after_collapse():
     np.testing.assert_allclose(exact, ystar + (b - ystar) * np.exp(-0.5 * times)[:, None, None], rtol=1e-13)
     traj = tf.integrate(R, b, X, labels, targets, dt=1.0, steps=20, method="exp-euler", train_weights=False)
     np.testing.assert_allclose(traj.bs, exact, rtol=0, atol=1e-13)
+
+
+# ------------------------------------------------------------- properties ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    z=st.lists(st.integers(-6, 6), min_size=1, max_size=12),  # small integers: many ties
+    beta0=st.integers(-8, 8),
+    beta_star=st.integers(-8, 8),
+    extra=st.integers(0, 5),
+    s=st.floats(0.0, 30.0, allow_nan=False),
+)
+def test_solution_satisfies_the_equation(z, beta0, beta_star, extra, s):
+    """At any time off the events, β solves ∂_s β = −(n(β)/N)(β − β*) with the count of
+    the state itself (H(0) = 0), never crosses β*, and is monotone; integer data put
+    points exactly on boundaries at the start and at every event."""
+    z = np.asarray(z, dtype=float) / 2
+    b0, bs = beta0 / 2, beta_star / 2
+    N = len(z) + extra
+    sol = solve_bias_component(z, b0, bs, N)
+    beta = float(sol(s))
+    assert (beta - bs) * (b0 - bs) >= 0 and abs(beta - bs) <= abs(b0 - bs)
+    assert np.all(np.diff(sol.event_times) >= 0)
+    # the count of the state at each event: truncation events (β decreasing) count the new
+    # point at once (z + β = 0 is truncated); at a release event (β increasing) the released
+    # point sits on the boundary, still counted, and the segment after it has counts[k]
+    for k, t in enumerate(sol.event_times):
+        n_state = np.count_nonzero(z + sol(t) <= 0)
+        if sol.direction == 1 and k > 0:
+            assert n_state == sol.counts[k - 1] or np.count_nonzero(z + sol(t) < 0) == sol.counts[k]
+        else:
+            assert n_state == sol.counts[k]
+    # derivative off events: central difference of the closed form
+    k = int(np.searchsorted(sol.event_times, s, side="right")) - 1
+    h = 1e-6
+    if s - h > sol.event_times[k] and (k + 1 == len(sol.event_times) or s + h < sol.event_times[k + 1]):
+        deriv = (float(sol(s + h)) - float(sol(s - h))) / (2 * h)
+        n = np.count_nonzero(z + beta <= 0)
+        if sol.rates[k] == 0.0:
+            assert deriv == 0.0
+        else:
+            assert n == sol.counts[k]
+            assert deriv == pytest.approx(-(n / N) * (beta - bs), rel=1e-5, abs=1e-8)

@@ -96,7 +96,12 @@ class BiasComponentSolution:
         return theta - (self.beta_star - theta) * np.expm1(-self.rates[k] * (s - self.event_times[k]))
 
     def truncated(self, s: Any) -> np.ndarray:
-        """n(β(s)): the number of points truncated at time ``s`` (H(0) = 0)."""
+        """n(β(s)) on the segment that starts at or contains ``s`` (right-continuous).
+
+        Between events this is the count of the state (H(0) = 0).  At a truncation
+        event it includes the point just reached; at a release event it excludes
+        the point just released, which sits exactly on the boundary.
+        """
         s = np.asarray(s, dtype=np.float64)
         k = np.clip(np.searchsorted(self.event_times, s, side="right") - 1, 0, len(self.event_times) - 1)
         return self.counts[k]
