@@ -239,3 +239,17 @@ def test_orthogonal_output_layer_makes_losses_equal(backend, rng):
     gb2, om2 = tf.gradient(p.R, p.b, p.X, p.labels, ty, backend=backend)
     assert_rel(gb, gb2, RTOL_COMPOSED)
     assert_rel(om, om2, RTOL_COMPOSED)
+
+
+def test_orthonormalize_and_defect(rng):
+    R = np.array([random_orthogonal(rng, 4) for _ in range(3)])
+    assert tf.orthogonality_defect(R).max() <= 1e-14
+    noisy = R + 1e-6 * rng.standard_normal(R.shape)
+    assert (tf.orthogonality_defect(noisy) > 1e-8).all()
+    fixed = tf.orthonormalize(noisy)
+    assert tf.orthogonality_defect(fixed).max() <= 1e-14
+    assert np.abs(fixed - R).max() <= 1e-5  # the nearest orthogonal matrix, close to R
+    # the polar factor: fixedᵀ noisy is symmetric positive definite
+    P = np.swapaxes(fixed, 1, 2) @ noisy
+    assert_rel(P, np.swapaxes(P, 1, 2), 1e-12)
+    assert (np.linalg.eigvalsh(P) > 0).all()

@@ -301,3 +301,11 @@ def test_results_do_not_depend_on_thread_count(backend, rng):
     finally:
         tf.set_num_threads(old)
     _assert_same(one, many)
+
+
+def test_backends_report():
+    report = tf.backends()
+    assert set(report) >= {"numpy", "numba", "c"}
+    assert report["numpy"] == "available"
+    for name, status in report.items():
+        assert status == "available" or status.startswith("unavailable ("), (name, status)
