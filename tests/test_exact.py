@@ -310,3 +310,19 @@ def test_solution_satisfies_the_equation(z, beta0, beta_star, extra, s):
         else:
             assert n == sol.counts[k]
             assert deriv == pytest.approx(-(n / N) * (beta - bs), rel=1e-5, abs=1e-8)
+
+
+def test_check_separation_samples_the_requested_times():
+    """check_separation=True verifies THEORY §6 at s = 0 and at every requested time."""
+    R = np.stack([np.eye(2), -np.eye(2)])
+    X = np.array([[0.0, 0.0], [0.2, -0.1], [10.0, 10.0], [9.8, 10.1]])
+    labels = np.array([0, 0, 1, 1])
+    b = np.array([[0.05, 0.05], [10.0, 10.0]])
+    ok = np.array([[2.0, 2.0], [8.0, 8.0]])
+    out = tf.exact_bias_flow(R, b, X, labels, ok, [0.0, 1.0, 50.0], check_separation=True)
+    np.testing.assert_array_equal(out, tf.exact_bias_flow(R, b, X, labels, ok, [0.0, 1.0, 50.0]))
+    # ỹ_1 far out: b_1 → −ỹ_1 = (−12, −12) and layer 1 starts truncating cluster 2 (at x ≈ 10)
+    far = np.array([[12.0, 12.0], [8.0, 8.0]])
+    tf.exact_bias_flow(R, b, X, labels, far, [0.0, 0.5], check_separation=True)
+    with pytest.raises(tf.SeparationError, match="at time s = 60 "):
+        tf.exact_bias_flow(R, b, X, labels, far, [0.0, 60.0, 0.5], check_separation=True)

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from . import _backends, _separated
-from ._errors import InputError
+from ._errors import InputError, SeparationError
 from ._validate import check_problem
 
 __all__ = ["BiasComponentSolution", "exact_bias_flow", "exact_bias_events", "solve_bias_component"]
@@ -219,8 +219,10 @@ def exact_bias_flow(R: Any, b: Any, X: Any, labels: Any, targets: Any, times: An
     labels : (N,) in 0..Q−1;  targets : (Q, M) ỹ_j.  Needs L == Q (layer j ↔ cluster j).
     times : 1-D array of finite, non-negative times, in any order.
     check_separation : also verify the separation assumption of THEORY §6 at the
-        initial state (raises :class:`SeparationError`).  The separated equation
-        is solved either way; it is the flow of C_E only while separation holds.
+        initial state and at every requested time (raises :class:`SeparationError`
+        naming the first time at which it fails).  The separated equation is
+        solved either way; it is the biases-only flow of C_E only while
+        separation holds (between the sampled times it is not checked).
 
     Returns
     -------
@@ -234,14 +236,22 @@ def exact_bias_flow(R: Any, b: Any, X: Any, labels: Any, targets: Any, times: An
     t = t.astype(np.float64)
     if not np.all(np.isfinite(t)):
         k = int(np.flatnonzero(~np.isfinite(t))[0])
-        raise InputError(f"times: contains {t[k]!r} at index {k}; all times must be finite")
+        raise InputError(f"times: contains {float(t[k])!r} at index {k}; all times must be finite")
     if np.any(t < 0):
         k = int(np.flatnonzero(t < 0)[0])
-        raise InputError(f"times: contains the negative time {t[k]!r} at index {k}; times must be ≥ 0")
+        raise InputError(f"times: contains the negative time {float(t[k])!r} at index {k}; times must be ≥ 0")
     sols = exact_bias_events(R, b, X, labels, targets, check_separation=check_separation, backend=backend)
     L, M = len(sols), len(sols[0])
     out = np.empty((t.shape[0], L, M))
     for j in range(L):
         for i in range(M):
             out[:, j, i] = sols[j][i](t)
+    if check_separation:
+        R_, _, X_, labels_, _ = check_problem(R, b, X, labels, targets)
+        bk = _backends.get(backend)
+        for q in np.argsort(t, kind="stable"):
+            try:
+                _separated.check_separation(bk, R_, out[q], X_, labels_, L)
+            except SeparationError as exc:
+                raise SeparationError(f"at time s = {float(t[q]):g} (times[{q}]): {exc}", exc.violations) from None
     return out
