@@ -100,6 +100,23 @@ def test_loss_below_spectral_gap_bound(sign):
     assert np.all(out.loss <= bound * (1 + 1e-9) + 1e-300)
     assert out.loss[-1] < 1e-3 * out.loss[0]  # the bound is not vacuous here: real decay
     assert np.all(np.diff(out.loss) <= 1e-15)  # gradient flow: monotone
+    # W and X stay bounded and converge [8.28–8.29]
+    assert np.abs(out.W[-1] - out.W[-11]).max() < 1e-4 and np.abs(out.Xc[-1] - out.Xc[-11]).max() < 1e-4
+    assert np.abs(out.W).max() < 10 * np.abs(W).max() + 10
+
+
+def test_conservation_for_any_shapes_and_weights():
+    """K = WᵀW − XXᵀ is conserved for P ≠ Q ≠ M and any weights π ≥ 0 [8.21]."""
+    rng = np.random.default_rng(7)
+    P, Q, M = 2, 3, 4
+    W, Xc, Y = rng.standard_normal((P, M)), rng.standard_normal((Q, M)), rng.standard_normal((Q, P))
+    pi = np.array([0.7, 0.0, 2.0])
+    out = tf.collapsed_output_flow(W, Xc, Y, pi, dt=0.002, steps=1500, method="rk4", record_every=500)
+    K0 = tf.conserved_gram(W, Xc)
+    for Wk, Xk in zip(out.W, out.Xc):
+        assert np.abs(tf.conserved_gram(Wk, Xk) - K0).max() < 1e-8
+    assert out.loss[-1] < out.loss[0]
+    np.testing.assert_array_equal(out.Xc[-1][1], Xc[1])  # π_1 = 0: that collapse point never moves
 
 
 def test_spectral_gap_indefinite_and_shape_errors():

@@ -118,7 +118,7 @@ def _check_times(times: Any) -> np.ndarray:
     return t
 
 
-def _integrate(f: Callable, y0: tuple, dt: float, steps: int, method: str, record_every: int,
+def _step_loop(f: Callable, y0: tuple, dt: float, steps: int, method: str, record_every: int,
                observe: Callable) -> tuple[np.ndarray, list]:
     """Fixed-step Euler / classical RK4 on a tuple of arrays; records step 0, every
     ``record_every`` steps and the last step."""
@@ -224,7 +224,7 @@ def collapsed_output_flow(W: Any, Xc: Any, Y: Any, pi: Any, *, dt: float, steps:
         E = y[1] @ y[0].T - Y
         return y[0].copy(), y[1].copy(), 0.5 * float(np.sum(pi[:, None] * E * E))
 
-    times, recs = _integrate(f, (W, Xc), dt, steps, method, record_every, observe)
+    times, recs = _step_loop(f, (W, Xc), dt, steps, method, record_every, observe)
     return OutputFlow(
         times=times,
         W=np.stack([r[0] for r in recs]),
@@ -328,7 +328,7 @@ def positive_sector_output_flow(W: Any, b_out: Any, X: Any, labels: Any, Y: Any,
     def observe(y):
         return y[0].copy(), _loss_hat(y[0], Xh, labels, Y)
 
-    times, recs = _integrate(f, (np.hstack([W, b_out[:, None]]),), dt, steps, method, record_every, observe)
+    times, recs = _step_loop(f, (np.hstack([W, b_out[:, None]]),), dt, steps, method, record_every, observe)
     What = np.stack([r[0] for r in recs])
     M = W.shape[1]
     return OutputFlow(
