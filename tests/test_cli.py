@@ -1,0 +1,223 @@
+"""End-to-end tests of the ``truncfast`` command line, run as subprocesses.
+
+Tiny sizes keep the whole module to seconds: the point is that every output is
+produced, decodes and agrees with the others, not the numbers themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from truncfast import _config_file
+from truncfast._trajectory import Trajectory
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = """
+[data]
+source = "paper-2d"
+n = 20
+seed = 3
+
+[integrate]
+dt = 0.05
+steps = 150
+record_every = 3
+train_weights = false
+
+[output]
+frames = 5
+snapshots = 3
+"""
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "truncfast.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """One small configured run shared by the output checks."""
+    d = tmp_path_factory.mktemp("cli")
+    cfg = write_config(d / "small.toml", SMALL)
+    out = d / "run"
+    res = run_cli("run", cfg, "--out", out, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""  # --quiet: no progress bar, no messages
+    return out
+
+
+def test_run_writes_every_output(small_run: Path):
+    names = {"config.toml", "trajectory.npz", "summary.json", "figdata.npz", "loss.png", "truncation.png",
+             "sectors.png", "collapse.gif"}
+    assert names <= {p.name for p in small_run.iterdir()}
+    assert not [p for p in small_run.iterdir() if p.name.startswith(".tmp")]  # atomic writes left nothing behind
+
+
+def test_figures_decode(small_run: Path):
+    import matplotlib.image as mpimg
+    from PIL import Image
+
+    for name in ("loss.png", "truncation.png", "sectors.png"):
+        img = mpimg.imread(small_run / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300, name
+        assert img[..., :3].std() > 0.01, name  # not a blank canvas
+    with Image.open(small_run / "collapse.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames >= 3
+        gif.seek(gif.n_frames - 1)
+        gif.convert("RGB")
+
+
+def test_trajectory_and_summary_agree(small_run: Path):
+    traj = Trajectory.load(small_run / "trajectory.npz")
+    loss = np.asarray(traj.loss)
+    assert loss[-1] < 1e-2 * loss[0]
+    assert np.all(np.diff(loss) <= 1e-12 * loss[0])  # a gradient flow: the loss never increases
+    s = json.loads((small_run / "summary.json").read_text())
+    assert (s["N"], s["M"], s["L"], s["Q"]) == (20, 2, 2, 2)
+    assert s["cluster_sizes"] == [10, 10]
+    assert s["steps"] == 150 == traj.last_step and s["records"] == len(traj.times)
+    assert s["final_loss"] == pytest.approx(loss[-1], rel=1e-12, abs=0)
+    assert s["initial_loss"] == pytest.approx(loss[0], rel=1e-12)
+    assert s["final_time"] == pytest.approx(traj.times[-1])
+    assert s["backend"] in ("numpy", "numba", "c")
+    assert s["wall_time_s"] >= 0
+    ct = traj.collapse_times
+    assert len(s["collapse_times"]) == 2
+    for a, b in zip(s["collapse_times"], ct):
+        assert (a is None and math.isnan(b)) or a == pytest.approx(b)
+    counts = np.asarray(traj.counts)
+    assert s["final_counts"] == counts[-1].tolist()
+    assert np.all(counts.sum(axis=3) == [10, 10])  # every point counted once per layer
+    # biases-only flow on the paper's geometry: both clusters collapse (Prop. 4.2)
+    assert s["final_counts_own_layer"]["fully_truncated"] == [10, 10]
+
+
+def test_resolved_config_round_trips(small_run: Path):
+    cfg = tomllib.loads((small_run / "config.toml").read_text())
+    resolved = _config_file.resolve(cfg)
+    assert resolved == cfg  # complete: every key written, nothing left to default
+    assert set(cfg) == set(_config_file.SCHEMA)
+    assert cfg["integrate"]["steps"] == 150 and cfg["integrate"]["train_weights"] is False
+    assert cfg["integrate"]["method"] == "lie-euler"  # a default, written out
+
+
+def test_plot_redraws(small_run: Path):
+    (small_run / "loss.png").unlink()
+    res = run_cli("plot", small_run, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (small_run / "loss.png").stat().st_size > 1000
+
+
+def test_existing_directory_needs_force(small_run: Path, tmp_path: Path):
+    cfg = write_config(tmp_path / "c.toml", SMALL.replace("[output]", "[output]\nfigures = false\nanimation = false"))
+    res = run_cli("run", cfg, "--out", small_run, "--quiet")
+    assert res.returncode == 2
+    assert "--force" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    before = (small_run / "summary.json").read_text()
+    assert json.loads(before)["steps"] == 150  # untouched
+    res = run_cli("run", cfg, "--out", small_run, "--quiet", "--force")
+    assert res.returncode == 0, res.stderr
+
+
+BAD = [
+    ("[integrate]\ndt = -1\n", "integrate.dt", "positive number, got -1"),
+    ("[integrate]\nsteps = 0\n", "integrate.steps", "positive integer"),
+    ("[integrate]\nmethod = \"rk4\"\n", "integrate.method", "one of"),
+    ("[integrate]\ndtt = 0.1\n", "integrate.dtt", "unknown config key"),
+    ("[integrate]\ntrain_weights = false\ntrain_biases = false\n", "integrate.train_weights", "nothing would move"),
+    ("[solver]\ndt = 0.1\n", "solver", "unknown config table"),
+    ("[data]\nsource = \"mnist\"\n", "data.source", "one of"),
+    ("[data]\nsource = \"file\"\npath = \"nowhere.npy\"\n", "data.path", "does not exist"),
+    ("[data]\nn = 21\n", "data.n", "even"),
+    ("[data]\nsource = \"clusters\"\nclusters = 5\n[model]\ninit = \"separated\"\n", "model.init", "clusters"),
+    ("[output]\nfigures = \"yes\"\n", "output.figures", "true or false"),
+]
+
+
+@pytest.mark.parametrize("text,key,what", BAD, ids=[b[1] for b in BAD])
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, capsys, text: str, key: str, what: str):
+    """In-process (``cli.main``) to stay fast; the first two cases also run as subprocesses."""
+    from truncfast.cli import main
+
+    cfg = write_config(tmp_path / "bad.toml", text)
+    out = tmp_path / "out"
+    if text in (BAD[0][0], BAD[3][0]):
+        res = run_cli("run", cfg, "--out", out)
+        code, stderr = res.returncode, res.stderr
+    else:
+        code = main(["run", str(cfg), "--out", str(out)])
+        stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"'{key}'" in lines[0] or f"[{key}]" in lines[0]
+    assert what in lines[0]
+    assert not (out / "trajectory.npz").exists()
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path):
+    cfg = write_config(tmp_path / "broken.toml", "[integrate\ndt = 1\n")
+    res = run_cli("run", cfg, "--out", tmp_path / "o")
+    assert res.returncode == 2 and "not valid TOML" in res.stderr
+    res = run_cli("run", tmp_path / "absent.toml", "--out", tmp_path / "o")
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = run_cli("frobnicate")
+    assert res.returncode == 2  # argparse usage error
+
+
+def test_runtime_failure_exits_1(tmp_path: Path):
+    np.save(tmp_path / "nan.npy", np.array([[np.nan, 0.0, 0], [1.0, 1.0, 1]]))
+    cfg = write_config(tmp_path / "c.toml", '[data]\nsource = "file"\npath = "nan.npy"\n')
+    res = run_cli("run", cfg, "--out", tmp_path / "o", "--quiet")
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.startswith("error: ") and "NaN" in res.stderr
+
+
+def test_info():
+    res = run_cli("info")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"truncfast \d+\.\d+", res.stdout)
+    for word in ("backends:", "numpy", "numba", "threads:", "OMP_NUM_THREADS", "numba kernels:"):
+        assert word in res.stdout
+
+
+def test_demo_short(tmp_path: Path):
+    """The demo's pipeline (both flows, overview) with few steps; the real demo only runs longer."""
+    out = tmp_path / "demo"
+    res = run_cli("demo", "--out", out, "--steps", "30", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (out / "overview.png").stat().st_size > 10_000
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s) == {"biases_only", "full_flow"}
+    assert s["biases_only"]["train_weights"] is False and s["full_flow"]["train_weights"] is True
+    for name in s:
+        assert (out / name / "collapse.gif").exists() and (out / name / "trajectory.npz").exists()
+    res = run_cli("demo", "--out", out, "--steps", "30", "--quiet")
+    assert res.returncode == 2 and "--force" in res.stderr
+
+
+def test_config_doc_lists_every_key():
+    doc = (REPO / "docs" / "config.md").read_text()
+    for sec, keys in _config_file.SCHEMA.items():
+        assert f"[{sec}]" in doc, sec
+        for key, (default, _, _) in keys.items():
+            assert f"`{key}`" in doc, f"{sec}.{key}"

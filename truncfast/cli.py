@@ -1,0 +1,249 @@
+"""The ``truncfast`` command line: ``demo``, ``run``, ``plot``, ``info``.
+
+Exit status: 0 on success; 2 for usage and configuration errors (one line,
+``error: ...``, naming the offending config key); 1 for failures while running;
+130 when interrupted.  ``python -m truncfast`` and ``python -m truncfast.cli``
+are the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _out_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--out", metavar="DIR", default=default,
+                   help=f"run directory to write (default: {default or 'runs/<config name>'})")
+    p.add_argument("--force", action="store_true", help="reuse DIR even if it is not empty (overwrites its files)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="truncfast",
+        description="Simulate the effective gradient flow of deep ReLU networks in input space "
+                    "(dynamical truncation of training data, T. Chen, arXiv:2501.07400).",
+    )
+    parser.add_argument("--version", action="version", version=f"truncfast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="run the paper's two-cluster collapse (biases-only and full flow) with figures",
+                       description="Two clusters in the plane with opposite frames R = (I, -I) (THEORY §7): "
+                                   "the biases-only flow collapses both clusters onto their targets "
+                                   "(Prop. 4.2); the full flow turns R_2 and stalls on a segment.")
+    _out_args(p, "runs/demo")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="flow steps of each run (default 2000, i.e. flow time s = 100 at dt = 0.05)")
+
+    p = sub.add_parser("run", help="run the simulation a TOML config describes (docs/config.md)")
+    p.add_argument("config", metavar="CONFIG.toml", help="configuration file")
+    _out_args(p, None)
+
+    p = sub.add_parser("plot", help="redraw the figures of a run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by 'truncfast run' or 'truncfast demo'")
+    p.add_argument("--quiet", "-q", action="store_true", help="no messages")
+
+    sub.add_parser("info", help="version, backends, threads, Numba compilation cache")
+    return parser
+
+
+def _log(quiet: bool):
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, flush=True)
+
+    return log
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import _config_file, _runs
+
+    cfg = _config_file.load(args.config)
+    out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    _runs.execute(cfg, out, force=args.force, quiet=args.quiet, log=_log(args.quiet),
+                  header=f"resolved from {os.path.abspath(args.config)} by truncfast run")
+    _log(args.quiet)(f"results in {os.path.abspath(out)}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import _config_file, _plots, _runs
+
+    log = _log(args.quiet)
+    configs = {}
+    for name, overrides in _config_file.DEMO_RUNS.items():
+        if args.steps is not None:
+            overrides = {**overrides, "integrate": {**overrides["integrate"], "steps": args.steps}}
+        configs[name] = _config_file.resolve(overrides)  # config errors before anything is written
+    out = _runs.prepare_dir(args.out, args.force)
+    results = {}
+    for name, cfg in configs.items():
+        log(f"--- {name.replace('_', ' ')} ---")
+        results[name] = _runs.execute(cfg, os.path.join(out, name), force=True, quiet=args.quiet, log=log,
+                                      header=f"truncfast demo: {name.replace('_', ' ')}")
+    runs = {}
+    for name in results:
+        d = os.path.join(out, name)
+        runs[name] = (_load_traj(d), _plots.load_figdata(os.path.join(d, "figdata.npz")))
+    _plots.draw_overview(os.path.join(out, "overview.png"), runs)
+    _runs.write_text(os.path.join(out, "summary.json"), json.dumps(results, indent=2) + "\n")
+    log(f"results in {out}: overview.png, and one run directory per flow ({', '.join(results)})")
+    return EXIT_OK
+
+
+def _load_traj(run_dir: str):
+    from ._trajectory import Trajectory
+
+    return Trajectory.load(os.path.join(run_dir, "trajectory.npz"))
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import _plots
+    from ._runs import RunDirError
+
+    d = args.run_dir
+    if not os.path.isdir(d):
+        raise RunDirError(f"run directory {d!r} does not exist")
+    subruns = [s for s in sorted(os.listdir(d)) if os.path.isfile(os.path.join(d, s, "trajectory.npz"))]
+    if os.path.isfile(os.path.join(d, "trajectory.npz")):
+        written = _plots.draw_run(d)
+    elif subruns:  # a demo directory: redraw every run and the overview
+        written, runs = [], {}
+        for s in subruns:
+            sd = os.path.join(d, s)
+            written += _plots.draw_run(sd)
+            runs[s] = (_load_traj(sd), _plots.load_figdata(os.path.join(sd, "figdata.npz")))
+        written.append(_plots.draw_overview(os.path.join(d, "overview.png"), runs))
+    else:
+        raise RunDirError(f"{d!r} is not a run directory (no trajectory.npz)")
+    _log(args.quiet)("wrote " + ", ".join(os.path.relpath(p, d) for p in written))
+    return EXIT_OK
+
+
+def _numba_cache_report() -> list[str]:
+    """Which Numba kernels are compiled in this process and which have an on-disk cache.
+
+    Reads the dispatchers' cache index files (``<module>.<kernel>-<line>.py<ver>.nbi``):
+    a cached kernel loads in milliseconds instead of compiling for seconds.
+    """
+    import importlib
+    import pkgutil
+
+    import truncfast
+
+    lines = []
+    pkg_dir = os.path.dirname(truncfast.__file__)
+    for info in sorted(pkgutil.iter_modules([pkg_dir]), key=lambda m: m.name):
+        source = os.path.join(pkg_dir, info.name + ".py")
+        if not os.path.isfile(source):
+            continue  # compiled extensions (the cffi core) hold no Numba kernels
+        try:
+            with open(source, encoding="utf-8") as fh:
+                if "njit" not in fh.read():
+                    continue  # only modules that define Numba kernels (importing is not free)
+            modname = f"truncfast.{info.name}"
+            mod = importlib.import_module(modname)
+        except Exception as exc:  # noqa: BLE001 - report, do not fail
+            lines.append(f"  truncfast.{info.name}: not importable ({type(exc).__name__}: {exc})")
+            continue
+        kernels = {k: v for k, v in vars(mod).items()
+                   if hasattr(v, "py_func") and hasattr(v, "signatures") and getattr(v, "__module__", "") == modname}
+        if not kernels:
+            continue
+        cached, where = [], ""
+        for k, disp in sorted(kernels.items()):
+            try:
+                cache = disp._cache  # numba's FunctionCache (private API, hence the try)
+                where = cache._cache_path
+                if os.path.exists(cache._cache_file._index_path):
+                    cached.append(k)
+            except Exception:  # noqa: BLE001
+                pass
+        compiled = [k for k, disp in kernels.items() if disp.signatures]
+        lines.append(f"  {modname}: {len(kernels)} kernels, {len(cached)} cached on disk, "
+                     f"{len(compiled)} compiled in this process" + (f" (cache: {where})" if where else ""))
+    return lines
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import platform
+
+    import numpy as np
+
+    import truncfast as tf
+
+    print(f"truncfast {tf.__version__} (Python {platform.python_version()}, NumPy {np.__version__}) at "
+          f"{os.path.dirname(os.path.abspath(tf.__file__))}")
+    print("backends:")
+    for name, status in tf.backends().items():
+        print(f"  {name:6s} {status}")
+    try:
+        from . import _backends
+
+        print(f"  auto   -> {_backends.resolve('auto')}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"  auto   -> unavailable ({exc})")
+    print("threads:")
+    print(f"  CPU cores (os.cpu_count)  {os.cpu_count()}")
+    try:
+        import numba
+
+        print(f"  numba {numba.__version__}: {numba.get_num_threads()} threads "
+              f"(NUMBA_NUM_THREADS default {numba.config.NUMBA_NUM_THREADS}, layer {numba.threading_layer() if _threading_layer_set() else 'not yet chosen'})")
+    except Exception as exc:  # noqa: BLE001
+        print(f"  numba: not available ({exc})")
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        print(f"  {var:25s} {os.environ.get(var, '(unset)')}")
+    print("numba kernels:")
+    for line in _numba_cache_report():
+        print(line)
+    return EXIT_OK
+
+
+def _threading_layer_set() -> bool:
+    try:
+        import numba
+
+        numba.threading_layer()
+        return True
+    except Exception:  # noqa: BLE001 - raises until a parallel kernel has run
+        return False
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "plot": cmd_plot, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``truncfast`` console script; returns the exit status."""
+    from ._config_file import ConfigError
+    from ._runs import RunDirError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, RunDirError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - one line for the user; TRUNCFAST_DEBUG=1 for the traceback
+        if os.environ.get("TRUNCFAST_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
