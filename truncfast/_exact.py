@@ -147,10 +147,10 @@ def solve_bias_component(z: Any, beta0: float, beta_star: float, N: int) -> Bias
         counts = n0 - np.concatenate(([0], np.cumsum(m)))
     thresholds = np.concatenate(([beta0], theta))
     rates = counts.astype(np.float64) / N
-    # Durations of segments 0..reach−1: (N/n) ln((θ_k − β*)/(θ_{k+1} − β*)); the
-    # ratio is ≥ 1 in both directions, and exactly 1 for a start on a boundary.
-    with np.errstate(divide="ignore"):
-        durations = np.log((thresholds[:-1] - beta_star) / (thresholds[1:] - beta_star)) / rates[:-1]
+    # Durations of segments 0..reach−1: (N/n) ln((θ_k − β*)/(θ_{k+1} − β*)) [4.49], as
+    # log1p((θ_k − θ_{k+1})/(θ_{k+1} − β*)) so that close thresholds lose no digits.  The
+    # argument is ≥ 0 in both directions, and exactly 0 for a start on a boundary.
+    durations = np.log1p((thresholds[:-1] - thresholds[1:]) / (thresholds[1:] - beta_star)) / rates[:-1]
     durations = np.maximum(durations, 0.0)  # rounding of a zero-length segment
     event_times = np.concatenate(([0.0], np.cumsum(durations)))
     direction = -1 if beta0 > beta_star else 1
