@@ -56,3 +56,7 @@ DISTRIBUTED_REDUCTION: str = "ordered"
 #: A distributed step whose computation fails because a worker or connection was
 #: lost is recomputed (tasks are pure: same bits) at most this many times.
 DISTRIBUTED_RETRIES: int = 3
+
+#: Fan-in of the ``"tree"`` reduction of dask inputs (children added left to
+#: right, by block index): fewer tasks than a binary tree, depth log_k(blocks).
+DISTRIBUTED_TREE_FANIN: int = 8
