@@ -81,7 +81,7 @@ static void must(int status, const char *call)
 static double loss_E(void)
 {
     double s;
-    must(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 0, CHUNK,
+    must(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 0, CHUNK, 0,
                     &s, gb, G, NULL, NULL), "tf_general");
     return s / N;
 }
@@ -89,7 +89,7 @@ static double loss_E(void)
 static double loss_std(void)
 {
     double s;
-    must(tf_general(R, b, X, labels, N, M, L, Q, NULL, W, bout, Y, P, 1, 0, CHUNK,
+    must(tf_general(R, b, X, labels, N, M, L, Q, NULL, W, bout, Y, P, 1, 0, CHUNK, 0,
                     &s, gb, G, gW, gbo), "tf_general");
     return s / N;
 }
@@ -124,12 +124,12 @@ int main(void)
     /* 1. untruncated: b large, every u = R z + b > 0 */
     static double Z[N * M];
     for (int i = 0; i < L * M; i++) b[i] = 100.0;
-    must(tf_truncate(R, b, X, N, M, L, CHUNK, Z), "tf_truncate");
+    must(tf_truncate(R, b, X, N, M, L, CHUNK, 0, Z), "tf_truncate");
     double dmax = 0.0;
     for (int i = 0; i < N * M; i++) dmax = fmax(dmax, fabs(Z[i] - X[i]));
     check(dmax < 1e-12, "untruncated: tau(x) = x");
     double s;
-    must(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 1, CHUNK,
+    must(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 1, CHUNK, 0,
                     &s, gb, G, NULL, NULL), "tf_general");
     int zero = 1;
     for (int i = 0; i < L * M; i++) zero &= gb[i] == 0.0;
@@ -138,7 +138,7 @@ int main(void)
 
     /* 2. mixed sectors: finite differences of C_E */
     for (int i = 0; i < L * M; i++) b[i] = 0.7 * gauss();
-    must(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 1, CHUNK,
+    must(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 1, CHUNK, 0,
                     &s, gb, G, NULL, NULL), "tf_general");
     static double gb0[L * M], G0[L * M * M];
     memcpy(gb0, gb, sizeof gb);
@@ -173,7 +173,7 @@ int main(void)
     check(worst < 1e-5, "finite differences: dC_E/deps = <omega, A>");
 
     /* 3. standard loss: output bias */
-    must(tf_general(R, b, X, labels, N, M, L, Q, NULL, W, bout, Y, P, 1, 1, CHUNK,
+    must(tf_general(R, b, X, labels, N, M, L, Q, NULL, W, bout, Y, P, 1, 1, CHUNK, 0,
                     &s, gb, G, gW, gbo), "tf_general");
     static double gbo0[P];
     memcpy(gbo0, gbo, sizeof gbo);
@@ -191,10 +191,10 @@ int main(void)
 
     /* 4. status codes instead of aborts */
     labels[7] = Q;
-    check(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 1, CHUNK,
+    check(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 1, CHUNK, 0,
                      &s, gb, G, NULL, NULL) == TF_ERR_LABEL, "bad label -> TF_ERR_LABEL");
     labels[7] = 7 % Q;
-    check(tf_truncate(R, b, X, N, M, L, 0, Z) == TF_ERR_SIZE, "chunk 0 -> TF_ERR_SIZE");
+    check(tf_truncate(R, b, X, N, M, L, 0, 0, Z) == TF_ERR_SIZE, "chunk 0 -> TF_ERR_SIZE");
 
     printf(failures ? "%d check(s) FAILED\n" : "all checks passed\n", failures);
     return failures ? 1 : 0;

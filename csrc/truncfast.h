@@ -16,8 +16,8 @@
  *   - Determinism: the N points are split into fixed chunks of `chunk` points
  *     (truncfast uses 4096).  A chunk is summed sequentially, chunk partial
  *     sums are added in chunk order, so the results are bitwise independent of
- *     the number of OpenMP threads (set it with OMP_NUM_THREADS or
- *     omp_set_num_threads).  With the same `chunk`, the results have the same
+ *     the number of threads.  `nthreads` is the number of OpenMP threads of
+ *     a call; nthreads <= 0 means the OpenMP default (OMP_NUM_THREADS).  With the same `chunk`, the results have the same
  *     bits as truncfast's Numba kernels.
  *   - Gradient sums are returned raw (not divided by N, G not antisymmetrised):
  *     the effective flow is grad_b = gb / N, omega_l = (G_l - G_l^T) / (2 N),
@@ -67,14 +67,14 @@ int tf_max_threads(void);
  * out: (N, M).
  */
 int tf_truncate(const double *R, const double *b, const double *X,
-                int64_t N, int64_t M, int64_t L, int64_t chunk, double *out);
+                int64_t N, int64_t M, int64_t L, int64_t chunk, int nthreads, double *out);
 
 /*
  * Sector codes along the composition (THEORY 2): bit i of codes[n*L + l] is
  * H((R_l tau^(l-1)(x_n) + b_l)_i).  Needs M <= 64.  codes: (N, L).
  */
 int tf_codes(const double *R, const double *b, const double *X,
-             int64_t N, int64_t M, int64_t L, int64_t chunk, uint64_t *codes);
+             int64_t N, int64_t M, int64_t L, int64_t chunk, int nthreads, uint64_t *codes);
 
 /*
  * Loss and gradient sums of the general effective flow (THEORY 5).
@@ -95,7 +95,7 @@ int tf_codes(const double *R, const double *b, const double *X,
 int tf_general(const double *R, const double *b, const double *X, const int64_t *labels,
                int64_t N, int64_t M, int64_t L, int64_t Q,
                const double *T, const double *W, const double *bout, const double *Y, int64_t P,
-               int standard, int want_grad, int64_t chunk,
+               int standard, int want_grad, int64_t chunk, int nthreads,
                double *loss, double *gb, double *G, double *gW, double *gbo);
 
 /*
@@ -105,7 +105,7 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
  * S0 (Q, M), S1 and S2 (Q, M, M).
  */
 int tf_moments(const double *R, const double *b, const double *X, const int64_t *labels,
-               int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk,
+               int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk, int nthreads,
                double *S0, double *S1, double *S2);
 
 /*
@@ -114,7 +114,8 @@ int tf_moments(const double *R, const double *b, const double *X, const int64_t 
  * counts: (Q, L).
  */
 int tf_violations(const double *R, const double *b, const double *X, const int64_t *labels,
-                  int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk, int64_t *counts);
+                  int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk, int nthreads,
+                  int64_t *counts);
 
 /* END CDEF */
 

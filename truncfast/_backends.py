@@ -216,13 +216,21 @@ def backends() -> dict[str, str]:
 def resolve(backend: str, *, N: int | None = None, M: int | None = None, L: int | None = None) -> str:
     """Name of the backend to use for ``backend`` (one of BACKENDS or ``"auto"``).
 
-    ``"auto"`` rule: the Numba kernels when Numba imports, else the C core, else
-    NumPy.  (The C-core issue refines this by measured speed per problem size.)
+    ``"auto"`` rule (measured, benchmarks/README.md "C core"): the C core when it
+    was built, for every problem size; else Numba; else NumPy.  The C core and
+    the Numba kernels run the same algorithm with the same bits; measured on
+    2 cores, C is as fast or faster at N = 10⁶, M = 8, L = 8 and at
+    N = 2·10⁵, M = 64, L = 10 (within noise at large sizes), 1.2–1.5× faster
+    for small problems (N ≲ 10⁴), where Numba's dispatch overhead dominates,
+    and it needs no JIT: its first call costs milliseconds instead of Numba's
+    cache load or compilation (seconds).  ``N``, ``M``, ``L`` are accepted so the
+    rule can become size-dependent without changing callers; with the current
+    measurements they do not change the choice.
     """
     if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
         raise InputError(f"backend: unknown backend {backend!r}; choose one of 'auto', " + ", ".join(repr(b) for b in BACKENDS))
     if backend == "auto":
-        for name in ("numba", "c", "numpy"):
+        for name in ("c", "numba", "numpy"):
             if _load(name) is not None:
                 return name
     if _load(backend) is None:

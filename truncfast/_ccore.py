@@ -5,7 +5,10 @@ crossing per call (never per point).  Inputs must already be C-contiguous
 float64 (labels int64), as the API boundary (``_validate``) guarantees; they
 are passed zero-copy with ``ffi.from_buffer`` and a non-contiguous or
 wrongly-typed array is refused (``TypeError``) instead of silently copied.
-The C functions release the GIL while they run (cffi API mode).
+The C functions release the GIL while they run (cffi API mode).  Every call
+takes the thread count of the Numba backend (``_parallel.get_num_threads``,
+i.e. ``tf.set_num_threads`` or the environment) unless ``threads`` is given;
+the results never depend on it.
 
 Results have the same layout and meaning as the Numba kernels
 (``_kernels_numba``): raw sums, not divided by N, G not antisymmetrised
@@ -57,7 +60,7 @@ def has_openmp() -> bool:
 
 
 def max_threads() -> int:
-    """Threads a parallel C call would use now."""
+    """OpenMP's default thread count (the C core uses ``_parallel.get_num_threads()`` per call)."""
     return int(lib.tf_max_threads())
 
 
@@ -87,6 +90,16 @@ def _check(status: int, what: str) -> None:
         raise ValueError(f"truncfast C core, {what}: {message} (status {status})")
 
 
+def _threads(threads: int | None) -> int:
+    """OpenMP threads of a call: ``threads`` or truncfast's setting (``tf.set_num_threads``,
+    ``TRUNCFAST_NUM_THREADS``, ``OMP_NUM_THREADS``, ...), shared with the Numba backend."""
+    if threads is None:
+        from ._parallel import get_num_threads
+
+        threads = get_num_threads()
+    return int(threads)
+
+
 def _dims(R: np.ndarray, b: np.ndarray, X: np.ndarray) -> tuple[int, int, int]:
     L, M = b.shape
     N = X.shape[0]
@@ -96,31 +109,31 @@ def _dims(R: np.ndarray, b: np.ndarray, X: np.ndarray) -> tuple[int, int, int]:
 
 # ---------------------------------------------------------------- kernels ---
 
-def truncate(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int) -> np.ndarray:
+def truncate(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int, threads: int | None = None) -> np.ndarray:
     """τ^(L)(x) for every row of X, (N, M) (THEORY §2, §4)."""
     calls["truncate"] += 1
     N, M, L = _dims(R, b, X)
     out = np.empty((N, M))
     _check(lib.tf_truncate(_buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
-                           _buf("double *", X, np.float64, "X"), N, M, L, chunk,
+                           _buf("double *", X, np.float64, "X"), N, M, L, chunk, _threads(threads),
                            _buf("double *", out, np.float64, "out")), "truncate")
     return out
 
 
-def codes(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int) -> np.ndarray:
+def codes(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int, threads: int | None = None) -> np.ndarray:
     """Sector codes (N, L) uint64 along the composition; bit i = h_ℓ,i (THEORY §2)."""
     calls["codes"] += 1
     N, M, L = _dims(R, b, X)
     out = np.empty((N, L), dtype=np.uint64)
     _check(lib.tf_codes(_buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
-                        _buf("double *", X, np.float64, "X"), N, M, L, chunk,
+                        _buf("double *", X, np.float64, "X"), N, M, L, chunk, _threads(threads),
                         _buf("uint64_t *", out, np.uint64, "codes")), "codes")
     return out
 
 
 def general(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: np.ndarray,
             W: np.ndarray, bout: np.ndarray, Y: np.ndarray, standard: bool, want_grad: bool,
-            chunk: int) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            chunk: int, threads: int | None = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Raw loss and gradient sums of the general flow (THEORY §5).
 
     Returns ``(loss, gb (L, M), G (L, M, M), gW (P, M), gbo (P,))`` with
@@ -146,7 +159,7 @@ def general(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: 
         _buf("double *", W, np.float64, "W") if standard else ffi.NULL,
         _buf("double *", bout, np.float64, "bout") if standard else ffi.NULL,
         _buf("double *", Y, np.float64, "Y") if standard else ffi.NULL,
-        P if standard else 0, int(bool(standard)), int(bool(want_grad)), chunk,
+        P if standard else 0, int(bool(standard)), int(bool(want_grad)), chunk, _threads(threads),
         loss, _buf("double *", gb, np.float64, "gb"), _buf("double *", G, np.float64, "G"),
         _buf("double *", gW, np.float64, "gW") if standard else ffi.NULL,
         _buf("double *", gbo, np.float64, "gbo") if standard else ffi.NULL), "general")
@@ -154,7 +167,7 @@ def general(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: 
 
 
 def moments(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
-            chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            chunk: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw constrained moments of THEORY §6, cluster j at layer j.
 
     ``S0[j, i] = Σ h_i``, ``S1[j, i, k] = Σ h_i v_k``, ``S2[j, i, k] = Σ h_i v_i v_k``
@@ -168,13 +181,13 @@ def moments(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: 
     _check(lib.tf_moments(
         _buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
         _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
-        N, M, L, Q, chunk, _buf("double *", S0, np.float64, "S0"),
+        N, M, L, Q, chunk, _threads(threads), _buf("double *", S0, np.float64, "S0"),
         _buf("double *", S1, np.float64, "S1"), _buf("double *", S2, np.float64, "S2")), "moments")
     return S0, S1, S2
 
 
 def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
-               chunk: int) -> np.ndarray:
+               chunk: int, threads: int | None = None) -> np.ndarray:
     """(Q, L) int64: points of cluster j truncated at some layer ℓ ≠ j (THEORY §6 check)."""
     calls["violations"] += 1
     N, M, L = _dims(R, b, X)
@@ -182,5 +195,5 @@ def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, 
     _check(lib.tf_violations(
         _buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
         _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
-        N, M, L, Q, chunk, _buf("int64_t *", counts, np.int64, "counts")), "violations")
+        N, M, L, Q, chunk, _threads(threads), _buf("int64_t *", counts, np.int64, "counts")), "violations")
     return counts
