@@ -90,18 +90,25 @@ def _check_collapsed(W, Xc, Y, pi):
     pi = _finite("pi", pi, 1, (Q,))
     if np.any(pi < 0):
         k = int(np.flatnonzero(pi < 0)[0])
-        raise InputError(f"pi: weight {pi[k]!r} at index {k} is negative; cluster weights must be ≥ 0")
+        raise InputError(f"pi: weight {float(pi[k])!r} at index {k} is negative; cluster weights must be ≥ 0")
     return W, Xc, Y, pi
 
 
 def _check_stepping(dt: Any, steps: Any, method: str, record_every: Any) -> tuple[float, int, int]:
-    dt = float(dt)
+    # conversions of arbitrary objects (a string, None) must surface as InputError naming the argument
+    try:
+        dt = float(dt)
+    except (TypeError, ValueError):
+        raise InputError(f"dt: must be a finite positive step, got {dt!r} ({type(dt).__name__})") from None
     if not np.isfinite(dt) or dt <= 0:
         raise InputError(f"dt: must be a finite positive step, got {dt!r}")
-    if int(steps) != steps or steps < 0:
-        raise InputError(f"steps: must be a non-negative integer, got {steps!r}")
-    if int(record_every) != record_every or record_every < 1:
-        raise InputError(f"record_every: must be a positive integer, got {record_every!r}")
+    for name, value, low, what in (("steps", steps, 0, "non-negative"), ("record_every", record_every, 1, "positive")):
+        try:
+            ok = int(value) == value and value >= low
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise InputError(f"{name}: must be a {what} integer, got {value!r}")
     if method not in _METHODS:
         raise InputError(f"method: unknown method {method!r}; choose one of {', '.join(_METHODS)}")
     return dt, int(steps), int(record_every)
@@ -114,7 +121,7 @@ def _check_times(times: Any) -> np.ndarray:
     t = t.astype(np.float64)
     if not np.all(np.isfinite(t)) or np.any(t < 0):
         k = int(np.flatnonzero(~np.isfinite(t) | (t < 0))[0])
-        raise InputError(f"times: value {t[k]!r} at index {k}; times must be finite and ≥ 0")
+        raise InputError(f"times: value {float(t[k])!r} at index {k}; times must be finite and ≥ 0")
     return t
 
 

@@ -28,6 +28,12 @@ __all__ = [
 _CHUNK_ROWS = 1 << 16
 
 
+def _shape_str(shape: tuple) -> str:
+    """``(?, 3)``-style description of an expected shape (``None`` = any); ``(2,)`` for one axis."""
+    parts = ["?" if s is None else str(s) for s in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
 def _describe(a: Any) -> str:
     return f"dtype {a.dtype}" if hasattr(a, "dtype") else type(a).__name__
 
@@ -48,12 +54,12 @@ def as_float_array(name: str, a: Any, ndim: int, shape: tuple | None = None) -> 
             + (" (complex values are not supported)" if arr.dtype.kind == "c" else "")
         )
     if arr.ndim != ndim:
-        want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")" if shape else f"{ndim}-D"
+        want = _shape_str(shape) if shape else f"{ndim}-D"
         raise InputError(f"{name}: expected shape {want}, got shape {arr.shape} ({arr.ndim}-D)")
     if shape is not None:
         for axis, (want, got) in enumerate(zip(shape, arr.shape)):
             if want is not None and want != got:
-                want_s = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+                want_s = _shape_str(shape)
                 raise InputError(
                     f"{name}: expected shape {want_s}, got {arr.shape} (axis {axis} is {got}, expected {want})"
                 )

@@ -1,0 +1,361 @@
+#!/usr/bin/env python
+"""Generate ``docs/errors.md``: every bad-input case of the public API and its exact message.
+
+Each case is run against the installed truncfast, so the table shows the
+message the library really gives (the doc cannot drift from the code: a test,
+``tests/test_reliability_errors.py``, regenerates the table and compares it
+with the committed file, and checks that every case raises
+``truncfast.InputError`` whose message starts with the argument's name).
+
+Usage::
+
+    python docs/make_error_table.py            # rewrite docs/errors.md
+    python docs/make_error_table.py --check    # exit 1 if docs/errors.md is stale
+
+The inputs are small and fixed (no randomness beyond a seeded generator), so
+the numbers in the messages are reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import truncfast as tf
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "errors.md"
+
+
+# ------------------------------------------------------------ fixed data ---
+
+def _base() -> dict[str, Any]:
+    """A small valid problem: N = 6 points, M = 3, L = 2 layers, Q = 2 clusters, P = 2 outputs."""
+    rng = np.random.default_rng(20260127)
+    R = np.array([np.linalg.qr(rng.standard_normal((3, 3)))[0] for _ in range(2)])
+    return dict(
+        R=R,
+        b=np.array([[0.5, -0.2, 0.1], [0.0, 0.3, -0.4]]),
+        X=np.arange(18, dtype=np.float64).reshape(6, 3) / 10.0 - 0.8,
+        labels=np.array([0, 1, 0, 1, 1, 0]),
+        targets=np.array([[1.0, 0.0, 0.5], [-1.0, 0.5, 0.0]]),
+        W_out=np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]]),
+        b_out=np.array([0.1, -0.1]),
+        Y=np.array([[1.0, 0.0], [0.0, 1.0]]),
+        Xc=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+        pi=np.array([0.5, 0.5]),
+    )
+
+
+def _set(a: np.ndarray, idx, value) -> np.ndarray:
+    a = np.array(a, dtype=np.result_type(a, type(value)) if not isinstance(value, float) else np.float64)
+    a[idx] = value
+    return a
+
+
+def _scaled(R: np.ndarray, layer: int, factor: float) -> np.ndarray:
+    R = R.copy()
+    R[layer] *= factor
+    return R
+
+
+def _euclid(d, **over):
+    a = dict(R=d["R"], b=d["b"], X=d["X"], labels=d["labels"], targets=d["targets"])
+    a.update(over)
+    return (a.pop("R"), a.pop("b"), a.pop("X"), a.pop("labels"), a.pop("targets")), a
+
+
+def _std(d, **over):
+    a = dict(R=d["R"], b=d["b"], X=d["X"], labels=d["labels"], W_out=d["W_out"], b_out=d["b_out"], Y=d["Y"])
+    a.update(over)
+    keys = ("R", "b", "X", "labels", "W_out", "b_out", "Y")
+    return tuple(a.pop(k) for k in keys), a
+
+
+# ------------------------------------------------------------------ cases ---
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One bad input: ``call(data, tmpdir)`` must raise InputError naming ``arg``."""
+
+    function: str
+    what: str
+    arg: str
+    call: Callable[[dict, Path], Any]
+
+
+def _checkpoint(d, tmp: Path, **kw) -> Path:
+    path = tmp / "ck.npz"
+    if not path.exists():
+        (R, b, X, labels, T), _ = _euclid(d)
+        tf.integrate(R, b, X, labels, T, dt=0.1, steps=3, checkpoint=path, backend="numpy")
+    return path
+
+
+def _corrupted(d, tmp: Path, how: str) -> Path:
+    raw = bytearray(_checkpoint(d, tmp).read_bytes())
+    bad = tmp / f"bad-{how}.npz"
+    if how == "truncated":
+        bad.write_bytes(bytes(raw[: len(raw) // 2]))
+    else:  # rewrite the archive with one changed number: zip CRCs are fine, the sha256 is not
+        with np.load(tmp / "ck.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["b"] = arrays["b"] + 1e-9
+        np.savez(bad, **arrays)
+    return bad
+
+
+def _saved(d, tmp: Path) -> Path:
+    path = tmp / "saved.npz"
+    (R, b, X, labels, T), _ = _euclid(d)
+    tf.integrate(R, b, X, labels, T, dt=0.1, steps=1, backend="numpy").save(path)
+    return path
+
+
+def _call(fname: str, args_kw):
+    args, kw = args_kw
+    return getattr(tf, fname)(*args, **kw)
+
+
+def _integ(d, **kw):
+    (R, b, X, labels, T), over = _euclid(d, **{k: v for k, v in kw.items() if k in ("R", "b", "X", "labels", "targets")})
+    opts = dict(dt=0.1, steps=2, backend="numpy")
+    opts.update({k: v for k, v in kw.items() if k not in ("R", "b", "X", "labels", "targets")})
+    return tf.integrate(R, b, X, labels, T, **opts)
+
+
+def _wide(M: int = 65):
+    return np.eye(M)[None], np.zeros((1, M)), np.zeros((2, M))
+
+
+CASES: list[Case] = [
+    # --- shapes of R, b, X
+    Case("truncate", "R is 2-D (one matrix instead of a stack)", "R",
+         lambda d, t: tf.truncate(d["R"][0], d["b"], d["X"])),
+    Case("truncate", "R_ℓ not square", "R", lambda d, t: tf.truncate(d["R"][:, :, :2], d["b"], d["X"])),
+    Case("truncate", "R has no layers (L = 0)", "R", lambda d, t: tf.truncate(d["R"][:0], d["b"][:0], d["X"])),
+    Case("truncate", "mismatched L between R and b", "b", lambda d, t: tf.truncate(d["R"], d["b"][:1], d["X"])),
+    Case("truncate", "b has the wrong width", "b", lambda d, t: tf.truncate(d["R"], np.zeros((2, 4)), d["X"])),
+    Case("truncate", "b is 1-D", "b", lambda d, t: tf.truncate(d["R"], d["b"][0], d["X"])),
+    Case("truncate", "X has the wrong width", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"][:, :2])),
+    Case("truncate", "X is 1-D (a single point)", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"][0])),
+    Case("truncate", "X has no rows", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"][:0])),
+    # --- R orthogonality
+    Case("truncate", "R not orthogonal (layer 1 scaled by 1.01)", "R",
+         lambda d, t: tf.truncate(_scaled(d["R"], 1, 1.01), d["b"], d["X"])),
+    Case("gradient", "R slightly off O(M) (1e-6)", "R",
+         lambda d, t: _call("gradient", _euclid(d, R=_scaled(d["R"], 0, 1 + 1e-6)))),
+    # --- NaN / inf
+    Case("truncate", "NaN in X", "X", lambda d, t: tf.truncate(d["R"], d["b"], _set(d["X"], (4, 2), np.nan))),
+    Case("loss", "inf in X (and more)", "X",
+         lambda d, t: _call("loss", _euclid(d, X=_set(_set(d["X"], (1, 0), np.inf), (5, 1), -np.inf)))),
+    Case("gradient", "−inf in b", "b", lambda d, t: _call("gradient", _euclid(d, b=_set(d["b"], (1, 2), -np.inf)))),
+    Case("sector_codes", "NaN in R", "R", lambda d, t: tf.sector_codes(_set(d["R"], (0, 1, 2), np.nan), d["b"], d["X"])),
+    Case("loss", "NaN in targets", "targets", lambda d, t: _call("loss", _euclid(d, targets=_set(d["targets"], (1, 0), np.nan)))),
+    # --- dtypes
+    Case("truncate", "complex X", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"] + 0j)),
+    Case("truncate", "complex R", "R", lambda d, t: tf.truncate(d["R"].astype(complex), d["b"], d["X"])),
+    Case("truncate", "object-dtype X", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"].astype(object))),
+    Case("truncate", "string b", "b", lambda d, t: tf.truncate(d["R"], d["b"].astype(str), d["X"])),
+    Case("gradient", "complex targets", "targets", lambda d, t: _call("gradient", _euclid(d, targets=d["targets"] + 0j))),
+    # --- labels
+    Case("loss", "float labels", "labels", lambda d, t: _call("loss", _euclid(d, labels=d["labels"].astype(float)))),
+    Case("loss", "boolean labels", "labels", lambda d, t: _call("loss", _euclid(d, labels=d["labels"].astype(bool)))),
+    Case("gradient", "labels 2-D", "labels", lambda d, t: _call("gradient", _euclid(d, labels=d["labels"][:, None]))),
+    Case("gradient", "mismatched N between X and labels", "labels",
+         lambda d, t: _call("gradient", _euclid(d, labels=d["labels"][:-1]))),
+    Case("loss", "label ≥ Q", "labels", lambda d, t: _call("loss", _euclid(d, labels=_set(d["labels"], 3, 2)))),
+    Case("gradient", "negative label", "labels", lambda d, t: _call("gradient", _euclid(d, labels=_set(d["labels"], 0, -1)))),
+    Case("loss", "labels without targets", "labels", lambda d, t: _call("loss", _euclid(d, targets=None))),
+    # --- targets
+    Case("loss", "targets of the wrong width", "targets", lambda d, t: _call("loss", _euclid(d, targets=np.zeros((2, 4))))),
+    Case("loss", "targets 1-D", "targets", lambda d, t: _call("loss", _euclid(d, targets=d["targets"][0]))),
+    Case("loss", "targets with no rows", "targets", lambda d, t: _call("loss", _euclid(d, targets=np.zeros((0, 3))))),
+    # --- forms and backends
+    Case("gradient", "unknown form", "form", lambda d, t: _call("gradient", (_euclid(d)[0], dict(form="fast")))),
+    Case("gradient", "unknown backend", "backend", lambda d, t: _call("gradient", (_euclid(d)[0], dict(backend="cuda")))),
+    Case("truncate", "backend not a string", "backend", lambda d, t: tf.truncate(d["R"], d["b"], d["X"], backend=None)),
+    Case("gradient", "form='separated' with L ≠ Q", "targets",
+         lambda d, t: tf.gradient(d["R"], d["b"], d["X"], d["labels"], np.zeros((3, 3)), form="separated")),
+    Case("gradient", "form='separated' with an empty cluster", "labels",
+         lambda d, t: tf.gradient(d["R"], d["b"], d["X"], np.zeros(6, dtype=int), d["targets"], form="separated")),
+    Case("cluster_moments", "empty cluster", "labels",
+         lambda d, t: tf.cluster_moments(d["R"], d["b"], d["X"], np.zeros(6, dtype=int), d["targets"])),
+    Case("cluster_moments", "L ≠ Q", "targets",
+         lambda d, t: tf.cluster_moments(d["R"], d["b"], d["X"], d["labels"], np.zeros((3, 3)))),
+    Case("sector_codes", "M > 64", "R", lambda d, t: tf.sector_codes(*_wide())),
+    # --- standard loss / output layer
+    Case("standard_loss", "W_out of the wrong width", "W_out", lambda d, t: _call("standard_loss", _std(d, W_out=np.zeros((2, 4))))),
+    Case("standard_gradient", "NaN in W_out", "W_out",
+         lambda d, t: _call("standard_gradient", _std(d, W_out=_set(d["W_out"], (0, 2), np.nan)))),
+    Case("standard_gradient", "b_out of the wrong length", "b_out", lambda d, t: _call("standard_gradient", _std(d, b_out=np.zeros(3)))),
+    Case("standard_loss", "Y of the wrong width", "Y", lambda d, t: _call("standard_loss", _std(d, Y=np.zeros((2, 3))))),
+    Case("standard_loss", "label ≥ Q (Q from Y)", "labels", lambda d, t: _call("standard_loss", _std(d, Y=d["Y"][:1]))),
+    Case("pullback_targets", "b_out of the wrong length", "b_out", lambda d, t: tf.pullback_targets(d["W_out"], np.zeros(5), d["Y"])),
+    Case("pullback_targets", "Y of the wrong width", "Y", lambda d, t: tf.pullback_targets(d["W_out"], d["b_out"], np.zeros((2, 5)))),
+    Case("pullback_targets", "inf in W_out", "W_out",
+         lambda d, t: tf.pullback_targets(_set(d["W_out"], (1, 1), np.inf), d["b_out"], d["Y"])),
+    # --- layers <-> cumulative
+    Case("layers_to_cumulative", "bs of the wrong shape", "bs", lambda d, t: tf.layers_to_cumulative(d["R"], np.zeros((3, 3)))),
+    Case("layers_to_cumulative", "Ws not square", "Ws", lambda d, t: tf.layers_to_cumulative(np.zeros((2, 3, 2)), d["b"])),
+    Case("layers_to_cumulative", "NaN in Ws", "Ws", lambda d, t: tf.layers_to_cumulative(_set(d["R"], (1, 0, 0), np.nan), d["b"])),
+    Case("cumulative_to_layers", "bc of the wrong shape", "bc", lambda d, t: tf.cumulative_to_layers(d["R"], np.zeros((2, 4)))),
+    Case("cumulative_to_layers", "singular W^(ℓ)", "Wc",
+         lambda d, t: tf.cumulative_to_layers(np.array([np.zeros((3, 3)), np.eye(3)]), d["b"])),
+    Case("orthonormalize", "R not square", "R", lambda d, t: tf.orthonormalize(np.zeros((2, 3, 2)))),
+    # --- integrate
+    Case("integrate", "dt = 0", "dt", lambda d, t: _integ(d, dt=0.0)),
+    Case("integrate", "dt < 0", "dt", lambda d, t: _integ(d, dt=-0.1)),
+    Case("integrate", "dt NaN", "dt", lambda d, t: _integ(d, dt=float("nan"))),
+    Case("integrate", "dt inf", "dt", lambda d, t: _integ(d, dt=float("inf"))),
+    Case("integrate", "dt a string", "dt", lambda d, t: _integ(d, dt="0.1")),
+    Case("integrate", "negative steps", "steps", lambda d, t: _integ(d, steps=-1)),
+    Case("integrate", "non-integer steps", "steps", lambda d, t: _integ(d, steps=2.5)),
+    Case("integrate", "record_every = 0", "record_every", lambda d, t: _integ(d, record_every=0)),
+    Case("integrate", "checkpoint_every = 0", "checkpoint_every", lambda d, t: _integ(d, checkpoint_every=0)),
+    Case("integrate", "unknown method", "method", lambda d, t: _integ(d, method="rk4")),
+    Case("integrate", "unknown backend", "backend", lambda d, t: _integ(d, backend="gpu")),
+    Case("integrate", "unknown form", "form", lambda d, t: _integ(d, form="fast")),
+    Case("integrate", "train_weights not a bool", "train_weights", lambda d, t: _integ(d, train_weights=1)),
+    Case("integrate", "method='exp-euler' with L ≠ Q", "targets",
+         lambda d, t: _integ(d, method="exp-euler", targets=np.zeros((3, 3)))),
+    Case("integrate", "checkpoint not a path", "checkpoint", lambda d, t: _integ(d, checkpoint=3)),
+    Case("integrate", "non-orthogonal R", "R", lambda d, t: _integ(d, R=_scaled(d["R"], 1, 1.01))),
+    Case("integrate", "NaN in X", "X", lambda d, t: _integ(d, X=_set(d["X"], (2, 0), np.nan))),
+    # --- resume
+    Case("resume", "no such file", "path", lambda d, t: tf.resume(t / "absent.npz", d["X"], d["labels"], d["targets"])),
+    Case("resume", "truncated checkpoint file", "path",
+         lambda d, t: tf.resume(_corrupted(d, t, "truncated"), d["X"], d["labels"], d["targets"])),
+    Case("resume", "checkpoint whose contents changed (checksum)", "path",
+         lambda d, t: tf.resume(_corrupted(d, t, "changed"), d["X"], d["labels"], d["targets"])),
+    Case("resume", "a saved trajectory, not a checkpoint", "path",
+         lambda d, t: tf.resume(_saved(d, t), d["X"], d["labels"], d["targets"])),
+    Case("resume", "different data than the checkpoint's", "X",
+         lambda d, t: tf.resume(_checkpoint(d, t), d["X"] + 1.0, d["labels"], d["targets"])),
+    Case("resume", "fewer points than the checkpoint's", "X",
+         lambda d, t: tf.resume(_checkpoint(d, t), d["X"][:4], d["labels"][:4], d["targets"])),
+    Case("resume", "unknown backend", "backend",
+         lambda d, t: tf.resume(_checkpoint(d, t), d["X"], d["labels"], d["targets"], backend="gpu")),
+    Case("resume", "checkpoint_every = 0", "checkpoint_every",
+         lambda d, t: tf.resume(_checkpoint(d, t), d["X"], d["labels"], d["targets"], checkpoint_every=0)),
+    # --- exact bias flow
+    Case("exact_bias_flow", "negative time", "times",
+         lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], [0.0, -1.0])),
+    Case("exact_bias_flow", "NaN time", "times", lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], [0.0, np.nan])),
+    Case("exact_bias_flow", "times 2-D", "times", lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], [[0.0, 1.0]])),
+    Case("exact_bias_flow", "L ≠ Q", "targets",
+         lambda d, t: tf.exact_bias_flow(d["R"], d["b"], d["X"], d["labels"], np.zeros((3, 3)), [0.0])),
+    Case("exact_bias_flow", "empty cluster", "labels",
+         lambda d, t: tf.exact_bias_flow(d["R"], d["b"], d["X"], np.ones(6, dtype=int), d["targets"], [0.0])),
+    # --- output-layer flows (THEORY §8)
+    Case("collapsed_output_loss", "Xc of the wrong width", "Xc",
+         lambda d, t: tf.collapsed_output_loss(d["W_out"], np.zeros((2, 4)), d["Y"], d["pi"])),
+    Case("collapsed_output_loss", "Y of the wrong shape", "Y",
+         lambda d, t: tf.collapsed_output_loss(d["W_out"], d["Xc"], np.zeros((3, 2)), d["pi"])),
+    Case("collapsed_output_rhs", "negative weight π", "pi",
+         lambda d, t: tf.collapsed_output_rhs(d["W_out"], d["Xc"], d["Y"], np.array([0.5, -0.5]))),
+    Case("collapsed_output_rhs", "π of the wrong length", "pi",
+         lambda d, t: tf.collapsed_output_rhs(d["W_out"], d["Xc"], d["Y"], np.ones(3))),
+    Case("conserved_gram", "Xc of the wrong width", "Xc", lambda d, t: tf.conserved_gram(d["W_out"], np.zeros((2, 2)))),
+    Case("spectral_gap_bound", "negative time", "times",
+         lambda d, t: tf.spectral_gap_bound(np.eye(2), np.eye(2) * 2, np.eye(2), d["pi"], [-1.0])),
+    Case("collapsed_output_flow", "dt ≤ 0", "dt",
+         lambda d, t: tf.collapsed_output_flow(d["W_out"], d["Xc"], d["Y"], d["pi"], dt=0.0, steps=1)),
+    Case("collapsed_output_flow", "dt a string", "dt",
+         lambda d, t: tf.collapsed_output_flow(d["W_out"], d["Xc"], d["Y"], d["pi"], dt="x", steps=1)),
+    Case("collapsed_output_flow", "steps None", "steps",
+         lambda d, t: tf.collapsed_output_flow(d["W_out"], d["Xc"], d["Y"], d["pi"], dt=0.1, steps=None)),
+    Case("collapsed_output_flow", "unknown method", "method",
+         lambda d, t: tf.collapsed_output_flow(d["W_out"], d["Xc"], d["Y"], d["pi"], dt=0.1, steps=1, method="rk45")),
+    Case("positive_sector_output_solution", "label ≥ Q", "labels",
+         lambda d, t: tf.positive_sector_output_solution(d["W_out"], d["b_out"], d["X"], d["labels"] + 1, d["Y"], [0.0])),
+    Case("positive_sector_output_flow", "negative steps", "steps",
+         lambda d, t: tf.positive_sector_output_flow(d["W_out"], d["b_out"], d["X"], d["labels"], d["Y"], dt=0.1, steps=-1)),
+    Case("set_num_threads", "zero threads", "n", lambda d, t: tf.set_num_threads(0)),
+]
+
+
+def run_case(case: Case, tmp: Path) -> BaseException | None:
+    """Run one case on fresh data; return the exception it raised (None if it did not raise)."""
+    try:
+        case.call(_base(), tmp)
+    except BaseException as exc:  # noqa: BLE001 - we report whatever comes out
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return exc
+    return None
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table() -> str:
+    """The markdown of docs/errors.md (runs every case)."""
+    lines = [
+        "# Bad input: what truncfast says",
+        "",
+        "Every public function validates its arguments at the API boundary (`truncfast/_validate.py`",
+        "and the checks next to each function) and raises `truncfast.InputError` (a `ValueError`)",
+        "whose message starts with the name of the offending argument. The table below is",
+        "**generated** by `python docs/make_error_table.py`, which runs each case on a small fixed",
+        "problem (N = 6, M = 3, L = 2, Q = 2, P = 2); `tests/test_reliability_errors.py` checks that",
+        "this file is current and that every case raises `InputError` naming its argument.",
+        "",
+        "Accepted without complaint (and never modified): read-only arrays, `np.memmap`s, float32",
+        "(and other float) dtypes, any integer dtype for labels (and integer data), Fortran order and",
+        "strided views, nested lists. A C-contiguous float64 array (including a read-only memmap) is",
+        "passed to the kernels without a copy.",
+        "",
+        "Other errors: `truncfast.SeparationError` (the separated form's assumption fails at run time),",
+        "`truncfast.DivergenceError` (`integrate`: the loss became non-finite or grew beyond",
+        "`_config.DIVERGENCE_LOSS_FACTOR`; carries `step`, `loss`, `suggested_dt`, `trajectory`),",
+        "`truncfast.BackendUnavailable` (a backend asked for by name is not built here).",
+        "",
+        "| function | case | argument | message |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        old = tf.get_num_threads()
+        try:
+            for case in CASES:
+                exc = run_case(case, tmp)
+                if exc is None:
+                    msg = "**(no error raised)**"
+                elif isinstance(exc, tf.InputError):
+                    msg = "`" + _md(str(exc)) + "`"
+                else:
+                    msg = f"**{type(exc).__name__}** (not InputError): `{_md(str(exc))}`"
+                msg = msg.replace(tmpdir, "<tmp>")
+                lines.append(f"| `{case.function}` | {_md(case.what)} | `{case.arg}` | {msg} |")
+        finally:
+            tf.set_num_threads(old)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only check that docs/errors.md is current")
+    ns = ap.parse_args(argv)
+    text = table()
+    if ns.check:
+        current = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
+        if current != text:
+            print(f"{OUT} is stale; run python {os.path.relpath(__file__)}", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUT} ({len(CASES)} cases)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
