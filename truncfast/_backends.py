@@ -75,6 +75,23 @@ class NumpyBackend:
         return self._ref.separation_violations(R, b, X, labels, Q)
 
 
+def _readonly(*arrays):
+    """Read-only views (no copies) of the arrays a Numba kernel only reads.
+
+    Numba types read-only arrays (e.g. memmaps opened with mode 'r') apart from
+    writeable ones and compiles every kernel again for them.  Handing the
+    kernels read-only views always keeps one specialisation per kernel, so
+    read-only inputs cost no second compilation, and no kernel can write into
+    an input.
+    """
+    views = []
+    for a in arrays:
+        v = a.view()
+        v.flags.writeable = False
+        views.append(v)
+    return views
+
+
 class NumbaBackend:
     """Sequential GIL-free Numba kernels run over chunk ranges by ``_parallel``."""
 
@@ -90,7 +107,8 @@ class NumbaBackend:
         N, M = X.shape
         L = b.shape[0]
         k = self._k
-        S = k.transfer_matrices(R)
+        R, b, X = _readonly(R, b, X)
+        (S,) = _readonly(k.transfer_matrices(R))
         chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
         out = np.empty((0 if want_codes else N, M))
         codes = np.empty((N if want_codes else 0, L), dtype=np.uint64)
@@ -110,7 +128,8 @@ class NumbaBackend:
         L, M = b.shape
         P = W.shape[0]
         k = self._k
-        S = k.transfer_matrices(R)
+        R, b, X, labels, T, W, bout, Y = _readonly(R, b, X, labels, T, W, bout, Y)
+        (S,) = _readonly(k.transfer_matrices(R))
         chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
         nchunks = (N + chunk - 1) // chunk
         batch = _batch(nchunks, 8 * (L * M * (M + 1) + P * (M + 1) + 1))
@@ -130,6 +149,7 @@ class NumbaBackend:
     def moments(self, R, b, X, labels, Q):
         N, M = X.shape
         k = self._k
+        R, b, X, labels = _readonly(R, b, X, labels)
         chunk = _config.CHUNK_SIZE
         nchunks = (N + chunk - 1) // chunk
         batch = _batch(nchunks, 8 * Q * M * (2 * M + 1))
@@ -147,7 +167,8 @@ class NumbaBackend:
         N = X.shape[0]
         L = b.shape[0]
         k = self._k
-        S = k.transfer_matrices(R)
+        R, b, X, labels = _readonly(R, b, X, labels)
+        (S,) = _readonly(k.transfer_matrices(R))
         chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
         nchunks = (N + chunk - 1) // chunk
         from ._parallel import get_num_threads
