@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
+from matplotlib.ticker import NullLocator
 
 __all__ = ["draw_run", "draw_overview", "loss_figure", "truncation_figure", "sectors_figure", "animation"]
 
@@ -159,24 +160,37 @@ def truncation_figure(traj, fd: dict) -> Figure:
     shown = min(L, 6)
     fig = Figure(figsize=(4.2 * min(shown, 3), 3.4 * ((shown + 2) // 3)), layout="constrained")
     axes = fig.subplots((shown + 2) // 3, min(shown, 3), squeeze=False).ravel()
-    tpos = t > 0
+    pos = t[t > 0]
+    ct = np.asarray(traj.collapse_times, dtype=float)
     for l in range(shown):
         ax = axes[l]
         for j in range(Q):
             n = counts[:, l, j].sum(axis=1).astype(float)
             n[n == 0] = 1
-            ax.plot(t[tpos], counts[tpos, l, j, 2] / n[tpos], color=colour(j), lw=2, label=f"{names[j]}: fully")
-            ax.plot(t[tpos], counts[tpos, l, j, 1] / n[tpos], color=colour(j), lw=1.4, ls="--",
-                    label=f"{names[j]}: partially")
-        ax.set_xscale("log")
+            ax.plot(t, counts[:, l, j, 2] / n, color=colour(j), lw=2, label=f"{names[j]}: fully")
+            ax.plot(t, counts[:, l, j, 1] / n, color=colour(j), lw=1.4, ls="--", label=f"{names[j]}: partially")
+            if np.isfinite(ct[j]):
+                ax.axvline(ct[j], color=colour(j), ls=(0, (1, 2)), lw=1)
+        if pos.size:
+            # linear up to the first recorded step, logarithmic after: s = 0 stays visible
+            # and the early events (collapse in finite time) are not squeezed against it
+            ax.set_xscale("symlog", linthresh=pos[0], linscale=0.5)
+            ax.set_xlim(0, t[-1] * 1.05)
+            lo, hi = int(np.ceil(np.log10(pos[0]))), int(np.floor(np.log10(t[-1])))
+            ax.set_xticks([0.0] + [10.0 ** k for k in range(lo, hi + 1)])
+            ax.xaxis.set_minor_locator(NullLocator())
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("flow time $s$ (log scale)")
+        ax.set_xlabel("flow time $s$ (log scale after the first step)")
         ax.set_ylabel("fraction of the cluster's points")
         ax.set_title(rf"layer {l + 1}: truncated by $\tau_{{{l + 1}}}$", fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="center left")
     for ax in axes[shown:]:
         ax.set_visible(False)
+    handles = [Line2D([], [], color=colour(j), lw=2, label=names[j]) for j in range(Q)]
+    handles += [Line2D([], [], color="grey", lw=2, label="fully truncated"),
+                Line2D([], [], color="grey", lw=1.4, ls="--", label="partially truncated"),
+                Line2D([], [], color="grey", lw=1, ls=(0, (1, 2)), label="collapse time $s_0$")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     extra = f" (first {shown} of {L} layers)" if shown < L else ""
     fig.suptitle(f"Truncated points per cluster{extra} — solid: fully truncated, dashed: partially — "
                  f"{_run_label(traj)}", fontsize=10)
@@ -253,7 +267,7 @@ class _StateDrawing:
         self.points = []
         for j in range(self.Q):
             if faint:
-                ax.scatter(Xp[self.sel[j], 0], Xp[self.sel[j], 1], s=5, color=colour(j), alpha=0.12, lw=0, zorder=2)
+                ax.scatter(Xp[self.sel[j], 0], Xp[self.sel[j], 1], s=6, color=colour(j), alpha=0.18, lw=0, zorder=2)
             # hollow star: a collapsed cluster (one dot) stays visible at its target
             ax.plot(*Tp[j], marker="*", ms=17, mfc="none", mec=colour(j), mew=1.6, zorder=4)
             ax.plot(*Tp[j], marker="*", ms=19, mfc="none", mec="black", mew=0.6, zorder=4)
@@ -302,7 +316,7 @@ def _legend_handles(fd: dict, M: int) -> list:
     h.append(Line2D([], [], color="grey", marker="*", mfc="none", mec="black", ls="none", ms=13,
                     label=r"target $\tilde y_j$ (pulled-back label)"))
     h.append(Line2D([], [], color="grey", lw=1.3, ls="-" if M == 2 else "--",
-                    label=r"cone $\{R_\ell z + b_\ell \geq 0\}$ of $\tau_\ell$" + ("" if M == 2 else " (edges, projected)")))
+                    label=r"cone $\{R_\ell z + b_\ell \geq 0\}$: $\tau_\ell$ projects onto it" + ("" if M == 2 else " (edges, projected)")))
     return h
 
 
@@ -319,7 +333,8 @@ def pick_records(times: np.ndarray, count: int) -> np.ndarray:
     pos = t[t > 0]
     if pos.size == 0 or count < 3:
         return np.unique(np.linspace(0, K - 1, count).astype(int))
-    grid = np.geomspace(pos[0], t[-1], count - 1)
+    # count − 1 points after 0, the first one step of the log grid past the first record
+    grid = np.geomspace(pos[0], t[-1], count)[1:]
     idx = np.searchsorted(t, grid).clip(0, K - 1)
     idx = np.unique(np.concatenate([[0], idx, [K - 1]]))
     # fill up duplicates with evenly spaced extras so the count holds when possible
@@ -335,7 +350,7 @@ def sectors_figure(traj, fd: dict, snapshots: int = 4) -> Figure:
     view = _View(fd["X"], fd["targets"])
     idx = pick_records(t, snapshots)
     n = len(idx)
-    fig = Figure(figsize=(3.6 * n + 0.5, 4.6), layout="constrained")
+    fig = Figure(figsize=(3.6 * n + 0.5, 5.4), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False).ravel()
     for ax, k in zip(axes, idx):
         _draw_state(ax, view, fd, Rs[k], bs[k])
@@ -475,7 +490,7 @@ def _add_zooms(ax, drawing: _StateDrawing, view: _View, fd: dict, R: np.ndarray,
         ax.indicate_inset_zoom(ins, edgecolor=colour(j), alpha=0.6)
 
 
-def draw_overview(path: str, runs: dict[str, tuple[Any, dict]], dpi: int = 100) -> str:
+def draw_overview(path: str, runs: dict[str, tuple[Any, dict]], dpi: int = 100, title: str | None = None) -> str:
     """Side-by-side comparison of several runs: final state in input space above, loss below."""
     n = len(runs)
     fig = Figure(figsize=(5.2 * n, 9.4), layout="constrained")
@@ -491,6 +506,5 @@ def draw_overview(path: str, runs: dict[str, tuple[Any, dict]], dpi: int = 100) 
         _loss_axes(axes[1, col], traj, fd, title="loss over time")
     fig.legend(handles=_legend_handles(first_fd, first_fd["X"].shape[1]), loc="outside lower center",
                ncol=5, fontsize=8, frameon=False)
-    fig.suptitle(f"{_str(first_fd['title'])}: the clusters collapse onto their targets (Prop. 4.2)",
-                 fontsize=11)
+    fig.suptitle(title or _str(first_fd["title"]), fontsize=11)
     return _save(fig, path, dpi)
