@@ -309,3 +309,31 @@ def test_backends_report():
     assert report["numpy"] == "available"
     for name, status in report.items():
         assert status == "available" or status.startswith("unavailable ("), (name, status)
+
+
+def test_model_helpers_accept_readonly_and_return_fresh_arrays(rng):
+    L, M, P = 3, 3, 2
+    Wc = np.array([np.diag(rng.uniform(0.5, 2.0, M)) @ np.linalg.qr(rng.standard_normal((M, M)))[0]
+                   for _ in range(L)])
+    bc = rng.standard_normal((L, M))
+    W_out, b_out, Y = rng.standard_normal((P, M)), rng.standard_normal(P), rng.standard_normal((2, P))
+    ins = _readonly(dict(Wc=Wc, bc=bc, W_out=W_out, b_out=b_out, Y=Y))
+    before = {k: v.copy() for k, v in ins.items()}
+    outs = [*tf.cumulative_to_layers(ins["Wc"], ins["bc"]),
+            *tf.layers_to_cumulative(ins["Wc"], ins["bc"]),
+            *tf.aligned_from_cumulative(ins["Wc"], ins["bc"]),
+            tf.pullback_targets(ins["W_out"], ins["b_out"], ins["Y"]),
+            tf.orthonormalize(ins["Wc"])]
+    for k, v in ins.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    for x in outs:
+        assert type(x) is np.ndarray and x.dtype == np.float64 and x.flags.writeable
+        assert not any(np.shares_memory(x, v) for v in ins.values())
+
+
+def test_cluster_moments_errors(rng):
+    p = make_problem(rng, N=10, M=3, L=2, Q=2)
+    with pytest.raises(tf.InputError, match="labels: cluster"):
+        tf.cluster_moments(p.R, p.b, p.X, np.zeros(10, dtype=int), p.targets)
+    with pytest.raises(tf.InputError, match="L == Q"):
+        tf.cluster_moments(p.R[:1], p.b[:1], p.X, p.labels, p.targets)
