@@ -11,7 +11,6 @@ import truncfast as tf
 from conftest import RTOL, Problem, assert_rel, make_problem, random_orthogonal, separated_problem
 
 
-
 def _naive_codes(p, X=None):
     return naive.codes(p.R, p.b, p.X if X is None else X)
 
@@ -32,6 +31,10 @@ def _sample_points(rng, p, want, n, scale=3.0, tries=40):
 def _extended(p, Xnew, labels_new):
     return Problem(p.R, p.b, np.vstack([p.X, Xnew]), np.concatenate([p.labels, labels_new]),
                    p.targets, p.W_out, p.b_out, p.Y)
+
+
+def rel_change(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
 # --------------------------------------------------------------- §5 facts ---
@@ -85,10 +88,6 @@ def test_fully_truncated_points_collapse(backend, rng):
     for a, c in zip(tf.gradient(*r.euclid, backend=backend), (gb2, om2)):
         assert_rel(a, c, RTOL)
     assert_rel(tf.loss(*r.euclid, backend=backend), tf.loss(*q.euclid, backend=backend), RTOL)
-
-
-def rel_change(a, b):
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
 def test_fully_truncated_cluster_closed_form(backend, rng):
