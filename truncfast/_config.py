@@ -43,6 +43,17 @@ COMPILED_LOOP_MAX_N: int = CHUNK_SIZE
 #: returns to Python (progress bar updates, Ctrl-C latency).  Never changes results.
 INTEGRATE_CHUNK_SECONDS: float = 0.05
 
+#: ``integrate`` stops with DivergenceError when a step makes the loss non-finite
+#: or larger than this factor times its reference (the loss at step 0, at least
+#: DIVERGENCE_LOSS_FLOOR × max|ỹ_j|² + max|b_ℓ(0)|²): a gradient flow never
+#: increases its loss, so such growth means the step is unstable.
+DIVERGENCE_LOSS_FACTOR: float = 1e3
+
+#: Floor of the reference loss for the divergence test, relative to the squared
+#: scale of the targets and initial biases (rounding noise at an equilibrium is
+#: ~1e-32 of it, a diverging run reaches many times it).
+DIVERGENCE_LOSS_FLOOR: float = 1e-8
+
 #: Largest width for which sector codes fit a uint64 bitmask.
 MAX_CODE_WIDTH: int = 64
 

@@ -105,15 +105,16 @@ def _evaluate_seq(R, b, X, labels, T, W, bout, Y, chunk, block, gb, omega, G, pg
 
 @njit(cache=True, nogil=True)
 def _compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, method,
-                    train_w, train_b, nsteps, tol, Rprev, bprev):
+                    train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit):
     """Up to ``nsteps`` Lie–Euler / Cayley steps without leaving compiled code.
 
     On entry (R, b) is state k and (gb, omega) its right-hand side; on return
     (status _DONE) they are state k + done and its right-hand side.  Stops early
     with _REORTH after a step whose orthogonality defect exceeds ``tol`` (the
     caller re-orthonormalises and re-evaluates, exactly like the Python loop),
-    or with _DIVERGED when the new loss or gradient is not finite (Rprev, bprev
-    then hold the last good state).  Returns ``(status, done, loss)``.
+    or with _DIVERGED when the new loss or gradient is not finite or the loss
+    exceeds ``loss_limit`` (Rprev, bprev then hold the last good state).
+    Returns ``(status, done, loss)``.
     """
     L, M = b.shape
     P = W.shape[0]
@@ -141,7 +142,7 @@ def _compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt,
                 s += gb[l, i] * gb[l, i]
                 for k in range(M):
                     s += omega[l, i, k] * omega[l, i, k]
-        if not math.isfinite(s):
+        if not math.isfinite(s) or loss > loss_limit:
             return _DIVERGED, it + 1, loss
     return _DONE, nsteps, loss
 
@@ -400,7 +401,7 @@ class _Run:
             R_new, b_new = self.solver.step(R, b, rhs, self.dt, self.train_w, self.train_b)
             R_new, fixed = self._reorthonormalize(R_new)
             rhs_new = self.evaluate(R_new, b_new)
-            if not self._finite(rhs_new):
+            if not self._finite(rhs_new) or rhs_new.loss > self.loss_limit:
                 raise _Diverged(k + 1, rhs_new.loss, k, R, b)
             k, R, b, rhs = k + 1, R_new, b_new, rhs_new
             reorth += fixed
@@ -420,7 +421,7 @@ class _Run:
             status, done, loss_c = _compiled_steps(
                 Rw, bw, gb, om, X, labels, T, self._W0, self._bo0, self._Y0, _config.CHUNK_SIZE,
                 _config.BLOCK_SIZE, self.dt, code, self.train_w, self.train_b, stop - k,
-                _config.REORTHONORMALIZE_TOL, Rprev, bprev)
+                _config.REORTHONORMALIZE_TOL, Rprev, bprev, self.loss_limit)
             k += done
             if status == _DIVERGED:
                 raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy())
@@ -431,7 +432,8 @@ class _Run:
                 loss_c = _evaluate_seq(Rw, bw, X, labels, T, self._W0, self._bo0, self._Y0, _config.CHUNK_SIZE,
                                        _config.BLOCK_SIZE, gb, om, G, np.empty_like(bw), np.empty_like(om),
                                        np.empty((0, Rw.shape[1])), np.empty(0))
-                if not (np.isfinite(loss_c) and np.isfinite(gb).all() and np.isfinite(om).all()):
+                if not (np.isfinite(loss_c) and np.isfinite(gb).all() and np.isfinite(om).all()) \
+                        or loss_c > self.loss_limit:
                     raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy())
             loss = loss_c
         return k, Rw, bw, RHS(float(loss), gb, om), reorth
@@ -448,6 +450,7 @@ class _Run:
                 self._record(0, k, R, b, rhs)
                 nrec = 1
                 self.state = (k, R, b, nrec, reorth)
+            self.loss_limit = self._loss_limit()
             bar = None
             if self.progress and k < self.steps:
                 from tqdm import tqdm
@@ -498,6 +501,25 @@ class _Run:
         self.write_checkpoint()
         return self.trajectory()
 
+    loss_limit = math.inf
+
+    def _loss_limit(self) -> float:
+        """Largest loss a step may reach before the run counts as diverging.
+
+        A gradient flow never increases its loss, so explicit steps with a stable
+        dt keep it ≤ C(0) up to rounding.  The limit is DIVERGENCE_LOSS_FACTOR ×
+        the loss at step 0 of the run (recorded, so a resumed run uses the same
+        limit and stays bitwise equal), floored at DIVERGENCE_LOSS_FLOOR × the
+        squared scale of the targets and initial biases, so that a run started
+        at a (nearly) exact equilibrium is not stopped by rounding noise.
+        """
+        loss0 = float(self.buf["loss"][0])
+        b0 = self.buf["bs"][0]
+        scale2 = float(np.max(np.sum(self.targets * self.targets, axis=1), initial=0.0)
+                       + np.max(np.sum(b0 * b0, axis=1), initial=0.0))
+        ref = max(loss0, _config.DIVERGENCE_LOSS_FLOOR * scale2)
+        return _config.DIVERGENCE_LOSS_FACTOR * ref if ref > 0.0 else math.inf
+
     def _tune_chunk(self, elapsed: float, n: int) -> None:
         """Keep one chunk near the wall-clock budget (progress bar, Ctrl-C latency)."""
         if n < self._chunk_len:
@@ -515,8 +537,16 @@ class _Run:
         suggest = min(self.dt / 2.0, 1.0)
         where = (f"the last good state (step {d.good_step}) is kept in err.trajectory"
                  if d.good_step is not None else "the initial state already has a non-finite loss")
+        if not math.isfinite(d.loss):
+            what = f"became {float(d.loss)!r}"
+        elif d.loss > self.loss_limit:
+            what = (f"grew to {float(d.loss)!r}, more than {_config.DIVERGENCE_LOSS_FACTOR:g} × its reference "
+                    f"{self.loss_limit / _config.DIVERGENCE_LOSS_FACTOR:.6g} (a gradient flow never increases "
+                    "its loss),")
+        else:
+            what = f"is {float(d.loss)!r} but the gradient became non-finite"
         err = DivergenceError(
-            f"integrate: the loss became {d.loss!r} at step {d.step} (time {d.step * self.dt:g}) with "
+            f"integrate: the loss {what} at step {d.step} (time {d.step * self.dt:g}) with "
             f"dt = {self.dt:g}; {where}. Use a smaller step: the bias rate π_j(1 − m0) is at most 1, so "
             f"explicit Euler on the biases needs dt < 2; try dt = {suggest:g}.")
         err.step = d.step  # type: ignore[attr-defined]
