@@ -221,3 +221,20 @@ def test_config_doc_lists_every_key():
         assert f"[{sec}]" in doc, sec
         for key, (default, _, _) in keys.items():
             assert f"`{key}`" in doc, f"{sec}.{key}"
+
+
+def test_readme_commands_and_api_block():
+    """The README's test command is the one CI runs, and its ten-line API example runs."""
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'pip install -e ".[test]" && pytest' in readme and 'pip install -e ".[test]" && pytest' in ci
+    assert "pip install -e . && truncfast demo --out runs/demo" in readme
+    block = re.search(r"## Python API in ten lines\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 10
+    code = block.replace("n=100_000", "n=3_000").replace("progress=True", "progress=False")
+    code = code.replace('traj.save("run.npz")', 'traj.save(str(TMP / "run.npz"))')
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        exec(compile(code, "README.md", "exec"), {"TMP": Path(tmp), "print": lambda *a: None})
+        assert (Path(tmp) / "run.npz").exists()
