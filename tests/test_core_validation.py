@@ -187,6 +187,7 @@ LAYOUTS = {
     "float32-data-only": lambda a, tmp: dict(a, X=a["X"].astype(np.float32), targets=a["targets"].astype(np.float32)),
     "int-labels": lambda a, tmp: dict(a, labels=a["labels"].astype(np.uint8)),
     "lists": lambda a, tmp: {k: v.tolist() for k, v in a.items()},
+    "big-endian": lambda a, tmp: {k: v.astype(v.dtype.newbyteorder(">")) for k, v in a.items()},
 }
 
 
