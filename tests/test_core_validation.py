@@ -86,6 +86,15 @@ BAD = [
      r"^W_out: contains inf at index \[1, 1\]"),
     ("layers-bs", "layers_to_cumulative", lambda p: dict(Ws=p.R, bs=np.zeros((3, 3))), r"^bs: expected shape"),
     ("layers-Ws-not-square", "layers_to_cumulative", lambda p: dict(Ws=np.zeros((2, 3, 2)), bs=p.b), r"^Ws: .*square"),
+    ("layers-empty-list", "layers_to_cumulative", lambda p: dict(Ws=[], bs=[]), r"^Ws: needs at least one layer"),
+    ("layers-no-layers", "layers_to_cumulative", lambda p: dict(Ws=np.zeros((0, 2, 2)), bs=np.zeros((0, 2))),
+     r"^Ws: needs at least one layer"),
+    ("cumulative-no-layers", "cumulative_to_layers", lambda p: dict(Wc=np.zeros((0, 2, 2)), bc=np.zeros((0, 2))),
+     r"^Wc: needs at least one layer"),
+    ("cumulative-width-0", "cumulative_to_layers", lambda p: dict(Wc=np.zeros((2, 0, 0)), bc=np.zeros((2, 0))),
+     r"^Wc: needs at least one layer and width"),
+    ("aligned-no-layers", "aligned_from_cumulative", lambda p: dict(Wc=np.zeros((0, 2, 2)), bc=np.zeros((0, 2))),
+     r"^Wc: needs at least one layer"),
     ("cumulative-bc", "cumulative_to_layers", lambda p: dict(Wc=p.R, bc=np.zeros((2, 4))), r"^bc: expected shape"),
 ]
 

@@ -21,11 +21,15 @@ __all__ = [
 
 def _stack(name: str, a: Any, ndim: int) -> np.ndarray:
     if isinstance(a, (list, tuple)):
+        if len(a) == 0:
+            raise InputError(f"{name}: needs at least one layer, got an empty {type(a).__name__}")
         try:
             a = np.stack([np.asarray(x) for x in a])
         except ValueError as exc:
             raise InputError(f"{name}: the layers do not all have the same shape ({exc})") from None
     arr = as_float_array(name, a, ndim)
+    if arr.size == 0:
+        raise InputError(f"{name}: needs at least one layer and width ≥ 1, got shape {arr.shape}")
     check_finite(name, arr)
     return arr
 
