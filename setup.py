@@ -29,8 +29,8 @@ class FallibleBuildExt(build_ext):
 
     Tries the C core with OpenMP, then without; if both fail, drops the
     extension (so no later step expects its file) and prints a notice.
-    Always builds in place as well, so an editable install finds the compiled
-    module inside ``truncfast/``.
+    (An editable install, ``pip install -e .``, copies the built module into
+    ``truncfast/`` through setuptools' own in-place step.)
     """
 
     def run(self) -> None:
