@@ -241,12 +241,14 @@ def _data_digest(X: np.ndarray, labels: np.ndarray, targets: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _schedule(steps: int, record_every: int) -> np.ndarray:
-    """Recorded steps: 0, every ``record_every`` steps, and the last step."""
-    s = np.arange(0, steps + 1, record_every, dtype=np.int64)
-    if s[-1] != steps:
-        s = np.append(s, np.int64(steps))
-    return s
+def _n_records(steps: int, record_every: int) -> int:
+    """Number of recorded steps: 0, every ``record_every`` steps, and the last step."""
+    return steps // record_every + 1 + (1 if steps % record_every else 0)
+
+
+def _record_step(i: int, steps: int, record_every: int) -> int:
+    """The step of record i (the i-th element of 0, k, 2k, …, steps)."""
+    return min(i * record_every, steps)
 
 
 def _version() -> str:
@@ -286,8 +288,11 @@ class _Run:
         L = R.shape[0]
         Q = targets.shape[0]
         self.counts_sizes = np.bincount(labels, minlength=Q)
-        self.schedule = _schedule(self.steps, int(settings["record_every"]))
-        K = len(self.schedule)
+        self.record_every = int(settings["record_every"])
+        self.n_records = _n_records(self.steps, self.record_every)
+        # record buffers grow by doubling (a run of 10⁹ steps must not allocate
+        # all its records up front); the recorded values never depend on capacity
+        K = min(self.n_records, 256 if previous is None else len(previous.steps) + 256)
         self.buf = {
             "times": np.zeros(K), "steps": np.zeros(K, dtype=np.int64), "loss": np.zeros(K),
             "grad_b_norm": np.zeros(K), "omega_norm": np.zeros(K), "ortho_defect": np.zeros(K),
@@ -359,6 +364,17 @@ class _Run:
 
     def _record(self, i: int, k: int, R, b, rhs: RHS) -> None:
         buf = self.buf
+        cap = len(buf["steps"])
+        if i >= cap:
+            new = min(self.n_records, 2 * cap)
+            # build the grown buffers first, then swap them in with one assignment
+            # (a Ctrl-C in between leaves the old, still valid buffers)
+            grown = {}
+            for name, arr in buf.items():
+                g = np.zeros((new,) + arr.shape[1:], dtype=arr.dtype)
+                g[:cap] = arr
+                grown[name] = g
+            self.buf = buf = grown
         buf["times"][i] = k * self.dt
         buf["steps"][i] = k
         buf["loss"][i] = rhs.loss
@@ -383,8 +399,7 @@ class _Run:
         self.trajectory().save(self.checkpoint, extra=extra)
 
     def _next_boundary(self, k: int, nrec: int) -> int:
-        stop = min(self.steps, int(self.schedule[nrec]) if nrec < len(self.schedule) else self.steps,
-                   k + self._chunk_len)
+        stop = min(self.steps, _record_step(nrec, self.steps, self.record_every), k + self._chunk_len)
         if self.checkpoint is not None and self.checkpoint_every:
             stop = min(stop, (k // self.checkpoint_every + 1) * self.checkpoint_every)
         return max(stop, k + 1)
@@ -466,7 +481,7 @@ class _Run:
                         k, R, b, rhs, reorth = self._advance_compiled(k, stop, R, b, rhs, reorth)
                     else:
                         k, R, b, rhs, reorth = self._advance_python(k, stop, R, b, rhs, nrec, reorth)
-                    if nrec < len(self.schedule) and k == self.schedule[nrec]:
+                    if nrec < self.n_records and k == _record_step(nrec, self.steps, self.record_every):
                         self._record(nrec, k, R, b, rhs)
                         nrec += 1
                     self.state = (k, R, b, nrec, reorth)

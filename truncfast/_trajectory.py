@@ -87,7 +87,7 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
         raise
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: element-wise == would make `a == b` ambiguous
 class Trajectory:
     """A recorded run of the effective gradient flow (THEORY §§5, 9).
 
