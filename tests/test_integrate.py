@@ -360,3 +360,21 @@ def test_divergence_keeps_last_good_state(monkeypatch, rng, compiled):
     assert np.isfinite(tr.b).all() and np.isfinite(tr.loss).all()
     assert np.isfinite(tf.loss(tr.R, tr.b, X, labels, targets))
     assert tr.steps[-1] <= tr.last_step
+
+
+# ------------------------------------------------------------ properties ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, (5, 5), elements=st.floats(-8.0, 8.0, allow_subnormal=True)))
+def test_expm_property_orthogonal_and_inverse(B):
+    """exp(A) ∈ SO(M) and exp(A) exp(−A) = I for any antisymmetric A (pymanopt-style invariants)."""
+    A = 0.5 * (B - B.T)
+    E = _expm.expm_antisym(A)
+    assert np.abs(E.T @ E - np.eye(5)).max() <= 1e-12
+    assert np.abs(E @ _expm.expm_antisym(-A) - np.eye(5)).max() <= 1e-12
+    assert np.abs(E - sla.expm(A)).max() <= 1e-14 * (1.0 + np.abs(A).sum(axis=0).max())
