@@ -244,6 +244,10 @@ def test_orthogonal_output_layer_makes_losses_equal(backend, rng):
 def test_orthonormalize_and_defect(rng):
     R = np.array([random_orthogonal(rng, 4) for _ in range(3)])
     assert tf.orthogonality_defect(R).max() <= 1e-14
+    # array-likes and single matrices
+    assert tf.orthogonality_defect(R.tolist()).shape == (3,)
+    assert tf.orthogonality_defect(2.0 * R[0]) == pytest.approx(3.0)
+    assert tf.orthonormalize((R[0] + 1e-7).tolist()).shape == (4, 4)
     noisy = R + 1e-6 * rng.standard_normal(R.shape)
     assert (tf.orthogonality_defect(noisy) > 1e-8).all()
     fixed = tf.orthonormalize(noisy)

@@ -95,6 +95,10 @@ BAD = [
      r"^Wc: needs at least one layer and width"),
     ("aligned-no-layers", "aligned_from_cumulative", lambda p: dict(Wc=np.zeros((0, 2, 2)), bc=np.zeros((0, 2))),
      r"^Wc: needs at least one layer"),
+    ("orthonormalize-complex", "orthonormalize", lambda p: dict(R=p.R + 0j), r"^R: .*complex"),
+    ("orthonormalize-not-square", "orthonormalize", lambda p: dict(R=p.R[:, :2]), r"^R: expected .*square"),
+    ("defect-not-square", "orthogonality_defect", lambda p: dict(R=p.R[:, :2]), r"^R: expected .*square"),
+    ("defect-complex", "orthogonality_defect", lambda p: dict(R=p.R + 0j), r"^R: .*complex"),
     ("cumulative-bc", "cumulative_to_layers", lambda p: dict(Wc=p.R, bc=np.zeros((2, 4))), r"^bc: expected shape"),
 ]
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import InputError
-from ._validate import as_float_array, check_finite
+from ._validate import as_float_array, check_finite, square_matrices
 
 __all__ = [
     "layers_to_cumulative",
@@ -120,9 +120,7 @@ def orthonormalize(R: Any) -> np.ndarray:
     Used to repair rotations that drifted, and by the integrators when the
     orthogonality defect exceeds ``_config.REORTHONORMALIZE_TOL`` (THEORY §9).
     """
-    A = np.asarray(R, dtype=np.float64)
-    if A.ndim not in (2, 3) or A.shape[-1] != A.shape[-2]:
-        raise InputError(f"R: expected (L, M, M) or (M, M) square matrices, got shape {A.shape}")
+    A = square_matrices("R", R)
     check_finite("R", A)
     U, _, Vt = np.linalg.svd(A)
     return U @ Vt

@@ -23,6 +23,7 @@ __all__ = [
     "check_state",
     "check_problem",
     "orthogonality_defect",
+    "square_matrices",
 ]
 
 _CHUNK_ROWS = 1 << 16
@@ -97,8 +98,26 @@ def check_finite(name: str, arr: np.ndarray) -> None:
             )
 
 
-def orthogonality_defect(R: np.ndarray) -> np.ndarray:
-    """Per-layer defect max_ik |(R_ℓᵀ R_ℓ − I)_ik| of an ``(L, M, M)`` stack."""
+def square_matrices(name: str, a: Any) -> np.ndarray:
+    """``a`` as a float64 ``(L, M, M)`` stack or a single ``(M, M)`` real square matrix."""
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:
+        raise InputError(f"{name}: cannot be read as an array ({exc})") from None
+    if arr.ndim not in (2, 3) or arr.shape[-1] != arr.shape[-2]:
+        raise InputError(f"{name}: expected (L, M, M) or (M, M) square matrices, got shape {arr.shape}")
+    return as_float_array(name, arr, arr.ndim)
+
+
+def orthogonality_defect(R: Any) -> np.ndarray:
+    """Per-layer defect max_ik |(R_ℓᵀ R_ℓ − I)_ik| of an ``(L, M, M)`` stack.
+
+    Any array-like is accepted; for a single ``(M, M)`` matrix a float is returned.
+    """
+    if not (isinstance(R, np.ndarray) and R.ndim == 3 and R.dtype == np.float64 and R.shape[1] == R.shape[2]):
+        R = square_matrices("R", R)
+        if R.ndim == 2:
+            return float(orthogonality_defect(R[None])[0])
     M = R.shape[-1]
     gram = np.einsum("lji,ljk->lik", R, R)
     gram -= np.eye(M)
