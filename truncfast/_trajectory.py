@@ -211,7 +211,9 @@ class Trajectory:
                 data = {k: z[k] for k in z.files}
         except FileNotFoundError:
             raise InputError(f"path: no trajectory file at {path!r}") from None
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged zip can raise almost anything
+            # (BadZipFile, EOFError, zlib.error, NotImplementedError for a flipped
+            # version byte, UnicodeDecodeError, ...): all of them mean "corrupted"
             raise InputError(f"path: {path!r} is not a readable truncfast trajectory/checkpoint "
                              f"(corrupted or truncated file: {type(exc).__name__}: {exc})") from None
         missing = [k for k in ("header", "checksum", "R", "b", *_RECORDED) if k not in data]
