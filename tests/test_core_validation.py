@@ -351,3 +351,18 @@ def test_cluster_moments_errors(rng):
         tf.cluster_moments(p.R, p.b, p.X, np.zeros(10, dtype=int), p.targets)
     with pytest.raises(tf.InputError, match="L == Q"):
         tf.cluster_moments(p.R[:1], p.b[:1], p.X, p.labels, p.targets)
+
+
+def test_concurrent_calls_from_user_threads(backend, rng):
+    """Calls from several Python threads at once give the serial results, bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from truncfast import _config
+
+    probs = [make_problem(rng, N=_config.CHUNK_SIZE + 500, M=3, L=2, Q=2) for _ in range(3)]
+    serial = [tf.gradient(*p.euclid, backend=backend) for p in probs]
+    with ThreadPoolExecutor(4) as ex:
+        par = list(ex.map(lambda p: tf.gradient(*p.euclid, backend=backend), probs * 2))
+    for want, got in zip(serial * 2, par):
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
