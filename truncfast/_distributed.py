@@ -50,6 +50,7 @@ function of its block and the state, so a retried step has the same bits.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import uuid
@@ -118,6 +119,31 @@ def _block_error(X: np.ndarray, labels: np.ndarray | None, offset: int, Q: int) 
     return None
 
 
+def _task_threads() -> int:
+    """Threads one block task may use: ``TRUNCFAST_NUM_THREADS`` if set in the worker's environment, else 1.
+
+    By default dask's own worker threads provide the parallelism (one block
+    per thread, sequential kernel).  A deployment with *one* dask thread per
+    node and ``TRUNCFAST_NUM_THREADS=<cores>`` instead runs each (large) block
+    on the node's cores with the local engine's thread pool — far fewer
+    tasks per step, which is what the cost model in docs/distributed.md asks
+    for at scale.  Chunk partial slots do not depend on the thread count, so
+    neither do the bits.
+    """
+    val = os.environ.get("TRUNCFAST_NUM_THREADS", "").strip()
+    return int(val) if val.isdigit() and int(val) > 0 else 1
+
+
+def _over_chunks(fn, nchunks: int) -> None:
+    """Run ``fn(a, c, i)`` over chunks 0..nchunks-1: in this thread, or on ``_parallel``'s pool."""
+    if _task_threads() <= 1 or nchunks <= 1:
+        fn(0, nchunks, 0)
+        return
+    from . import _parallel
+
+    _parallel.run_ranges(fn, 0, nchunks)
+
+
 class _Partials:
     """Partial sums of §5 travelling between tasks, or the first validation error.
 
@@ -153,8 +179,8 @@ def _partials_general(X, labels, state, offset: int, standard: bool, want_grad: 
     nch = (n + chunk - 1) // chunk
     ploss, pgb, pG = np.empty((nch, 1)), np.empty((nch, L, M)), np.empty((nch, L, M, M))
     pgW, pgbo = np.empty((nch, P, M)), np.empty((nch, P))
-    k.general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, 0, nch, chunk, block,
-                    0, pgb, pG, pgW, pgbo, ploss[:, 0])
+    _over_chunks(lambda a, c, _: k.general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, a, c,
+                                                 chunk, block, 0, pgb, pG, pgW, pgbo, ploss[:, 0]), nch)
     parts = (ploss, pgb, pG, pgW, pgbo)
     if fold_block:  # tree mode: this block's sum, chunk by chunk from zero
         sums = tuple(np.zeros(p.shape[1:]) for p in parts)
@@ -210,7 +236,9 @@ def _block_counts(X, labels, state, offset: int, Q: int, validate: bool):
     L, M = b.shape
     chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
     codes = np.empty((n, L), dtype=np.uint64)
-    k.truncate_range(R, S, b, X, 0, (n + chunk - 1) // chunk, chunk, block, np.empty((0, M)), codes, True)
+    nowhere = np.empty((0, M))
+    _over_chunks(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, nowhere, codes, True),
+                 (n + chunk - 1) // chunk)
     ones = np.uint64((1 << M) - 1)
     cat = np.where(codes == ones, UNTRUNCATED, np.where(codes == 0, FULL, PARTIAL))
     out = np.empty((L, Q, 3), dtype=np.int64)
@@ -240,8 +268,9 @@ def _block_truncate(X, R, S, b, block_info=None):
     n, M = X.shape
     chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
     out = np.empty((n, M))
-    k.truncate_range(R, S, b, X, 0, (n + chunk - 1) // chunk, chunk, block, out,
-                     np.empty((0, b.shape[0]), dtype=np.uint64), False)
+    nocodes = np.empty((0, b.shape[0]), dtype=np.uint64)
+    _over_chunks(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, out, nocodes, False),
+                 (n + chunk - 1) // chunk)
     return out
 
 
