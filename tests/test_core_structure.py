@@ -249,3 +249,23 @@ def test_repeated_layer_keeps_projected_points_on_the_shared_face(backend, rng):
     ngb, nom = naive.gradient(R2, b2, p.X, p.labels, p.targets)
     assert_rel(gb, ngb, RTOL)
     assert_rel(om, nom, RTOL)
+
+
+def test_separated_equilibria(backend, rng):
+    """[Prop. 4.1] in the separated form: a cluster untruncated by its own layer has
+    an exactly zero right-hand side; a fully truncated one with b_j = −R_j ỹ_j a
+    zero one up to rounding (both forms)."""
+    p = separated_problem(rng, 3, 3)
+    p.b[1] += 5.0  # cluster 1: untruncated by layer 1
+    p.b[2] = -p.R[2] @ p.targets[2]  # cluster 2: collapse point on its target ...
+    shift = p.R[2] @ (np.eye(3)[2] * 10.0) + p.b[2]  # ... and all of it in the negative sector
+    p.targets[2] += p.R[2].T @ (shift + 1.0)
+    p.b[2] = -p.R[2] @ p.targets[2]
+    assert naive.separation_violations(p.R, p.b, p.X, p.labels, 3) == set()
+    codes = naive.codes(p.R, p.b, p.X)
+    assert (codes[p.labels == 1, 1] == 7).all() and (codes[p.labels == 2, 2] == 0).all()
+    for form in ("separated", "general"):
+        gb, om = tf.gradient(*p.euclid, form=form, backend=backend)
+        assert not gb[1].any() and not om[1].any(), form
+        assert np.abs(gb[2]).max() <= 1e-14 * 100 and np.abs(om[2]).max() <= 1e-14 * 100, form
+        assert np.abs(gb[0]).max() > 1e-6  # cluster 0 is partially truncated: not at rest
