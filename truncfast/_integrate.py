@@ -287,7 +287,6 @@ class _Run:
         N, M = X.shape
         L = R.shape[0]
         Q = targets.shape[0]
-        self.counts_sizes = np.bincount(labels, minlength=Q)
         self.record_every = int(settings["record_every"])
         self.n_records = _n_records(self.steps, self.record_every)
         # record buffers grow by doubling (a run of 10⁹ steps must not allocate
