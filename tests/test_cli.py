@@ -13,8 +13,12 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the back-port truncfast depends on there
+    import tomli as tomllib
 
 import numpy as np
 import pytest

@@ -140,7 +140,7 @@ def loss_figure(traj, fd: dict) -> Figure:
     fig = Figure(figsize=(7.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
     _loss_axes(ax, traj, fd)
-    fig.suptitle(f"Loss along the effective gradient flow — {_run_label(traj)}", fontsize=11)
+    fig.suptitle(f"Loss along the effective gradient flow — {_run_label(traj)}\n{_str(fd['title'])}", fontsize=10)
     return fig
 
 
@@ -192,8 +192,8 @@ def truncation_figure(traj, fd: dict) -> Figure:
                 Line2D([], [], color="grey", lw=1, ls=(0, (1, 2)), label="collapse time $s_0$")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
     extra = f" (first {shown} of {L} layers)" if shown < L else ""
-    fig.suptitle(f"Truncated points per cluster{extra} — solid: fully truncated, dashed: partially — "
-                 f"{_run_label(traj)}", fontsize=10)
+    fig.suptitle(f"Truncated points per cluster{extra} at each layer — {_run_label(traj)}\n{_str(fd['title'])}",
+                 fontsize=10)
     return fig
 
 
@@ -203,15 +203,16 @@ def truncation_figure(traj, fd: dict) -> Figure:
 class _View:
     """The plane the input-space figures draw: identity for M = 2, else the first two PCs."""
 
-    def __init__(self, X: np.ndarray, targets: np.ndarray):
+    def __init__(self, X: np.ndarray, targets: np.ndarray, axis_names: Any = ()):
         M = X.shape[1]
         self.M = M
+        names = [str(a) for a in np.asarray(axis_names).ravel()]
         if M == 1:
             self.mean, self.P = np.zeros(1), np.array([[1.0], [0.0]])
-            self.xlabel, self.ylabel = "$x_1$", ""
+            self.xlabel, self.ylabel = (names or ["$x_1$"])[0], ""
         elif M == 2:
             self.mean, self.P = np.zeros(2), np.eye(2)
-            self.xlabel, self.ylabel = "$x_1$", "$x_2$"
+            self.xlabel, self.ylabel = names[:2] if len(names) >= 2 else ("$x_1$", "$x_2$")
         else:
             self.mean = X.mean(axis=0)
             _, sv, Vt = np.linalg.svd(X - self.mean, full_matrices=False)
@@ -347,7 +348,7 @@ def pick_records(times: np.ndarray, count: int) -> np.ndarray:
 def sectors_figure(traj, fd: dict, snapshots: int = 4) -> Figure:
     """The data in input space at several times, with the cone of every truncation map."""
     Rs, bs, t = np.asarray(traj.Rs), np.asarray(traj.bs), np.asarray(traj.times)
-    view = _View(fd["X"], fd["targets"])
+    view = _View(fd["X"], fd["targets"], fd.get("axis_names", ()))
     idx = pick_records(t, snapshots)
     n = len(idx)
     fig = Figure(figsize=(3.6 * n + 0.5, 5.4), layout="constrained")
@@ -373,7 +374,7 @@ def animation(traj, fd: dict, path: str, frames: int = 40, dpi: int = 80) -> str
     from ._runs import atomic_write
 
     Rs, bs, t = np.asarray(traj.Rs), np.asarray(traj.bs), np.asarray(traj.times)
-    view = _View(fd["X"], fd["targets"])
+    view = _View(fd["X"], fd["targets"], fd.get("axis_names", ()))
     idx = pick_records(t, frames)
     M = fd["X"].shape[1]
     fig = Figure(figsize=(5.4, 6.2), layout="constrained", dpi=dpi)
@@ -498,7 +499,7 @@ def draw_overview(path: str, runs: dict[str, tuple[Any, dict]], dpi: int = 100, 
     first_fd = None
     for col, (name, (traj, fd)) in enumerate(runs.items()):
         first_fd = first_fd or fd
-        view = _View(fd["X"], fd["targets"])
+        view = _View(fd["X"], fd["targets"], fd.get("axis_names", ()))
         drawing = _draw_state(axes[0, col], view, fd, np.asarray(traj.Rs)[-1], np.asarray(traj.bs)[-1])
         _add_zooms(axes[0, col], drawing, view, fd, np.asarray(traj.Rs)[-1], np.asarray(traj.bs)[-1])
         axes[0, col].set_title(f"{_run_label(traj)}\nfinal state, s = {traj.times[-1]:.3g}, "

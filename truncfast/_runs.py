@@ -198,6 +198,7 @@ def figure_data(problem, max_points: int) -> dict[str, np.ndarray]:
         "sizes": problem.cluster_sizes(),
         "names": np.array(names, dtype=str),
         "title": np.array(problem.description or problem.name, dtype=str),
+        "axis_names": np.array(problem.axis_names, dtype=str),
     }
 
 

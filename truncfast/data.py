@@ -69,6 +69,8 @@ class Problem:
     name: str = "data"
     class_names: list[str] = field(default_factory=list)
     description: str = ""
+    #: names of the input coordinates for figures (e.g. principal components); [] = x_1, x_2, ...
+    axis_names: list[str] = field(default_factory=list)
 
     @property
     def N(self) -> int:
@@ -595,4 +597,5 @@ def make_problem(
     t = centres + target_shift * np.einsum("qij,i->qj", R0[firsts], np.ones(M))
     W, bo, Y = _output_layer(t, output, seed)
     targets = pullback_targets(W, bo, Y)
-    return Problem(X, labels, targets, R0, b0, centres, W, bo, Y, source, names, description)
+    axes = [f"principal component {i + 1}" for i in range(M)] if source in ("iris", "digits") else []
+    return Problem(X, labels, targets, R0, b0, centres, W, bo, Y, source, names, description, axes)
