@@ -154,7 +154,7 @@ def main() -> None:
         results["reduction"] = bench_reduction(args.M, args.L, args.Q, args.rounds)
         print("reduction", results["reduction"], flush=True)
         results["steps"] = []
-        for s in args.sizes.split(","):
+        for s in filter(None, args.sizes.split(",")):
             N = int(float(s))
             r = bench_steps(client, N, args.M, args.L, args.Q, args.rows, args.rounds, args.workers)
             results["steps"].append(r)
