@@ -247,3 +247,13 @@ def test_small_flow_step_decreases_loss(backend, rng):
     C1 = tf.loss(_rotate(p.R, -om, dt), p.b - dt * gb, p.X, p.labels, p.targets, backend=backend)
     assert C1 < C0
     assert abs((C0 - C1) / dt - rate) <= 1e-2 * rate
+
+
+def test_default_backend_matches_naive(rng):
+    p = make_problem(rng, N=25, M=3, L=2, Q=2, P=2)
+    for g, w in zip(tf.gradient(*p.euclid), naive.gradient(*p.euclid)):
+        assert_rel(g, w, RTOL)
+    for g, w in zip(tf.standard_gradient(*p.standard), naive.standard_gradient(*p.standard)):
+        assert_rel(g, w, RTOL)
+    assert_rel(tf.loss(*p.euclid), naive.loss(*p.euclid), RTOL)
+    assert_rel(tf.truncate(p.R, p.b, p.X), naive.truncate(p.R, p.b, p.X), RTOL)
