@@ -242,3 +242,22 @@ def test_readme_commands_and_api_block():
     with tempfile.TemporaryDirectory() as tmp:
         exec(compile(code, "README.md", "exec"), {"TMP": Path(tmp), "print": lambda *a: None})
         assert (Path(tmp) / "run.npz").exists()
+
+
+def test_failed_forced_rerun_leaves_no_stale_results(tmp_path: Path, capsys):
+    """--force clears the previous run's outputs first; a run that then fails exits 1."""
+    from truncfast.cli import main
+
+    out = tmp_path / "run"
+    ok = write_config(tmp_path / "ok.toml", SMALL.replace("[output]", "[output]\nfigures = false\nanimation = false"))
+    assert main(["run", str(ok), "--out", str(out), "--quiet"]) == 0
+    assert (out / "summary.json").exists()
+    (out / "notes.txt").write_text("mine")
+    # five clusters in the plane cannot have cluster-separated truncations (Q > M + 1)
+    bad = write_config(tmp_path / "bad.toml", '[data]\nsource = "clusters"\nn = 50\nclusters = 5\n'
+                                            '[integrate]\nform = "separated"\nsteps = 5\n')
+    assert main(["run", str(bad), "--out", str(out), "--quiet", "--force"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: SeparationError")
+    assert not (out / "summary.json").exists() and not (out / "trajectory.npz").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # files that are not ours are kept

@@ -43,6 +43,11 @@ def _umask_mode() -> int:
 _FILE_MODE = _umask_mode()
 
 
+#: Files a run (or the demo, at its top level) writes; ``--force`` removes exactly these.
+OUTPUT_FILES = ("config.toml", "trajectory.npz", "summary.json", "figdata.npz", "loss.png", "truncation.png",
+                "sectors.png", "collapse.gif", "overview.png")
+
+
 class RunDirError(RuntimeError):
     """The output directory cannot be used (exists and is not empty without ``force``)."""
 
@@ -55,6 +60,13 @@ def prepare_dir(path: str, force: bool) -> str:
             raise RunDirError(f"output path {path!r} exists and is not a directory")
         if os.listdir(path) and not force:
             raise RunDirError(f"output directory {path!r} exists and is not empty; pass --force to overwrite it")
+        # a forced rerun must not leave the previous run's results next to the new
+        # config if it fails half-way: remove our own outputs (never other files)
+        for name in OUTPUT_FILES:
+            try:
+                os.unlink(os.path.join(path, name))
+            except FileNotFoundError:
+                pass
     os.makedirs(path, exist_ok=True)
     return path
 
