@@ -199,6 +199,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  auto   -> unavailable ({exc})")
     print("threads:")
     print(f"  CPU cores (os.cpu_count)  {os.cpu_count()}")
+    if hasattr(tf, "get_num_threads"):
+        print(f"  truncfast kernels         {tf.get_num_threads()} threads (tf.set_num_threads, TRUNCFAST_NUM_THREADS)")
     try:
         import numba
 
@@ -206,7 +208,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"(NUMBA_NUM_THREADS default {numba.config.NUMBA_NUM_THREADS}, layer {numba.threading_layer() if _threading_layer_set() else 'not yet chosen'})")
     except Exception as exc:  # noqa: BLE001
         print(f"  numba: not available ({exc})")
-    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in ("TRUNCFAST_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS"):
         print(f"  {var:25s} {os.environ.get(var, '(unset)')}")
     print("numba kernels:")
     for line in _numba_cache_report():
