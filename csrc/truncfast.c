@@ -34,9 +34,12 @@
 
 #define B TF_BLOCK_SIZE
 
-/* Upper bound (bytes) of the per-chunk partial sums held at once (as
- * _config.PARTIALS_BUDGET_BYTES); it sets the batch size only, never the bits. */
-#define TF_PARTIALS_BUDGET ((int64_t)8 << 20)
+/* Upper bound (bytes) of the per-chunk partial sums held at once; it sets the
+ * batch size only, never the bits.  Larger than Numba's budget on purpose:
+ * every batch ends in a barrier where a thread waits for the slowest one
+ * (measured: on a loaded machine the waits cost 20% at M = 64), so the C core
+ * prefers few batches -- usually one -- at the price of a few MB. */
+#define TF_PARTIALS_BUDGET ((int64_t)64 << 20)
 
 /* Hot loops get AVX-512 (x86-64-v4) and AVX2 (x86-64-v3) clones next to the
  * baseline one on x86-64 with GCC, selected at load time for the running CPU:
@@ -172,12 +175,12 @@ static int threads_for(int nthreads)
 #endif
 }
 
-/* Batch of chunks whose partials are held at once: enough for every thread,
- * bounded in memory (the same rule as _backends._batch; bits never depend on it). */
+/* Batch of chunks whose partials are held at once: as many as the memory
+ * budget allows, at least one per thread (the bits never depend on it). */
 static int64_t batch_size(int64_t nchunks, int64_t bytes_per_chunk, int64_t threads)
 {
     int64_t cap = TF_PARTIALS_BUDGET / max64(1, bytes_per_chunk);
-    return max64(1, min64(nchunks, min64(4 * threads, max64(cap, threads))));
+    return max64(1, min64(nchunks, max64(cap, threads)));
 }
 
 /*
