@@ -122,7 +122,7 @@ def _loss_axes(ax, traj, fd: dict, *, legend: bool = True, title: str | None = N
         keep = ref > LOSS_FLOOR
         ax.semilogy(ss[keep], ref[keep], ls="--", color=colour(j), lw=1.6, alpha=0.8, zorder=4,
                     label=None if theory_label else
-                    rf"theory after the collapse at $s_0$ (dotted): $\propto e^{{-2\pi_j (s - s_0)}}$, $\pi_j = N_j/N$")
+                    r"theory after the collapse at $s_0$ (dotted): $\propto e^{-2\pi_j (s - s_0)}$, $\pi_j = N_j/N$")
         theory_label = True
     ax.set_xlabel("flow time $s$")
     ax.set_ylabel("loss (log scale)")
