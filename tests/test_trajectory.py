@@ -258,3 +258,12 @@ def test_record_buffers_grow(problem):
     assert np.array_equal(tr.steps, np.arange(701))
     assert np.array_equal(tr.Rs[-1], tr.R) and np.array_equal(tr.bs[-1], tr.b)
     assert np.all(tr.counts.sum(axis=3) == np.bincount(problem.labels)[None, None, :])
+
+
+def test_checkpoint_path_is_checked_up_front(problem, tmp_path):
+    with pytest.raises(tf.InputError, match="checkpoint: the directory"):
+        tf.integrate(*problem.euclid, dt=0.1, steps=2, checkpoint=tmp_path / "absent" / "ck.npz")
+    with pytest.raises(tf.InputError, match="checkpoint: .* is a directory"):
+        tf.integrate(*problem.euclid, dt=0.1, steps=2, checkpoint=tmp_path)
+    with pytest.raises(tf.InputError, match="checkpoint: expected a file path"):
+        tf.integrate(*problem.euclid, dt=0.1, steps=2, checkpoint=3)

@@ -251,6 +251,22 @@ def _record_step(i: int, steps: int, record_every: int) -> int:
     return min(i * record_every, steps)
 
 
+def _check_checkpoint_path(checkpoint: Any) -> None:
+    """A checkpoint must be writable now, not fail after hours of integration."""
+    if checkpoint is None:
+        return
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise InputError(f"checkpoint: expected a file path, got {checkpoint!r}")
+    path = os.fspath(checkpoint)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint: {path!r} is a directory; give a file name such as 'run.ckpt.npz'")
+    if not os.path.isdir(folder):
+        raise InputError(f"checkpoint: the directory {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"checkpoint: the directory {folder!r} is not writable")
+
+
 def _version() -> str:
     from . import __version__
 
@@ -349,16 +365,23 @@ class _Run:
         Q = self.targets.shape[0]
         if M > _config.MAX_CODE_WIDTH:
             return np.full((L, Q, 3), -1, dtype=np.int64)
-        if self.settings["backend"] == "numba":
-            out = np.empty((L, Q, 3), dtype=np.int64)
-            _counts_seq(R, b, self.X, self.labels, Q, _config.CHUNK_SIZE, _config.BLOCK_SIZE, out)
-            return out
-        codes = np.asarray(self.bk.codes(R, b, self.X))
+        # rows in bounded blocks: the codes of all N points at once would be an (N, L)
+        # array plus temporaries, growing with N like X itself (integer counts: the
+        # blocking cannot change the result)
+        out = np.zeros((L, Q, 3), dtype=np.int64)
+        part = np.empty((L, Q, 3), dtype=np.int64)
         ones = np.uint64((1 << M) - 1)
-        cat = np.where(codes == ones, UNTRUNCATED, np.where(codes == 0, FULL, PARTIAL))
-        out = np.empty((L, Q, 3), dtype=np.int64)
-        for l in range(L):
-            out[l] = np.bincount(self.labels * 3 + cat[:, l], minlength=3 * Q).reshape(Q, 3)
+        rows = _config.COUNTS_ROWS
+        for s in range(0, self.X.shape[0], rows):
+            X, labels = self.X[s:s + rows], self.labels[s:s + rows]
+            if self.settings["backend"] == "numba":
+                _counts_seq(R, b, X, labels, Q, _config.CHUNK_SIZE, _config.BLOCK_SIZE, part)
+                out += part
+                continue
+            codes = np.asarray(self.bk.codes(R, b, X))
+            cat = np.where(codes == ones, UNTRUNCATED, np.where(codes == 0, FULL, PARTIAL))
+            for l in range(L):
+                out[l] += np.bincount(labels * 3 + cat[:, l], minlength=3 * Q).reshape(Q, 3)
         return out
 
     def _record(self, i: int, k: int, R, b, rhs: RHS) -> None:
@@ -652,8 +675,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     train_weights = _check_flag("train_weights", train_weights)
     train_biases = _check_flag("train_biases", train_biases)
     progress = _check_flag("progress", progress)
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise InputError(f"checkpoint: expected a file path, got {checkpoint!r}")
+    _check_checkpoint_path(checkpoint)
     N, M = X.shape
     L = R.shape[0]
     Q = targets.shape[0]
@@ -730,6 +752,7 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     else:
         checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
     progress = _check_flag("progress", progress)
+    _check_checkpoint_path(path if checkpoint is None else checkpoint)
     run = _Run(s, R.copy(), b.copy(), X, labels, targets, checkpoint=path if checkpoint is None else checkpoint,
                checkpoint_every=checkpoint_every, progress=progress, previous=traj, digest=digest)
     return run.run()
