@@ -1,4 +1,4 @@
-"""The ``truncfast`` command line: ``demo``, ``run``, ``plot``, ``info``.
+"""The ``truncfast`` command line: ``demo``, ``run``, ``plot``, ``info``, ``compare``.
 
 Exit status: 0 on success; 2 for usage and configuration errors (one line,
 ``error: ...``, naming the offending config key); 1 for failures while running;
@@ -57,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no messages")
 
     sub.add_parser("info", help="version, backends, threads, Numba compilation cache")
+
+    p = sub.add_parser("compare", help="effective flow vs PyTorch autograd and backprop on the same data (needs torch)",
+                       description="Train the same network three ways from the same state: the effective flow, "
+                                   "autograd gradient descent in (R, b), and ordinary backprop in layer weights; "
+                                   "write compare.json, compare.npz and compare.png.")
+    _out_args(p, "runs/compare")
+    p.add_argument("--source", default="clusters", help="data source of truncfast.data.make_problem (default clusters)")
+    p.add_argument("--n", type=int, default=2000, help="number of points (default 2000)")
+    p.add_argument("--dim", type=int, default=4, help="input width M (default 4)")
+    p.add_argument("--clusters", type=int, default=4, help="clusters Q = layers L (default 4)")
+    p.add_argument("--spread", type=float, default=1.0, help="cluster std (default 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=200, help="steps of each trainer (default 200)")
+    p.add_argument("--dt", type=float, default=0.05, help="flow step = learning rate in (R, b) (default 0.05)")
+    p.add_argument("--lr", type=float, default=None, help="backprop learning rate (default: dt/5)")
+    p.add_argument("--threshold", type=float, default=None, help="loss threshold (default: 10%% of the initial loss)")
+    p.add_argument("--backend", default="auto", help="truncfast backend (default auto)")
     return parser
 
 
@@ -227,7 +244,17 @@ def _threading_layer_set() -> bool:
         return False
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "plot": cmd_plot, "info": cmd_info}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import _compare
+
+    _compare.run_compare(args.out, source=args.source, n=args.n, dim=args.dim, clusters=args.clusters,
+                         spread=args.spread, seed=args.seed, steps=args.steps, dt=args.dt, lr=args.lr,
+                         threshold=args.threshold, backend=args.backend, force=args.force, log=_log(args.quiet))
+    _log(args.quiet)(f"results in {os.path.abspath(args.out)}: compare.json, compare.npz, compare.png")
+    return EXIT_OK
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "plot": cmd_plot, "info": cmd_info, "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
