@@ -99,19 +99,21 @@ int tf_max_threads(void) { return TF_MAXTHREADS(); }
 
 /* Per-thread scratch of one chunk: O(L M block), never O(N).
  *   U, Hm, Tt (L, M, B): u_l, h_l (1.0 / 0.0), t_l = h_l . u_l - b_l;
- *   Z, E, Ra, Rb, Dv (M, B): z_L, e, r_l (then h_l . r_l), r_{l-1}, (1 - h_l) . r_l;
- *   WT, TT (B, M), point-major: (1 - h_l) . u_l and t_l;  res (P, B): standard residual. */
+ *   Z, E, Ra, Rb (M, B): z_L, e, r_l (then h_l . r_l), r_{l-1};  res (P, B): standard residual;
+ *   Dacc (L, M, B), Kacc (L, M(M-1)/2, B): per-lane sums of (1 - h) . r and of the
+ *   antisymmetric pair terms (only when the gradient is wanted; see general_chunk). */
 typedef struct {
-    double *U, *Hm, *Tt, *Z, *E, *Ra, *Rb, *Dv, *WT, *TT, *res;
+    double *U, *Hm, *Tt, *Z, *E, *Ra, *Rb, *res, *Dacc, *Kacc;
     int64_t *ntr; /* (L,) truncated (point, direction) pairs per layer in the block */
 } work_t;
 
-static size_t work_doubles(int64_t M, int64_t L, int64_t P)
+static size_t work_doubles(int64_t M, int64_t L, int64_t P, int with_grad)
 {
-    return (size_t)(3 * L * M * B + 5 * M * B + 2 * B * M + P * B + L);
+    const int64_t acc = with_grad ? L * M * B + L * (M * (M - 1) / 2) * B : 0;
+    return (size_t)(3 * L * M * B + 4 * M * B + P * B + acc + L);
 }
 
-static void work_bind(work_t *w, double *base, int64_t M, int64_t L, int64_t P)
+static void work_bind(work_t *w, double *base, int64_t M, int64_t L, int64_t P, int with_grad)
 {
     double *q = base;
     w->U = q; q += L * M * B;
@@ -121,10 +123,9 @@ static void work_bind(work_t *w, double *base, int64_t M, int64_t L, int64_t P)
     w->E = q; q += M * B;
     w->Ra = q; q += M * B;
     w->Rb = q; q += M * B;
-    w->Dv = q; q += M * B;
-    w->WT = q; q += B * M;
-    w->TT = q; q += B * M;
     w->res = q; q += P * B;
+    w->Dacc = q; q += with_grad ? L * M * B : 0;
+    w->Kacc = q; q += with_grad ? L * (M * (M - 1) / 2) * B : 0;
     w->ntr = (int64_t *)q; /* L slots, sizeof(int64_t) == sizeof(double) */
 }
 
@@ -268,7 +269,7 @@ static int truncate_or_codes(const double *R, const double *b, const double *X,
 {
     const int64_t nchunks = (N + chunk - 1) / chunk;
     nthreads = threads_for(nthreads);
-    const size_t wsz = work_doubles(M, L, 0);
+    const size_t wsz = work_doubles(M, L, 0, 0);
     double *S = transfer_matrices(R, M, L);
     double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
     if (!S || !ws) {
@@ -281,7 +282,7 @@ static int truncate_or_codes(const double *R, const double *b, const double *X,
 #endif
     for (int64_t c = 0; c < nchunks; c++) {
         work_t w;
-        work_bind(&w, ws + (size_t)TF_THREAD() * wsz, M, L, 0);
+        work_bind(&w, ws + (size_t)TF_THREAD() * wsz, M, L, 0, 0);
         truncate_chunk(R, S, b, X, M, L, c * chunk, min64(N, (c + 1) * chunk), &w, out, codes);
     }
     free(S);
@@ -312,8 +313,15 @@ int tf_codes(const double *R, const double *b, const double *X,
 
 /*
  * Sequential sum over points start..stop-1 of the THEORY 5 contributions
- * (port of _kernels_numba.general_chunk, same operation order).  Accumulates
- * raw sums into gb, G, gW, gbo and returns the raw loss sum of |res|^2 / 2.
+ * (port of _kernels_numba.general_chunk, same operation order).  gb, G, gW,
+ * gbo must be zero on entry; returns the raw loss sum of |res|^2 / 2.  G comes
+ * back strictly upper triangular with P_A(G) equal to P_A of the sum of the
+ * per-point G_l contributions:
+ *   P_A(G)_ik = 1/2 [ sum_p (h_i - h_k)(r_i u_k + u_i r_k) + D_i b_k - b_i D_k ],
+ *   D = sum_p (1 - h) . r = -(grad_b sum).
+ * Each sum over points runs in B interleaved lanes (point p of a block feeds
+ * lane p) added in order at the end of the chunk: vectorisable, and the same
+ * bits for any thread count.
  */
 TF_HOT
 static double general_chunk(const double *restrict R, const double *restrict S,
@@ -326,9 +334,18 @@ static double general_chunk(const double *restrict R, const double *restrict S,
                             double *restrict gbo)
 {
     double *Z = w->Z; /* written by forward_block through w: not restrict */
-    double *restrict E = w->E, *restrict Dv = w->Dv;
-    double *restrict WT = w->WT, *restrict TT = w->TT, *restrict res = w->res;
+    double *restrict E = w->E, *restrict res = w->res;
+    const int64_t npairs = M * (M - 1) / 2;
     double loss = 0.0;
+    /* zero-filled so that the padded tail columns of a partial block stay finite */
+    memset(w->U, 0, (size_t)(L * M * B) * sizeof(double));
+    memset(w->Hm, 0, (size_t)(L * M * B) * sizeof(double));
+    memset(w->Ra, 0, (size_t)(M * B) * sizeof(double));
+    memset(w->Rb, 0, (size_t)(M * B) * sizeof(double));
+    if (want_grad) {
+        memset(w->Dacc, 0, (size_t)(L * M * B) * sizeof(double));
+        memset(w->Kacc, 0, (size_t)(L * npairs * B) * sizeof(double));
+    }
     for (int64_t p0 = start; p0 < stop; p0 += B) {
         const int nb = (int)min64(B, stop - p0);
         forward_block(R, S, b, X, M, L, p0, nb, w);
@@ -386,7 +403,7 @@ static double general_chunk(const double *restrict R, const double *restrict S,
         double *Ra = w->Ra, *Rb = w->Rb; /* swapped per layer: not restrict */
         const double *restrict RL = R + (L - 1) * M * M;
         for (int64_t i = 0; i < M; i++) {
-            for (int p = 0; p < nb; p++) Ra[i * B + p] = 0.0;
+            for (int p = 0; p < B; p++) Ra[i * B + p] = 0.0; /* tail columns stay 0 */
             for (int64_t k = 0; k < M; k++) {
                 const double a = RL[i * M + k];
                 for (int p = 0; p < nb; p++) Ra[i * B + p] += a * E[k * B + p];
@@ -396,51 +413,61 @@ static double general_chunk(const double *restrict R, const double *restrict S,
             if (w->ntr[l] > 0) {
                 const double *restrict Hl = w->Hm + l * M * B;
                 const double *restrict Ul = w->U + l * M * B;
-                const double *restrict Tl = w->Tt + l * M * B;
-                /* grad_b -= (1 - h) . r ;  Ra becomes h . r.  h is exactly 0 or 1,
-                 * so both products are exact selections (kept as products for
-                 * the same signed zeros as Numba). */
-                for (int64_t i = 0; i < M; i++) {
-                    for (int p = 0; p < nb; p++) {
-                        const double ri = Ra[i * B + p], h = Hl[i * B + p];
-                        Dv[i * B + p] = (1.0 - h) * ri;
-                        Ra[i * B + p] = h * ri;
+                double *restrict Dl = w->Dacc + l * M * B;
+                double *restrict Kl = w->Kacc + l * npairs * B;
+                for (int64_t i = 0; i < M; i++)
+                    for (int p = 0; p < B; p++)
+                        Dl[i * B + p] += (1.0 - Hl[i * B + p]) * Ra[i * B + p];
+                int64_t pair = 0;
+                for (int64_t i = 0; i < M; i++)
+                    for (int64_t k = i + 1; k < M; k++, pair++) {
+                        const double *restrict hi = Hl + i * B, *restrict hk = Hl + k * B;
+                        const double *restrict ui = Ul + i * B, *restrict uk = Ul + k * B;
+                        const double *ri = Ra + i * B, *rk = Ra + k * B;
+                        double *restrict kp = Kl + pair * B;
+                        for (int p = 0; p < B; p++)
+                            kp[p] += (hi[p] - hk[p]) * (ri[p] * uk[p] + ui[p] * rk[p]);
                     }
-                    double s = 0.0;
-                    for (int p = 0; p < nb; p++) s += Dv[i * B + p];
-                    gb[l * M + i] -= s;
-                }
-                for (int64_t k = 0; k < M; k++)
-                    for (int p = 0; p < nb; p++) {
-                        WT[p * M + k] = (1.0 - Hl[k * B + p]) * Ul[k * B + p];
-                        TT[p * M + k] = Tl[k * B + p];
-                    }
-                /* G_l row i: h_i = 1 -> += r_i ((1-h).u)^T ; h_i = 0 -> -= r_i t^T
-                 * (one of a, d is zero: branch-free, same bits as Numba). */
-                double *restrict Gl = G + l * M * M;
-                for (int64_t i = 0; i < M; i++) {
-                    double *restrict Gi = Gl + i * M;
-                    for (int p = 0; p < nb; p++) {
-                        const double a = Ra[i * B + p], d = Dv[i * B + p];
-                        const double *restrict wp = WT + p * M, *restrict tp = TT + p * M;
-                        for (int64_t k = 0; k < M; k++) Gi[k] += a * wp[k] - d * tp[k];
-                    }
-                }
+                /* h . r: exact (h is 0 or 1), and equal to r where untruncated */
+                for (int64_t i = 0; i < M; i++)
+                    for (int p = 0; p < B; p++) Ra[i * B + p] *= Hl[i * B + p];
             }
             if (l > lowest) {
                 /* r_{l-1} = S_{l-1}^T (h_l . r_l) */
                 const double *restrict Sl = S + (l - 1) * M * M;
                 for (int64_t j = 0; j < M; j++)
-                    for (int p = 0; p < nb; p++) Rb[j * B + p] = 0.0;
+                    for (int p = 0; p < B; p++) Rb[j * B + p] = 0.0;
                 for (int64_t i = 0; i < M; i++)
                     for (int64_t j = 0; j < M; j++) {
                         const double a = Sl[i * M + j];
-                        for (int p = 0; p < nb; p++) Rb[j * B + p] += a * Ra[i * B + p];
+                        for (int p = 0; p < B; p++) Rb[j * B + p] += a * Ra[i * B + p];
                     }
                 double *tmp = Ra;
                 Ra = Rb;
                 Rb = tmp;
             }
+        }
+    }
+    if (want_grad) {
+        for (int64_t l = 0; l < L; l++) {
+            const double *restrict Dl = w->Dacc + l * M * B;
+            const double *restrict Kl = w->Kacc + l * npairs * B;
+            const double *restrict bl = b + l * M;
+            double *restrict Gl = G + l * M * M;
+            double *restrict Dc = w->E; /* reuse: e is dead here */
+            for (int64_t i = 0; i < M; i++) {
+                double acc = 0.0;
+                for (int q = 0; q < B; q++) acc += Dl[i * B + q];
+                Dc[i] = acc;
+                gb[l * M + i] -= acc;
+            }
+            int64_t pair = 0;
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t k = i + 1; k < M; k++, pair++) {
+                    double acc = 0.0;
+                    for (int q = 0; q < B; q++) acc += Kl[pair * B + q];
+                    Gl[i * M + k] += acc + (Dc[i] * bl[k] - bl[i] * Dc[k]);
+                }
         }
     }
     return loss;
@@ -476,7 +503,7 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
     const int64_t rec = 1 + LM + LMM + PM + P;
     nthreads = threads_for(nthreads);
     const int64_t batch = batch_size(nchunks, 8 * rec, nthreads);
-    const size_t wsz = work_doubles(M, L, P);
+    const size_t wsz = work_doubles(M, L, P, want_grad);
     double *S = transfer_matrices(R, M, L);
     double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
     double *part = (double *)malloc((size_t)batch * (size_t)rec * sizeof(double));
@@ -494,7 +521,7 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
 #endif
         {
             work_t w;
-            work_bind(&w, ws + (size_t)TF_THREAD() * wsz, M, L, P);
+            work_bind(&w, ws + (size_t)TF_THREAD() * wsz, M, L, P, want_grad);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -624,7 +651,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
 
     const int64_t nchunks = (N + chunk - 1) / chunk;
     nthreads = threads_for(nthreads);
-    const size_t wsz = work_doubles(M, L, 0);
+    const size_t wsz = work_doubles(M, L, 0, 0);
     double *S = transfer_matrices(R, M, L);
     double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
     /* integer counts: the order of the sum does not matter, one row per thread */
@@ -641,7 +668,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
     for (int64_t c = 0; c < nchunks; c++) {
         const int t = TF_THREAD();
         work_t w;
-        work_bind(&w, ws + (size_t)t * wsz, M, L, 0);
+        work_bind(&w, ws + (size_t)t * wsz, M, L, 0, 0);
         int64_t *cnt = part + (size_t)t * QL;
         const int64_t stop = min64(N, (c + 1) * chunk);
         for (int64_t p0 = c * chunk; p0 < stop; p0 += B) {

@@ -150,24 +150,37 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
                   gb, G, gW, gbo):
     """Sequential sum over points start..stop-1 of the §5 contributions.
 
-    Accumulates raw sums (no 1/N) into gb (L, M), G (L, M, M), gW (P, M) and
-    gbo (P,); returns the raw loss Σ ½|residual|².  Euclidean loss: residual
-    z_L − T[j]; standard loss: W z_L + bout − Y[j] and e = Wᵀ·residual.
+    ``gb`` (L, M), ``G`` (L, M, M), ``gW`` (P, M), ``gbo`` (P,) must be zero on
+    entry (one partial slot per chunk); returns the raw loss Σ ½|residual|².
+    Euclidean loss: residual z_L − T[j]; standard loss: W z_L + bout − Y[j]
+    and e = Wᵀ·residual.  On return ``gb`` = Σ ∇_b contributions (no 1/N) and
+    ``G`` is strictly upper triangular with ``P_A(G) = P_A(Σ G_ℓ contributions)``
+    — only the antisymmetric part is ever used (ω = P_A(G)/N) — computed as
+
+        P_A(G)_ik = ½ [ Σ_p (h_i − h_k)(r_i u_k + u_i r_k) + D_i b_k − b_i D_k ],
+        D = Σ_p (1 − h) ⊙ r = −(∇_b sum),
+
+    which follows from G = (h⊙r)((1−h)⊙u)ᵀ − ((1−h)⊙r)(h⊙u)ᵀ + ((1−h)⊙r) bᵀ:
+    i < k pairs only.  Every sum over points runs in ``block`` interleaved
+    partial sums (point p of each block feeds lane p), and the lanes are added
+    in order at the end of the chunk: a fixed reassociation that lets the loop
+    over points vectorise and does not depend on the thread count.  Scratch:
+    O(L·M²·block) for the pair sums (kept per chunk, never per point).
     """
     L, M = b.shape
     P = W.shape[0]
-    U = np.empty((L, M, block))
-    Hm = np.empty((L, M, block))
+    npairs = M * (M - 1) // 2
+    U = np.zeros((L, M, block))  # zero-filled so padded tail columns stay finite
+    Hm = np.zeros((L, M, block))
     Tt = np.empty((L, M, block))
     Z = np.empty((M, block))
     E = np.empty((M, block))
-    Ra = np.empty((M, block))
-    Rb = np.empty((M, block))
-    Dv = np.empty((M, block))
-    WT = np.empty((block, M))
-    TT = np.empty((block, M))
+    Ra = np.zeros((M, block))
+    Rb = np.zeros((M, block))
     res = np.empty((P, block))
     ntr = np.empty(L, dtype=np.int64)
+    Dacc = np.zeros((L, M, block))
+    Kacc = np.zeros((L, npairs, block))
     loss = 0.0
     for p0 in range(start, stop, block):
         nb = min(block, stop - p0)
@@ -222,9 +235,9 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
                 break
         if lowest == L:
             continue
-        # r_L = R_L e
+        # r_L = R_L e; columns nb..block-1 (a partial last block) stay exactly 0
         for i in range(M):
-            for p in range(nb):
+            for p in range(block):
                 Ra[i, p] = 0.0
             for k in range(M):
                 a = R[L - 1, i, k]
@@ -232,42 +245,52 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
                     Ra[i, p] += a * E[k, p]
         for l in range(L - 1, lowest - 1, -1):
             if ntr[l] > 0:
-                # ∇_b C −= (1 − h) ⊙ r ;  Ra becomes h ⊙ r (= r where untruncated)
-                # h and 1 − h are exactly 0 or 1, so these products are exact selections
+                H = Hm[l]
+                Ul = U[l]
+                Dl = Dacc[l]
                 for i in range(M):
-                    for p in range(nb):
-                        ri = Ra[i, p]
-                        h = Hm[l, i, p]
-                        Dv[i, p] = (1.0 - h) * ri
-                        Ra[i, p] = h * ri
-                    s = 0.0
-                    for p in range(nb):
-                        s += Dv[i, p]
-                    gb[l, i] -= s
-                for k in range(M):
-                    for p in range(nb):
-                        WT[p, k] = (1.0 - Hm[l, k, p]) * U[l, k, p]
-                        TT[p, k] = Tt[l, k, p]
-                # G_ℓ row i: h_i = 1 → += r_i ((1−h)⊙u)ᵀ ; h_i = 0 → −= r_i tᵀ.
-                # One of a, d is zero, and x·w − 0·t = x·w exactly: branch-free, same bits.
+                    for p in range(block):
+                        Dl[i, p] += (1.0 - H[i, p]) * Ra[i, p]
+                pair = 0
+                Kl = Kacc[l]
                 for i in range(M):
-                    for p in range(nb):
-                        a = Ra[i, p]
-                        d = Dv[i, p]
-                        for k in range(M):
-                            G[l, i, k] += a * WT[p, k] - d * TT[p, k]
+                    for k in range(i + 1, M):
+                        for p in range(block):
+                            Kl[pair, p] += (H[i, p] - H[k, p]) * (Ra[i, p] * Ul[k, p] + Ul[i, p] * Ra[k, p])
+                        pair += 1
+                # h ⊙ r: exact (h is 0 or 1), and equal to r where untruncated
+                for i in range(M):
+                    for p in range(block):
+                        Ra[i, p] *= H[i, p]
             if l > lowest:
                 # r_{ℓ-1} = S_{ℓ-1}ᵀ (h_ℓ ⊙ r_ℓ)
                 Sl = S[l - 1]
                 for j in range(M):
-                    for p in range(nb):
+                    for p in range(block):
                         Rb[j, p] = 0.0
                 for i in range(M):
                     for j in range(M):
                         a = Sl[i, j]
-                        for p in range(nb):
+                        for p in range(block):
                             Rb[j, p] += a * Ra[i, p]
                 Ra, Rb = Rb, Ra
+    if want_grad:
+        Dc = np.empty(M)
+        for l in range(L):
+            for i in range(M):
+                s = 0.0
+                for q in range(block):
+                    s += Dacc[l, i, q]
+                Dc[i] = s
+                gb[l, i] -= s
+            pair = 0
+            for i in range(M):
+                for k in range(i + 1, M):
+                    s = 0.0
+                    for q in range(block):
+                        s += Kacc[l, pair, q]
+                    G[l, i, k] += s + (Dc[i] * b[l, k] - b[l, i] * Dc[k])
+                    pair += 1
     return loss
 
 
