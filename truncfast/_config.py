@@ -54,6 +54,10 @@ DIVERGENCE_LOSS_FACTOR: float = 1e3
 #: ~1e-32 of it, a diverging run reaches many times it).
 DIVERGENCE_LOSS_FLOOR: float = 1e-8
 
+#: ``integrate`` records truncation counts from the sector codes of this many
+#: points at a time (bounded scratch, independent of N).
+COUNTS_ROWS: int = 4 * CHUNK_SIZE
+
 #: Largest width for which sector codes fit a uint64 bitmask.
 MAX_CODE_WIDTH: int = 64
 

@@ -365,16 +365,23 @@ class _Run:
         Q = self.targets.shape[0]
         if M > _config.MAX_CODE_WIDTH:
             return np.full((L, Q, 3), -1, dtype=np.int64)
-        if self.settings["backend"] == "numba":
-            out = np.empty((L, Q, 3), dtype=np.int64)
-            _counts_seq(R, b, self.X, self.labels, Q, _config.CHUNK_SIZE, _config.BLOCK_SIZE, out)
-            return out
-        codes = np.asarray(self.bk.codes(R, b, self.X))
+        # rows in bounded blocks: the codes of all N points at once would be an (N, L)
+        # array plus temporaries, growing with N like X itself (integer counts: the
+        # blocking cannot change the result)
+        out = np.zeros((L, Q, 3), dtype=np.int64)
+        part = np.empty((L, Q, 3), dtype=np.int64)
         ones = np.uint64((1 << M) - 1)
-        cat = np.where(codes == ones, UNTRUNCATED, np.where(codes == 0, FULL, PARTIAL))
-        out = np.empty((L, Q, 3), dtype=np.int64)
-        for l in range(L):
-            out[l] = np.bincount(self.labels * 3 + cat[:, l], minlength=3 * Q).reshape(Q, 3)
+        rows = _config.COUNTS_ROWS
+        for s in range(0, self.X.shape[0], rows):
+            X, labels = self.X[s:s + rows], self.labels[s:s + rows]
+            if self.settings["backend"] == "numba":
+                _counts_seq(R, b, X, labels, Q, _config.CHUNK_SIZE, _config.BLOCK_SIZE, part)
+                out += part
+                continue
+            codes = np.asarray(self.bk.codes(R, b, X))
+            cat = np.where(codes == ones, UNTRUNCATED, np.where(codes == 0, FULL, PARTIAL))
+            for l in range(L):
+                out[l] += np.bincount(labels * 3 + cat[:, l], minlength=3 * Q).reshape(Q, 3)
         return out
 
     def _record(self, i: int, k: int, R, b, rhs: RHS) -> None:
