@@ -13,7 +13,7 @@ One evaluation of the flow (THEORY §5) is one *map* and one *reduction*:
   (``_kernels_numba.general_range``) over its own fixed chunks of
   ``_config.CHUNK_SIZE`` rows and returns one partial sum per chunk;
 * **reduction** — the partials are added in a fixed order
-  (``_config.DISTRIBUTED_REDUCTION``):
+  (``_config.DISTRIBUTED_REDUCTION``, or ``TRUNCFAST_DISTRIBUTED_REDUCTION``):
 
   ``"ordered"`` (default) is a chain of small fold tasks, block after block,
   each adding its block's per-chunk partials one at a time to the running
@@ -26,10 +26,11 @@ One evaluation of the flow (THEORY §5) is one *map* and one *reduction*:
   overlaps with the map, and its latency (one task hop per block) is what
   the cost model in docs/distributed.md calls the reduction latency.
 
-  ``"tree"`` folds each block to one block sum, then adds block sums
-  pairwise in a fixed binary tree by block index: deterministic (the same
-  bits for any cluster, worker count or scheduling), logarithmic depth, but
-  not bitwise equal to the local engine (within 1e-12).
+  ``"tree"`` folds each block to one block sum, then adds block sums in a
+  fixed k-ary tree by block index (``_config.DISTRIBUTED_TREE_FANIN``,
+  children left to right): deterministic (the same bits for any cluster,
+  worker count or scheduling), logarithmic depth, but not bitwise equal to
+  the local engine (within 1e-12).
 
 The client holds only the small state (R, b, targets): it finishes the
 reduction (``_backends._normalise``), takes the solver step and broadcasts the
