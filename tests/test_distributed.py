@@ -187,3 +187,27 @@ def test_integrate_survives_killed_workers(client, problem, monkeypatch):
     assert sorted(killed) == sorted(pids)
     for name in ("R", "b", "loss", "counts", "Rs", "bs"):
         assert np.array_equal(getattr(traj, name), getattr(ref, name)), name
+
+
+def test_lost_connection_is_retried_with_same_bits(problem, monkeypatch):
+    """A step whose computation fails like a lost worker (OSError) is recomputed; tasks are pure."""
+    R, b, X, labels, targets = problem
+    gb0, om0 = tf.gradient(R, b, X, labels, targets, backend="numba")
+    real, calls = dask.compute, []
+
+    def flaky(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("connection to worker lost (simulated)")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dask, "compute", flaky)
+    monkeypatch.setattr(_distributed.time, "sleep", lambda s: None)
+    with dask.config.set(scheduler="threads"):
+        gb, om = tf.gradient(R, b, *_dask(X, labels, 2 * CH), targets)
+    assert len(calls) == 2
+    assert np.array_equal(gb, gb0) and np.array_equal(om, om0)
+    calls.clear()
+    monkeypatch.setattr(_config, "DISTRIBUTED_RETRIES", 0)
+    with dask.config.set(scheduler="threads"), pytest.raises(OSError, match="simulated"):
+        tf.gradient(R, b, *_dask(X, labels, 2 * CH), targets)
