@@ -97,13 +97,16 @@ def test_other_chunkings_and_tree_reduction_agree(client, problem, monkeypatch, 
     assert np.array_equal(again[0], gb) and np.array_equal(again[1], om)
 
 
-def test_truncate_is_lazy_and_exact(client, problem):
+def test_truncate_and_sector_codes_are_lazy_and_exact(client, problem):
     R, b, X, _, _ = problem
     Xd = da.from_array(X, chunks=(3001, M))
     out = tf.truncate(R, b, Xd)
     assert isinstance(out, da.Array) and out.shape == X.shape and out.dtype == np.float64
     assert out.chunks == Xd.chunks
     assert np.array_equal(out.compute(), tf.truncate(R, b, X, backend="numba"))
+    codes = tf.sector_codes(R, b, Xd)
+    assert isinstance(codes, da.Array) and codes.shape == (N, L) and codes.dtype == np.uint64
+    assert np.array_equal(codes.compute(), tf.sector_codes(R, b, X, backend="numba"))
 
 
 @pytest.mark.parametrize("task_threads", ["", "2"])

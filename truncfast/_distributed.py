@@ -62,7 +62,7 @@ import numpy as np
 from . import _config
 from ._errors import InputError
 
-__all__ = ["uses_dask", "is_dask_array", "DaskEngine", "loss", "gradient", "truncate", "integrate"]
+__all__ = ["uses_dask", "is_dask_array", "DaskEngine", "loss", "gradient", "truncate", "sector_codes", "integrate"]
 
 
 # ------------------------------------------------------------ detection ---
@@ -614,6 +614,38 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto"):
     S = k.transfer_matrices(R)
     return X.map_blocks(_block_truncate, R, S, b, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
                         name="truncfast-truncate-" + _token(X, R, b))
+
+
+def _block_codes(X, R, S, b, block_info=None):
+    """Lazy ``sector_codes`` of one block: (rows, L) uint64 bitmasks along the composition."""
+    from . import _kernels_numba as k
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    offset = block_info[0]["array-location"][0][0] if block_info else 0
+    err = _block_error(X, None, offset, 0)
+    if err is not None:
+        raise InputError(err)
+    n, M = X.shape
+    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+    codes = np.empty((n, b.shape[0]), dtype=np.uint64)
+    nowhere = np.empty((0, M))
+    _over_chunks(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, nowhere, codes, True),
+                 (n + chunk - 1) // chunk)
+    return codes
+
+
+def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto"):
+    """``truncfast.sector_codes`` on a dask ``X``: a lazy (N, L) uint64 dask array, chunked like X's rows."""
+    from . import _kernels_numba as k
+
+    _check_backend(backend)
+    R, b, X = prepare(R, b, X)
+    L, M = b.shape
+    if M > _config.MAX_CODE_WIDTH:
+        raise InputError(f"R: sector codes are uint64 bitmasks and need M ≤ {_config.MAX_CODE_WIDTH}, got M = {M}")
+    S = k.transfer_matrices(R)
+    return X.map_blocks(_block_codes, R, S, b, dtype=np.uint64, chunks=(X.chunks[0], (L,)),
+                        meta=np.empty((0, 0), dtype=np.uint64), name="truncfast-codes-" + _token(X, R, b))
 
 
 def _token(*args) -> str:

@@ -44,8 +44,12 @@ def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray
     Entry ``[n, ℓ]`` is a uint64 whose bit i is ``h_ℓ,i = H((R_ℓ z_{ℓ-1} + b_ℓ)_i)``
     with ``z_{ℓ-1} = τ^(ℓ-1)(x_n)`` and ``H(0) = 0``: the activation pattern of
     the point in hidden layer ℓ.  All bits set = untruncated, none = fully
-    truncated.  Needs M ≤ 64.
+    truncated.  Needs M ≤ 64.  A dask X gives a lazy dask array (docs/distributed.md).
     """
+    if uses_dask(X):
+        from . import _distributed
+
+        return _distributed.sector_codes(R, b, X, backend=backend)
     R, b, X = check_problem(R, b, X)
     M = R.shape[1]
     if M > _config.MAX_CODE_WIDTH:
