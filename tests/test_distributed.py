@@ -82,6 +82,21 @@ def test_gradient_and_loss_same_bits_when_chunks_align(client, problem):
     assert np.array_equal(gbd, gb32) and np.array_equal(omd, om32)
 
 
+def test_standard_loss_and_gradient_same_bits(client, problem):
+    R, b, X, labels, _ = problem
+    rng = np.random.default_rng(3)
+    W_out, b_out, Y = rng.normal(size=(4, M)), rng.normal(size=4), rng.normal(size=(Q, 4))
+    ref = tf.standard_gradient(R, b, X, labels, W_out, b_out, Y, backend="numba")
+    got = tf.standard_gradient(R, b, *_dask(X, labels, 2 * CH), W_out, b_out, Y)
+    assert all(np.array_equal(g, r) for g, r in zip(got, ref))
+    assert tf.standard_loss(R, b, *_dask(X, labels, 2 * CH), W_out, b_out, Y) == \
+        tf.standard_loss(R, b, X, labels, W_out, b_out, Y, backend="numba")
+    lab = labels.copy()
+    lab[7] = -1
+    with pytest.raises(tf.InputError, match=r"labels: value -1 at index 7 is out of range 0..2 \(Q = 3 from Y\)"):
+        tf.standard_loss(R, b, *_dask(X, lab, CH), W_out, b_out, Y)
+
+
 @pytest.mark.parametrize("rows, reduction", [(5000, "ordered"), (2 * CH, "tree"), (3001, "tree")])
 def test_other_chunkings_and_tree_reduction_agree(client, problem, monkeypatch, rows, reduction):
     R, b, X, labels, targets = problem

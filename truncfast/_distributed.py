@@ -62,7 +62,8 @@ import numpy as np
 from . import _config
 from ._errors import InputError
 
-__all__ = ["uses_dask", "is_dask_array", "DaskEngine", "loss", "gradient", "truncate", "sector_codes", "integrate"]
+__all__ = ["uses_dask", "is_dask_array", "DaskEngine", "loss", "gradient", "truncate", "sector_codes",
+           "standard_loss", "standard_gradient", "integrate"]
 
 
 # ------------------------------------------------------------ detection ---
@@ -97,7 +98,8 @@ def _require_dask():
 # Module-level, picklable by reference: workers import truncfast and run them.
 # They receive plain NumPy blocks (the dask chunk) and the small state.
 
-def _block_error(X: np.ndarray, labels: np.ndarray | None, offset: int, Q: int) -> str | None:
+def _block_error(X: np.ndarray, labels: np.ndarray | None, offset: int, Q: int,
+                 Q_name: str = "targets") -> str | None:
     """Value checks of one block (CONTRACT.md): the first problem, named, with its global index."""
     if X.size:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -116,7 +118,7 @@ def _block_error(X: np.ndarray, labels: np.ndarray | None, offset: int, Q: int) 
         if lo < 0 or hi >= Q:
             i = int(np.flatnonzero((labels < 0) | (labels >= Q))[0])
             return (f"labels: value {int(labels[i])} at index {offset + i} is out of range 0..{Q - 1}"
-                    f" (Q = {Q} from targets)")
+                    f" (Q = {Q} from {Q_name})")
     return None
 
 
@@ -170,7 +172,8 @@ def _partials_general(X, labels, state, offset: int, standard: bool, want_grad: 
     X = np.ascontiguousarray(X, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     if validate:
-        err = _block_error(X, labels, offset, Y.shape[0] if standard else T.shape[0])
+        err = (_block_error(X, labels, offset, Y.shape[0], "Y") if standard
+               else _block_error(X, labels, offset, T.shape[0]))
         if err is not None:
             return _Partials(None, 0, err)
     n = X.shape[0]
@@ -495,7 +498,7 @@ def _prepare_X(X, M: int):
     return X
 
 
-def _prepare_labels(labels, X, Q: int):
+def _prepare_labels(labels, X, Q: int, Q_name: str = "targets"):
     """Labels as int64 dask array chunked like the rows of X (values are checked in the first map)."""
     import dask.array as da
 
@@ -517,7 +520,7 @@ def _prepare_labels(labels, X, Q: int):
     from ._validate import as_labels
 
     # a NumPy labels array is small next to X: check it here, ship it with the blocks
-    lab = as_labels(labels, N, Q)
+    lab = as_labels(labels, N, Q, Q_name=Q_name)
     return da.from_array(lab, chunks=(X.chunks[0],), name=False)
 
 
@@ -599,6 +602,56 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
     R, b, X, labels, targets = prepare(R, b, X, labels, targets)
     _, gb, omega, _, _ = _euclid(R, b, X, labels, targets, True)
     return gb, omega
+
+
+def _prepare_output_layer(R, b, X, labels, W_out, b_out, Y):
+    """Validation of the standard-loss arguments (as ``_gradient._check_output_layer``) for a dask X."""
+    from ._validate import as_float_array, check_finite
+
+    R, b, X = prepare(R, b, X)
+    M = R.shape[1]
+    W_out = as_float_array("W_out", W_out, 2, (None, M))
+    check_finite("W_out", W_out)
+    P = W_out.shape[0]
+    if P == 0:
+        raise InputError("W_out: has no rows (output width P = 0)")
+    b_out = as_float_array("b_out", b_out, 1, (P,))
+    check_finite("b_out", b_out)
+    Y = as_float_array("Y", Y, 2, (None, P))
+    if Y.shape[0] == 0:
+        raise InputError("Y: has no rows (Q = 0)")
+    check_finite("Y", Y)
+    labels = _prepare_labels(labels, X, Y.shape[0], Q_name="Y")
+    return R, b, X, labels, W_out, b_out, Y
+
+
+def _standard(R, b, X, labels, W_out, b_out, Y, backend, want_grad):
+    if not is_dask_array(X):
+        return None
+    _check_backend(backend)
+    R, b, X, labels, W_out, b_out, Y = _prepare_output_layer(R, b, X, labels, W_out, b_out, Y)
+    return DaskEngine().general(R, b, X, labels, np.zeros((0, R.shape[1])), W_out, b_out, Y, True, want_grad)
+
+
+def standard_loss(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y: Any, *,
+                  backend: str = "auto") -> float:
+    """``truncfast.standard_loss`` on dask data (the general kernel with the output layer)."""
+    if not is_dask_array(X):
+        from . import _gradient
+
+        return _gradient.standard_loss(R, b, X, _local_labels(labels), W_out, b_out, Y, backend=backend)
+    return float(_standard(R, b, X, labels, W_out, b_out, Y, backend, False)[0])
+
+
+def standard_gradient(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y: Any, *,
+                      backend: str = "auto"):
+    """``truncfast.standard_gradient`` on dask data: ``(grad_b, omega, grad_W_out, grad_b_out)``."""
+    if not is_dask_array(X):
+        from . import _gradient
+
+        return _gradient.standard_gradient(R, b, X, _local_labels(labels), W_out, b_out, Y, backend=backend)
+    _, gb, omega, gW, gbo = _standard(R, b, X, labels, W_out, b_out, Y, backend, True)
+    return gb, omega, gW, gbo
 
 
 def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto"):

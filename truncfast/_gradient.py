@@ -120,6 +120,10 @@ def standard_loss(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y
     ``W_out`` (P, M) and ``b_out`` (P,) are the cumulative output weight and bias
     W^(L+1), b^(L+1); ``Y`` (Q, P) holds the reference outputs.
     """
+    if uses_dask(X, labels):
+        from . import _distributed
+
+        return _distributed.standard_loss(R, b, X, labels, W_out, b_out, Y, backend=backend)
     args = _check_output_layer(R, b, X, labels, W_out, b_out, Y)
     return float(_standard(*args, backend, False)[0])
 
@@ -133,6 +137,10 @@ def standard_gradient(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: An
     to W_out and b_out: ``(1/N) Σ ρ_n z_nᵀ`` and ``(1/N) Σ ρ_n`` with residual
     ``ρ_n = W_out z_n + b_out − y_{j(n)}`` and ``z_n = τ^(L)(x_n)``.
     """
+    if uses_dask(X, labels):
+        from . import _distributed
+
+        return _distributed.standard_gradient(R, b, X, labels, W_out, b_out, Y, backend=backend)
     args = _check_output_layer(R, b, X, labels, W_out, b_out, Y)
     _, gb, omega, gW, gbo = _standard(*args, backend, True)
     return gb, omega, gW, gbo
