@@ -165,8 +165,8 @@ def test_validation_names_argument_and_global_index(client, problem):
         tf.gradient(R, b, da.from_array(X, chunks=(CH, M)), da.zeros(9, dtype=int, chunks=3), targets)
     with pytest.raises(tf.InputError, match="X: expected a real numeric array"):
         tf.truncate(R, b, da.from_array(X.astype(complex), chunks=(CH, M)))
-    with pytest.raises(tf.InputError, match="form: form='separated' is not available for dask"):
-        tf.gradient(R, b, *_dask(X, labels, CH), targets, form="separated")
+    with pytest.raises(tf.SeparationError, match="L == Q"):
+        tf.gradient(R[:2], b[:2], *_dask(X[:, :M], labels, CH), targets, form="separated")
     with pytest.raises(tf.InputError, match="backend: dask inputs run the Numba"):
         tf.loss(R, b, *_dask(X, labels, CH), targets, backend="numpy")
 
@@ -229,3 +229,30 @@ def test_lost_connection_is_retried_with_same_bits(problem, monkeypatch):
     monkeypatch.setattr(_config, "DISTRIBUTED_RETRIES", 0)
     with dask.config.set(scheduler="threads"), pytest.raises(OSError, match="simulated"):
         tf.gradient(R, b, *_dask(X, labels, 2 * CH), targets)
+
+
+def _two_clusters(n=9000):
+    """THEORY §7's two clusters with opposite frames: cluster-separated truncations (L = Q = 2)."""
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(0.0, 0.1, (n, 2)), rng.normal(10.0, 0.1, (n, 2))])
+    labels = np.repeat([0, 1], n)
+    R = np.stack([np.eye(2), -np.eye(2)])
+    b = np.array([[0.0, 0.0], [10.0, 10.0]])
+    T = np.array([[2.0, 2.0], [8.0, 8.0]])
+    return R, b, X, labels, T
+
+
+def test_separated_form_and_exp_euler_same_bits(client):
+    R, b, X, labels, T = _two_clusters()
+    Xd, ld = _dask(X, labels, 2 * CH)
+    ref = tf.gradient(R, b, X, labels, T, form="separated", backend="numba")
+    got = tf.gradient(R, b, Xd, ld, T, form="separated")
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    tref = tf.integrate(R, b, X, labels, T, dt=0.5, steps=20, record_every=5, method="exp-euler", backend="numba")
+    traj = tf.integrate(R, b, Xd, ld, T, dt=0.5, steps=20, record_every=5, method="exp-euler")
+    for name in ("R", "b", "loss", "counts", "Rs", "bs"):
+        assert np.array_equal(getattr(traj, name), getattr(tref, name)), name
+    bad_b = b.copy()
+    bad_b[1] = [-10.0, -10.0]  # layer 1 now truncates cluster 0 as well
+    with pytest.raises(tf.SeparationError, match="cluster 0 truncated by layer 1"):
+        tf.gradient(R, bad_b, Xd, ld, T, form="separated")

@@ -251,6 +251,53 @@ def _block_counts(X, labels, state, offset: int, Q: int, validate: bool):
     return out
 
 
+def _map_moments(X, labels, state, offset: int, Q: int, fold_block: bool) -> "_Partials":
+    """Per-chunk raw constrained moments (S0, S1, S2) of §6 for one block (values already validated)."""
+    from . import _kernels_numba as k
+
+    R, b = state.arrays
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    M = X.shape[1]
+    chunk = _config.CHUNK_SIZE
+    nch = (X.shape[0] + chunk - 1) // chunk
+    p0, p1, p2 = np.empty((nch, Q, M)), np.empty((nch, Q, M, M)), np.empty((nch, Q, M, M))
+    _over_chunks(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, 0, p0, p1, p2), nch)
+    parts = (p0, p1, p2)
+    if fold_block:
+        sums = tuple(np.zeros(p.shape[1:]) for p in parts)
+        for tot, p in zip(sums, parts):
+            k.add_slots(tot, p, nch)
+        return _Partials(sums, 0)
+    return _Partials(parts, nch)
+
+
+def _map_separation(X, labels, state, offset: int, Q: int, validate: bool):
+    """Cluster sizes (Q,) and separation violations (Q, L) of one block (integers), or an error string."""
+    from . import _kernels_numba as k
+
+    R, S, b = state.arrays
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if validate:
+        err = _block_error(X, labels, offset, Q)
+        if err is not None:
+            return err
+    chunk = _config.CHUNK_SIZE
+    viol = np.zeros((Q, b.shape[0]), dtype=np.int64)
+    k.violations_range(R, S, b, X, labels, 0, (X.shape[0] + chunk - 1) // chunk, chunk, _config.BLOCK_SIZE, viol)
+    return np.bincount(labels, minlength=Q).astype(np.int64), viol
+
+
+def _add_pairs(a, b):
+    """Sum of (sizes, violations) pairs; a string is a validation error (first one wins)."""
+    if isinstance(a, str):
+        return a
+    if isinstance(b, str):
+        return b
+    return a[0] + b[0], a[1] + b[1]
+
+
 def _add_counts(a, b):
     """Integer counts: exact in any order.  A string is a validation error (first one wins)."""
     if isinstance(a, str):
@@ -451,6 +498,48 @@ class DaskEngine:
         loss, gb, G, gW, gbo = res.arrays
         return _backends._normalise(X.shape[0], loss[0], gb, G, gW, gbo, standard)
 
+    def _reduce_partials(self, dsk: dict, tag: str, parts: list):
+        """Add the ordered fold chain or the tree over ``parts`` to ``dsk``; return the root key."""
+        if self.reduction == "tree":
+            return self._tree(dsk, f"truncfast-tree-{tag}", parts, _combine)
+        prev = None
+        for i, part in enumerate(parts):
+            key = (f"truncfast-fold-{tag}", i)
+            dsk[key] = (_fold, prev, part)
+            prev = key
+        return prev
+
+    def separation(self, R, b, X, labels, Q: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster sizes N_j (Q,) and violation counts (Q, L) of §6 in one map (integers: exact)."""
+        from . import _kernels_numba as k
+
+        tag = uuid.uuid4().hex
+        state = f"truncfast-state-{tag}"
+        dsk: dict = {state: _State((R, k.transfer_matrices(R), b))}
+        validate = self._take_validation()
+        parts = []
+        for i, (xk, lk, off) in enumerate(self._blocks(X, labels)):
+            key = (f"truncfast-sep-{tag}", i)
+            dsk[key] = (_map_separation, xk, lk, state, off, Q, validate)
+            parts.append(key)
+        out = self._run(X, labels, dsk, self._tree(dsk, f"truncfast-stree-{tag}", parts, _add_pairs))
+        if isinstance(out, str):
+            self._raise(out)
+        return out
+
+    def moments(self, R, b, X, labels, Q: int):
+        """Raw constrained moments (S0, S1, S2) of §6, summed like ``general`` (same bits when aligned)."""
+        tag = uuid.uuid4().hex
+        state = f"truncfast-state-{tag}"
+        dsk: dict = {state: _State((R, b))}
+        tree = self.reduction == "tree"
+        parts = []
+        for i, (xk, lk, off) in enumerate(self._blocks(X, labels)):
+            key = (f"truncfast-mom-{tag}", i)
+            dsk[key] = (_map_moments, xk, lk, state, off, Q, tree)
+            parts.append(key)
+        return self._run(X, labels, dsk, self._reduce_partials(dsk, tag, parts)).arrays
+
     def counts(self, R, b, X, labels, Q: int) -> np.ndarray:
         """(L, Q, 3) counts along the composition, summed over blocks (integers: exact)."""
         from . import _kernels_numba as k
@@ -586,6 +675,35 @@ def loss(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "a
     return float(_euclid(R, b, X, labels, targets, False)[0])
 
 
+def _check_separation(engine: DaskEngine, R, b, X, labels, Q: int) -> np.ndarray:
+    """``_separated.check_separation`` for dask data: same errors, always the exact per-point check.
+
+    (The local version first tries a cheap sufficient test on enclosing balls;
+    its outcome never changes the result, only the time, so it is skipped here.)
+    """
+    from ._errors import SeparationError
+    from ._separated import SeparationShapeError
+
+    L = R.shape[0]
+    if L != Q:
+        raise SeparationShapeError(
+            f"targets: form='separated' needs one layer per cluster (L == Q), got L = {L} layers and Q = {Q} clusters")
+    counts, bad = engine.separation(R, b, X, labels, Q)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise InputError(f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points; "
+                         "form='separated' needs every cluster non-empty")
+    if bad.any():
+        viol = [(int(j), int(l), int(bad[j, l])) for j, l in zip(*np.nonzero(bad))]
+        listed = "; ".join(f"cluster {j} truncated by layer {l} ({n} point{'s' if n != 1 else ''})"
+                           for j, l, n in viol[:10])
+        more = f"; and {len(viol) - 10} more pairs" if len(viol) > 10 else ""
+        raise SeparationError(
+            "the truncations are not cluster-separated (THEORY §6: layer ℓ must act as the identity on every "
+            "cluster j ≠ ℓ): " + listed + more + ". Use form='general', which is exact for any data.", viol)
+    return counts.astype(np.float64)
+
+
 def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "general",
              backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """``truncfast.gradient`` on dask data (``form="general"`` only; see docs/distributed.md)."""
@@ -593,13 +711,18 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
         from . import _gradient
 
         return _gradient.gradient(R, b, X, _local_labels(labels), targets, form=form, backend=backend)
-    if form != "general":
-        if form == "separated":
-            raise InputError("form: form='separated' is not available for dask inputs yet; use form='general' "
-                             "(exact for any data)")
+    if form not in ("general", "separated"):
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
     _check_backend(backend)
     R, b, X, labels, targets = prepare(R, b, X, labels, targets)
+    if form == "separated":
+        from ._separated import assemble
+
+        Q = targets.shape[0]
+        engine = DaskEngine()
+        counts = _check_separation(engine, R, b, X, labels, Q)
+        S0, S1, S2 = engine.moments(R, b, X, labels, Q)
+        return assemble(R, b, targets, counts, S0, S1, S2, X.shape[0])
     _, gb, omega, _, _ = _euclid(R, b, X, labels, targets, True)
     return gb, omega
 
@@ -718,8 +841,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     client (the state is O(L M²)).  The step loop is the local one
     (``_integrate._Run``) with this module's engine in place of the backend,
     so progress bars, divergence errors and Ctrl-C behave identically.
-    Not supported with dask data (yet): ``checkpoint`` and the separated form
-    (``form="separated"``, ``method="exp-euler"``).
+    Not supported with dask data (yet): ``checkpoint``.
     """
     from . import _integrate
 
@@ -740,9 +862,8 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         raise InputError(f"method: unknown method {method!r}; choose one of " + ", ".join(map(repr, SOLVERS)))
     if form not in ("general", "separated"):
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
-    if form == "separated" or SOLVERS[method].needs_moments:
-        raise InputError(f"method: method={method!r} / form={form!r} needs the separated moments, which are not "
-                         "available for dask inputs yet; use form='general' with 'lie-euler' or 'cayley'")
+    if SOLVERS[method].needs_moments:
+        form = "separated"
     if checkpoint is not None or checkpoint_every is not None:
         raise InputError("checkpoint: checkpoints are not supported for dask inputs yet (the data digest would "
                          "have to be computed on the workers)")
@@ -752,12 +873,18 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     _check_backend(backend)
     N, M = X.shape
     L, Q = R.shape[0], targets.shape[0]
+    if form == "separated" and L != Q:
+        from ._separated import SeparationShapeError
+
+        raise SeparationShapeError(
+            f"targets: method={method!r} / form='separated' needs one layer per cluster (L == Q), "
+            f"got L = {L} layers and Q = {Q} clusters")
     X, labels = dask.persist(X, labels)  # once per run: every step reads the blocks where they are
     engine = DaskEngine()
     settings = {
         "method": method, "dt": dt, "steps": steps, "record_every": record_every,
         "train_weights": train_weights, "train_biases": train_biases, "backend": "numba",
-        "form": "general", "N": int(N), "M": int(M), "L": int(L), "Q": int(Q),
+        "form": form, "N": int(N), "M": int(M), "L": int(L), "Q": int(Q),
         "version": _integrate._version(), "compiled_loop": False,
         "distributed": "dask", "reduction": engine.reduction, "blocks": len(X.chunks[0]),
     }
@@ -784,6 +911,26 @@ def _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, 
                              checkpoint=None, checkpoint_every=None, progress=progress, reorth0=reorth0)
             self.X, self.labels = X, labels
             self.bk = engine
+
+        def evaluate(self, R_, b_):
+            """The right-hand side; the separated form (§6) through the engine's moments and checks."""
+            if self.form == "general":
+                return super().evaluate(R_, b_)
+            from ._separated import assemble
+            from ._solvers import RHS
+
+            T = self.targets
+            Q, N = T.shape[0], self.X.shape[0]
+            counts = _check_separation(engine, R_, b_, self.X, self.labels, Q)
+            S0, S1, S2 = engine.moments(R_, b_, self.X, self.labels, Q)
+            gb, om = assemble(R_, b_, T, counts, S0, S1, S2, N)
+            loss = float(engine.general(R_, b_, self.X, self.labels, T, self._W0, self._bo0, self._Y0,
+                                        False, False)[0])
+            rhs = RHS(loss, gb, om)
+            if self.solver.needs_moments:
+                rhs.rate = (counts[:, None] - S0) / N  # π_j (1 − m0_j)
+                rhs.target_rot = np.einsum("jik,jk->ji", R_, T)  # ỹ'_j
+            return rhs
 
         def _counts(self, R_, b_):
             L_, M_ = b_.shape
