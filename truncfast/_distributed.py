@@ -147,6 +147,18 @@ def _over_chunks(fn, nchunks: int) -> None:
     _parallel.run_ranges(fn, 0, nchunks)
 
 
+def _ro(*arrays):
+    """Read-only views, exactly as the local backend passes them (``_backends._readonly``).
+
+    Numba compiles a separate specialisation for read-only arrays; passing the
+    same kind as the local engine reuses its cached machine code (no extra
+    compile on every worker) — the code, hence the bits, are the same.
+    """
+    from ._backends import _readonly
+
+    return _readonly(*arrays)
+
+
 class _Partials:
     """Partial sums of §5 travelling between tasks, or the first validation error.
 
@@ -171,6 +183,7 @@ def _partials_general(X, labels, state, offset: int, standard: bool, want_grad: 
     R, S, b, T, W, bout, Y = state
     X = np.ascontiguousarray(X, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
+    R, S, b, X, labels, T, W, bout, Y = _ro(R, S, b, X, labels, T, W, bout, Y)
     if validate:
         err = (_block_error(X, labels, offset, Y.shape[0], "Y") if standard
                else _block_error(X, labels, offset, T.shape[0]))
@@ -215,6 +228,13 @@ def _fold(total: _Partials | None, part: _Partials) -> _Partials:
     return _Partials(acc, 0)
 
 
+def _fold_run(total: _Partials | None, *parts: _Partials) -> _Partials:
+    """One link of the ordered chain over a run of consecutive blocks: ``_fold`` them in row order."""
+    for part in parts:
+        total = _fold(total, part)
+    return total
+
+
 def _combine(a: _Partials, b: _Partials) -> _Partials:
     """One node of the tree reduction: block sums ``a + b`` (a holds the earlier rows)."""
     if a.error is not None:
@@ -232,6 +252,7 @@ def _block_counts(X, labels, state, offset: int, Q: int, validate: bool):
     R, S, b = state
     X = np.ascontiguousarray(X, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
+    R, S, b, X = _ro(R, S, b, X)
     if validate:
         err = _block_error(X, labels, offset, Q)
         if err is not None:
@@ -258,6 +279,7 @@ def _map_moments(X, labels, state, offset: int, Q: int, fold_block: bool) -> "_P
     R, b = state.arrays
     X = np.ascontiguousarray(X, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
+    R, b, X, labels = _ro(R, b, X, labels)
     M = X.shape[1]
     chunk = _config.CHUNK_SIZE
     nch = (X.shape[0] + chunk - 1) // chunk
@@ -279,6 +301,7 @@ def _map_separation(X, labels, state, offset: int, Q: int, validate: bool):
     R, S, b = state.arrays
     X = np.ascontiguousarray(X, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
+    R, S, b, X, labels = _ro(R, S, b, X, labels)
     if validate:
         err = _block_error(X, labels, offset, Q)
         if err is not None:
@@ -312,6 +335,7 @@ def _block_truncate(X, R, S, b, block_info=None):
     from . import _kernels_numba as k
 
     X = np.ascontiguousarray(X, dtype=np.float64)
+    R, S, b, X = _ro(R, S, b, X)
     offset = block_info[0]["array-location"][0][0] if block_info else 0
     err = _block_error(X, None, offset, 0)
     if err is not None:
@@ -419,6 +443,7 @@ class DaskEngine:
                              "(_config.DISTRIBUTED_REDUCTION or TRUNCFAST_DISTRIBUTED_REDUCTION)")
         self._validated = False
         self._blocks_cache: tuple | None = None
+        self._runs_cache: tuple | None = None
 
     def _blocks(self, X, labels):
         """(X block key, labels block key, global row offset) per row block, cached per data."""
@@ -483,29 +508,52 @@ class DaskEngine:
             key = (f"truncfast-map-{tag}", i)
             dsk[key] = (_map_general, xk, lk, state, off, standard, want_grad, validate, tree)
             parts.append(key)
-        if tree:
-            root = self._tree(dsk, f"truncfast-tree-{tag}", parts, _combine)
-        else:
-            prev = None
-            for i, part in enumerate(parts):
-                key = (f"truncfast-fold-{tag}", i)
-                dsk[key] = (_fold, prev, part)
-                prev = key
-            root = prev
-        res = self._run(X, labels, dsk, root)
+        res = self._run(X, labels, dsk, self._reduce_partials(dsk, tag, parts, X))
         if res.error is not None:
             self._raise(res.error)
         loss, gb, G, gW, gbo = res.arrays
         return _backends._normalise(X.shape[0], loss[0], gb, G, gW, gbo, standard)
 
-    def _reduce_partials(self, dsk: dict, tag: str, parts: list):
+    def _runs(self, X) -> list[tuple[int, int]]:
+        """Maximal runs ``[i, j)`` of consecutive row blocks held by the same worker, cached per data.
+
+        One fold link of the ordered chain per run instead of per block: the
+        summation order is unchanged (so are the bits), but the chain's
+        sequential scheduler round trips drop from B (blocks) to about the
+        number of workers, since dask places consecutive blocks of a
+        persisted array together.  Without a distributed client, or if the
+        placement cannot be read, every block is its own run.  The placement
+        is read once per engine; if blocks move later (a worker died), the
+        grouping only costs transfers, never correctness.
+        """
+        B = len(X.chunks[0])
+        if self._runs_cache is not None and self._runs_cache[0] == X.name:
+            return self._runs_cache[1]
+        runs = [(i, i + 1) for i in range(B)]
+        try:
+            from distributed import default_client
+
+            who = default_client().who_has([row[0] for row in X.__dask_keys__()])
+            where = [tuple(sorted(who.get(row[0], ()))) for row in X.__dask_keys__()]
+            if all(where):
+                runs, start = [], 0
+                for i in range(1, B + 1):
+                    if i == B or set(where[i]).isdisjoint(where[i - 1]):
+                        runs.append((start, i))
+                        start = i
+        except Exception:  # no distributed client (local schedulers), or data not persisted: one run per block
+            pass
+        self._runs_cache = (X.name, runs)
+        return runs
+
+    def _reduce_partials(self, dsk: dict, tag: str, parts: list, X):
         """Add the ordered fold chain or the tree over ``parts`` to ``dsk``; return the root key."""
         if self.reduction == "tree":
             return self._tree(dsk, f"truncfast-tree-{tag}", parts, _combine)
         prev = None
-        for i, part in enumerate(parts):
+        for i, (a, c) in enumerate(self._runs(X)):
             key = (f"truncfast-fold-{tag}", i)
-            dsk[key] = (_fold, prev, part)
+            dsk[key] = (_fold_run, prev, *parts[a:c])
             prev = key
         return prev
 
@@ -538,7 +586,7 @@ class DaskEngine:
             key = (f"truncfast-mom-{tag}", i)
             dsk[key] = (_map_moments, xk, lk, state, off, Q, tree)
             parts.append(key)
-        return self._run(X, labels, dsk, self._reduce_partials(dsk, tag, parts)).arrays
+        return self._run(X, labels, dsk, self._reduce_partials(dsk, tag, parts, X)).arrays
 
     def counts(self, R, b, X, labels, Q: int) -> np.ndarray:
         """(L, Q, 3) counts along the composition, summed over blocks (integers: exact)."""
@@ -797,6 +845,7 @@ def _block_codes(X, R, S, b, block_info=None):
     from . import _kernels_numba as k
 
     X = np.ascontiguousarray(X, dtype=np.float64)
+    R, S, b, X = _ro(R, S, b, X)
     offset = block_info[0]["array-location"][0][0] if block_info else 0
     err = _block_error(X, None, offset, 0)
     if err is not None:
