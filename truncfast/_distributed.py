@@ -531,9 +531,10 @@ class DaskEngine:
             return self._runs_cache[1]
         runs = [(i, i + 1) for i in range(B)]
         try:
-            from distributed import default_client
+            from distributed import default_client, futures_of
 
-            who = default_client().who_has([row[0] for row in X.__dask_keys__()])
+            futures = futures_of(X)
+            who = default_client().who_has(futures) if futures else {}
             where = [tuple(sorted(who.get(row[0], ()))) for row in X.__dask_keys__()]
             if all(where):
                 runs, start = [], 0
