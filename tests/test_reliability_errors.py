@@ -136,3 +136,39 @@ def test_c_contiguous_float64_memmaps_pass_the_boundary_without_a_copy(tmp_path,
     R, b, Xv, lab, T = _validate.check_problem(p.R, p.b, X, labels, p.targets)
     assert np.shares_memory(Xv, X) and np.shares_memory(lab, labels)
     assert not Xv.flags.writeable  # the read-only view stays read-only: kernels cannot write into it
+
+
+def test_layouts_through_model_and_output_layer_functions(tmp_path):
+    """pullback_targets, layers↔cumulative and the output-layer flows accept read-only,
+    memmapped, Fortran-ordered and float32 inputs, give the float64 results, and never
+    modify them."""
+    d = TABLE._base()
+    W, Xc, Y, pi = d["W_out"], d["Xc"], d["Y"], d["pi"]
+    arrays = dict(W=W, b_out=d["b_out"], Xc=Xc, Y=Y, pi=pi, X=d["X"], labels=d["labels"], R=d["R"], b=d["b"])
+
+    def run(a):
+        return [
+            tf.pullback_targets(a["W"], a["b_out"], a["Y"]),
+            *tf.layers_to_cumulative(a["R"], a["b"]),
+            *tf.cumulative_to_layers(a["R"], a["b"]),
+            np.float64(tf.collapsed_output_loss(a["W"], a["Xc"], a["Y"], a["pi"])),
+            *tf.collapsed_output_rhs(a["W"], a["Xc"], a["Y"], a["pi"]),
+            tf.conserved_gram(a["W"], a["Xc"]),
+            tf.collapsed_output_flow(a["W"], a["Xc"], a["Y"], a["pi"], dt=0.1, steps=3).loss,
+            tf.positive_sector_output_solution(a["W"], a["b_out"], a["X"], a["labels"], a["Y"], [0.0, 1.0]).loss,
+            tf.positive_sector_output_flow(a["W"], a["b_out"], a["X"], a["labels"], a["Y"], dt=0.1, steps=2).loss,
+        ]
+
+    want = run(arrays)
+    for name, laid in _layouts(arrays, tmp_path).items():
+        if name == "float32-data":
+            laid = dict(arrays, W=arrays["W"].astype(np.float32))
+            ref = run(dict(arrays, W=arrays["W"].astype(np.float32).astype(np.float64)))
+        else:
+            ref = want
+        before = _snapshot(laid)
+        got = run(laid)
+        for g, w in zip(got, ref):
+            assert np.asarray(g).dtype == np.float64
+            np.testing.assert_array_equal(g, w, err_msg=name)
+        _unchanged(before, laid)
