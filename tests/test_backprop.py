@@ -138,3 +138,16 @@ def test_compare_cli_bad_args(tmp_path, args):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "error" in r.stderr
     assert not (tmp_path / "o" / "compare.json").exists()
+
+
+def test_missing_torch_message(tmp_path):
+    """Without PyTorch: importing the module works, using it names the install command, compare exits 1."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import truncfast.backprop as bp\n"
+            "from truncfast.cli import main\n"
+            "try:\n    bp.require_torch()\nexcept ImportError as e:\n    print('MSG', e)\n"
+            f"sys.exit(main(['compare', '--out', {str(tmp_path / 'o')!r}, '-q']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "pip install torch==2.13.0" in r.stdout and "pip install torch==2.13.0" in r.stderr
+    assert not (tmp_path / "o").exists()
