@@ -131,6 +131,23 @@ class NumbaBackend:
         R, b, X, labels, T, W, bout, Y = _readonly(R, b, X, labels, T, W, bout, Y)
         (S,) = _readonly(k.transfer_matrices(R))
         chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+        chunk_fn = k.general_range
+        if M >= _config.GEMM_MIN_WIDTH:  # wide layers: BLAS GEMMs (see _kernels_blas)
+            from ._kernels_blas import blas_single_threaded, general_range_gemm
+
+            block = _config.GEMM_BLOCK
+            chunk_fn = general_range_gemm
+            # our pool already uses every core: a multi-threaded BLAS inside each
+            # worker oversubscribes them (measured 10–100× slower on a busy machine)
+            with blas_single_threaded():
+                return self._general(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, chunk_fn)
+        return self._general(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, chunk_fn)
+
+    def _general(self, R, S, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, chunk_fn):
+        N = X.shape[0]
+        L, M = b.shape
+        P = W.shape[0]
+        k = self._k
         nchunks = (N + chunk - 1) // chunk
         batch = _batch(nchunks, 8 * (L * M * (M + 1) + P * (M + 1) + 1))
         gb, G, gW, gbo, loss = np.zeros((L, M)), np.zeros((L, M, M)), np.zeros((P, M)), np.zeros(P), np.zeros(1)
@@ -139,8 +156,8 @@ class NumbaBackend:
         for c0 in range(0, nchunks, batch):
             nb = min(batch, nchunks - c0)
             self._par.run_ranges(
-                lambda a, c, _: k.general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
-                                             a, c, chunk, block, c0, pgb, pG, pgW, pgbo, ploss[:, 0]),
+                lambda a, c, _: chunk_fn(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
+                                         a, c, chunk, block, c0, pgb, pG, pgW, pgbo, ploss[:, 0]),
                 c0, c0 + nb)
             for total, part in ((loss, ploss), (gb, pgb), (G, pG), (gW, pgW), (gbo, pgbo)):
                 k.add_slots(total, part, nb)

@@ -16,6 +16,13 @@ CHUNK_SIZE: int = 4096
 #: Must divide CHUNK_SIZE.
 BLOCK_SIZE: int = 64
 
+#: Layers at least this wide use the GEMM-blocked kernels (``_kernels_blas``):
+#: their M×M products run in a tuned BLAS instead of hand-written loops.
+GEMM_MIN_WIDTH: int = 32
+
+#: Points per GEMM sub-block in the wide-layer kernels.
+GEMM_BLOCK: int = 512
+
 #: Upper bound (bytes) on the scratch used for per-chunk partial sums at once.
 #: Chunks are processed in batches whose partials fit in this budget; the
 #: batching does not change the (fixed, chunk-ordered) summation.
