@@ -93,6 +93,8 @@ def machine() -> dict:
         "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
         "torch": torch_v, "truncfast": f"{tf.__version__} ({commit})", "backends": tf.backends(),
         "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                           "TRUNCFAST_NUM_THREADS") if k in os.environ},
     }
 
 
@@ -199,7 +201,8 @@ def build(res: dict) -> tuple[str, list[str]]:
     w("")
     w(f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_GiB']} GiB; Python {mach['python']}, "
       f"NumPy {mach['numpy']}, Numba {mach['numba']}, PyTorch {mach['torch']}, truncfast {mach['truncfast']}. "
-      f"Load average (1, 5, 15 min) at start {mach['load_avg_start']}, at end {res['load_avg_end']}.")
+      f"Load average (1, 5, 15 min) at start {mach['load_avg_start']}, at end {res['load_avg_end']}. "
+      f"Environment: {mach['env'] or 'no OMP_/NUMBA_/TRUNCFAST_ thread variables set'}.")
     w("")
     w("### Roofline of this machine")
     w("")
