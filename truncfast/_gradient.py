@@ -21,7 +21,7 @@ _EMPTY = np.zeros((0, 0))
 
 
 def _euclid(R, b, X, labels, targets, backend, want_grad):
-    bk = _backends.get(backend)
+    bk = _backends.get(backend, M=R.shape[1])
     M = R.shape[1]
     W = np.zeros((0, M))
     out = bk.general(R, b, X, labels, targets, W, np.zeros(0), np.zeros((targets.shape[0], 0)), False, want_grad)
@@ -65,7 +65,7 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
         _, gb, omega, _, _ = _euclid(R, b, X, labels, targets, backend, True)
         return gb, omega
     if form == "separated":
-        bk = _backends.get(backend)
+        bk = _backends.get(backend, M=R.shape[1])
         Q = targets.shape[0]
         counts = _separated.check_separation(bk, R, b, X, labels, Q)
         S0, S1, S2 = bk.moments(R, b, X, labels, Q)
@@ -87,7 +87,7 @@ def cluster_moments(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backen
     counts = np.bincount(labels, minlength=Q).astype(np.float64)
     if (counts == 0).any():
         raise InputError(f"labels: cluster(s) {np.flatnonzero(counts == 0).tolist()} have no points")
-    S0, S1, S2 = _backends.get(backend).moments(R, b, X, labels, Q)
+    S0, S1, S2 = _backends.get(backend, M=R.shape[1]).moments(R, b, X, labels, Q)
     return _separated.normalised_moments(R, b, targets, counts, S0, S1, S2, X.shape[0])
 
 
@@ -110,7 +110,7 @@ def _check_output_layer(R, b, X, labels, W_out, b_out, Y):
 
 
 def _standard(R, b, X, labels, W_out, b_out, Y, backend, want_grad):
-    return _backends.get(backend).general(R, b, X, labels, np.zeros((0, R.shape[1])), W_out, b_out, Y, True, want_grad)
+    return _backends.get(backend, M=R.shape[1]).general(R, b, X, labels, np.zeros((0, R.shape[1])), W_out, b_out, Y, True, want_grad)
 
 
 def standard_loss(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y: Any, *,

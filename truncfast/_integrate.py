@@ -687,6 +687,9 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
             f"targets: method={method!r} / form='separated' needs one layer per cluster (L == Q), "
             f"got L = {L} layers and Q = {Q} clusters")
     name = _backends.resolve(backend, N=N, M=M, L=L)
+    if backend == "auto" and N <= _config.COMPILED_LOOP_MAX_N and form == "general" \
+            and solver_cls.code is not None and "numba" in _backends.available():
+        name = "numba"  # the whole step loop compiled: ~10 µs/step instead of ~70 µs in Python
     compiled = (name == "numba" and form == "general" and solver_cls.code is not None
                 and N <= _config.COMPILED_LOOP_MAX_N)
     settings = {

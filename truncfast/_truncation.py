@@ -35,7 +35,7 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
 
         return _distributed.truncate(R, b, X, backend=backend)
     R, b, X = check_problem(R, b, X)
-    return _backends.get(backend).truncate(R, b, X)
+    return _backends.get(backend, M=R.shape[1]).truncate(R, b, X)
 
 
 def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
@@ -54,4 +54,4 @@ def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray
     M = R.shape[1]
     if M > _config.MAX_CODE_WIDTH:
         raise InputError(f"R: sector codes are uint64 bitmasks and need M ≤ {_config.MAX_CODE_WIDTH}, got M = {M}")
-    return _backends.get(backend).codes(R, b, X)
+    return _backends.get(backend, M=R.shape[1]).codes(R, b, X)
