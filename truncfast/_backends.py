@@ -263,8 +263,8 @@ def resolve(backend: str, *, N: int | None = None, M: int | None = None, L: int 
     was built, for every problem size; else Numba; else NumPy.  The C core and
     the Numba kernels run the same algorithm with the same bits; measured on
     2 cores, C is as fast or faster at N = 10⁶, M = 8, L = 8 and at
-    N = 2·10⁵, M = 64, L = 10 (within noise at large sizes), 1.2–1.5× faster
-    for small problems (N ≲ 10⁴), where Numba's dispatch overhead dominates,
+    N = 2·10⁵, M = 64, L = 10 (within noise at large sizes), 5–25 % faster for
+    small problems (N ≲ 10⁴), where Numba's dispatch overhead dominates,
     and it needs no JIT: its first call costs milliseconds instead of Numba's
     cache load or compilation (seconds).  ``N``, ``M``, ``L`` are accepted so the
     rule can become size-dependent without changing callers.  One size rule:
