@@ -146,6 +146,7 @@ CASES: list[Case] = [
     Case("truncate", "b is 1-D", "b", lambda d, t: tf.truncate(d["R"], d["b"][0], d["X"])),
     Case("truncate", "X has the wrong width", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"][:, :2])),
     Case("truncate", "X is 1-D (a single point)", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"][0])),
+    Case("truncate", "X is None", "X", lambda d, t: tf.truncate(d["R"], d["b"], None)),
     Case("truncate", "X has no rows", "X", lambda d, t: tf.truncate(d["R"], d["b"], d["X"][:0])),
     # --- R orthogonality
     Case("truncate", "R not orthogonal (layer 1 scaled by 1.01)", "R",
@@ -230,6 +231,7 @@ CASES: list[Case] = [
     Case("integrate", "non-orthogonal R", "R", lambda d, t: _integ(d, R=_scaled(d["R"], 1, 1.01))),
     Case("integrate", "NaN in X", "X", lambda d, t: _integ(d, X=_set(d["X"], (2, 0), np.nan))),
     # --- resume
+    Case("resume", "path not a path", "path", lambda d, t: tf.resume(3, d["X"], d["labels"], d["targets"])),
     Case("resume", "no such file", "path", lambda d, t: tf.resume(t / "absent.npz", d["X"], d["labels"], d["targets"])),
     Case("resume", "truncated checkpoint file", "path",
          lambda d, t: tf.resume(_corrupted(d, t, "truncated"), d["X"], d["labels"], d["targets"])),
@@ -249,6 +251,7 @@ CASES: list[Case] = [
     Case("exact_bias_flow", "negative time", "times",
          lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], [0.0, -1.0])),
     Case("exact_bias_flow", "NaN time", "times", lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], [0.0, np.nan])),
+    Case("exact_bias_flow", "times a string", "times", lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], "abc")),
     Case("exact_bias_flow", "times 2-D", "times", lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], [[0.0, 1.0]])),
     Case("exact_bias_flow", "L ≠ Q", "targets",
          lambda d, t: tf.exact_bias_flow(d["R"], d["b"], d["X"], d["labels"], np.zeros((3, 3)), [0.0])),

@@ -202,7 +202,10 @@ class Trajectory:
 
     @classmethod
     def _load_with_header(cls, path) -> tuple["Trajectory", dict]:
-        path = os.fspath(path)
+        try:
+            path = os.fspath(path)
+        except TypeError:
+            raise InputError(f"path: expected a file path (str or os.PathLike), got {path!r}") from None
         try:
             with open(path, "rb") as fh:
                 raw = fh.read()
