@@ -167,6 +167,10 @@ def test_crash_child_hostile_values(prob):
                                              backend=bk),
                 lambda: tf.gradient(R, b, X, labels, T, form="separated", backend=bk) if len(R) == len(T) else None,
                 lambda: tf.integrate(R, b, X, labels, T, dt=0.1, steps=2, backend=bk),
+                lambda: tf.cluster_moments(R, b, X, labels, T, backend=bk),
+                lambda: tf.exact_bias_flow(R, b, X, labels, T, [0.0, 1.0, 1e300], backend=bk),
+                lambda: tf.standard_loss(R, b, X, labels, np.ones((1, X.shape[1])), np.zeros(1), T[:, :1],
+                                         backend=bk),
             ):
                 try:
                     call()

@@ -61,7 +61,8 @@ _DIGEST_SCRIPT = textwrap.dedent(r"""
         outs = [tf.truncate(R, b, X, backend=backend), tf.sector_codes(R, b, X, backend=backend),
                 np.float64(tf.loss(R, b, X, labels, T, backend=backend)),
                 *tf.gradient(R, b, X, labels, T, backend=backend),
-                *tf.standard_gradient(R, b, X, labels, W, bo, Y, backend=backend)]
+                *tf.standard_gradient(R, b, X, labels, W, bo, Y, backend=backend),
+                *tf.cluster_moments(R, b, X, labels, T, backend=backend).values()]
         tr = tf.integrate(R, b, X, labels, T, dt=0.05, steps=steps, record_every=3, backend=backend)
         outs += [tr.R, tr.b, tr.loss, tr.counts]
         for a in outs:
@@ -102,7 +103,7 @@ def _digests(threads: int, N: int) -> dict:
 
 
 def test_bitwise_equal_for_one_and_two_threads_and_across_runs():
-    """gradient, loss, truncate, codes, standard_gradient and 8 integration steps:
+    """gradient, loss, truncate, codes, standard_gradient, cluster moments and 8 integration steps:
     same bytes with 1 and 2 threads (Numba pool and OpenMP), and when repeated."""
     N = 2 * _config.CHUNK_SIZE + 77  # several chunks, a ragged last one
     one = _digests(1, N)
