@@ -87,7 +87,9 @@ int tf_codes(const double *R, const double *b, const double *X,
  * Outputs (raw sums over the N points):
  *   loss  (scalar)   sum of |residual|^2 / 2
  *   gb    (L, M)     sum of -(1 - h_l) . r_l
- *   G     (L, M, M)  sum of (h_l . r_l) v_l^T - r_l t_l^T
+ *   G     (L, M, M)  a matrix with the antisymmetric part of the sum of
+ *                    (h_l . r_l) v_l^T - r_l t_l^T (returned strictly upper
+ *                    triangular; only (G - G^T)/2 is meaningful)
  *   gW    (P, M)     sum of residual z_L^T            (standard only; may be NULL otherwise)
  *   gbo   (P,)       sum of residual                  (standard only; may be NULL otherwise)
  * want_grad == 0 computes the loss only (gb, G, gW, gbo are then left zero).

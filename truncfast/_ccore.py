@@ -138,7 +138,8 @@ def general(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: 
 
     Returns ``(loss, gb (L, M), G (L, M, M), gW (P, M), gbo (P,))`` with
     ``loss = Σ ½|res|²``, ``gb = −Σ (1 − h_ℓ) ⊙ r_ℓ``,
-    ``G_ℓ = Σ (h_ℓ ⊙ r_ℓ) v_ℓᵀ − r_ℓ t_ℓᵀ``, and for the standard loss
+    ``P_A(G_ℓ) = P_A(Σ (h_ℓ ⊙ r_ℓ) v_ℓᵀ − r_ℓ t_ℓᵀ)`` (G comes back strictly
+    upper triangular: only its antisymmetric part is meaningful), and for the standard loss
     ``gW = Σ res z_Lᵀ``, ``gbo = Σ res`` (zeros otherwise) — exactly as
     ``_kernels_numba.general_kernel``.
     """
