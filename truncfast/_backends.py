@@ -49,6 +49,28 @@ def _batch(nchunks: int, bytes_per_chunk: int) -> int:
     return int(max(1, min(nchunks, max(cap, threads))))
 
 
+def general_chunk_kernel(M: int):
+    """The §5 chunk-range kernel for width M: ``(fn, block, context)``.
+
+    ``fn`` has the signature of ``_kernels_numba.general_range``; ``context()``
+    must be held while it runs.  Narrow layers use the Numba loops; wide layers
+    (M ≥ ``_config.GEMM_MIN_WIDTH``) the BLAS-blocked kernels, with the BLAS held
+    to one thread because the caller's pool already uses every core (a
+    multi-threaded BLAS inside each worker measured 10–100× slower on a busy
+    machine).  Every caller (local pool, dask blocks) uses this one choice, so
+    local and distributed runs share their bits.
+    """
+    if M >= _config.GEMM_MIN_WIDTH:
+        from ._kernels_blas import blas_single_threaded, general_range_gemm
+
+        return general_range_gemm, _config.GEMM_BLOCK, blas_single_threaded
+    from contextlib import nullcontext
+
+    from . import _kernels_numba
+
+    return _kernels_numba.general_range, _config.BLOCK_SIZE, nullcontext
+
+
 class NumpyBackend:
     name = "numpy"
 
@@ -130,18 +152,10 @@ class NumbaBackend:
         k = self._k
         R, b, X, labels, T, W, bout, Y = _readonly(R, b, X, labels, T, W, bout, Y)
         (S,) = _readonly(k.transfer_matrices(R))
-        chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
-        chunk_fn = k.general_range
-        if M >= _config.GEMM_MIN_WIDTH:  # wide layers: BLAS GEMMs (see _kernels_blas)
-            from ._kernels_blas import blas_single_threaded, general_range_gemm
-
-            block = _config.GEMM_BLOCK
-            chunk_fn = general_range_gemm
-            # our pool already uses every core: a multi-threaded BLAS inside each
-            # worker oversubscribes them (measured 10–100× slower on a busy machine)
-            with blas_single_threaded():
-                return self._general(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, chunk_fn)
-        return self._general(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, chunk_fn)
+        chunk_fn, block, context = general_chunk_kernel(M)
+        with context():
+            return self._general(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
+                                 _config.CHUNK_SIZE, block, chunk_fn)
 
     def _general(self, R, S, b, X, labels, T, W, bout, Y, standard, want_grad, chunk, block, chunk_fn):
         N = X.shape[0]

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _config
+from . import _backends, _config
 from ._errors import InputError
 
 __all__ = ["uses_dask", "is_dask_array", "DaskEngine", "loss", "gradient", "truncate", "sector_codes",
@@ -192,12 +192,14 @@ def _partials_general(X, labels, state, offset: int, standard: bool, want_grad: 
     n = X.shape[0]
     L, M = b.shape
     P = W.shape[0]
-    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+    chunk = _config.CHUNK_SIZE
+    chunk_fn, block, context = _backends.general_chunk_kernel(M)  # the local engine's choice
     nch = (n + chunk - 1) // chunk
     ploss, pgb, pG = np.empty((nch, 1)), np.empty((nch, L, M)), np.empty((nch, L, M, M))
     pgW, pgbo = np.empty((nch, P, M)), np.empty((nch, P))
-    _over_chunks(lambda a, c, _: k.general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, a, c,
-                                                 chunk, block, 0, pgb, pG, pgW, pgbo, ploss[:, 0]), nch)
+    with context():
+        _over_chunks(lambda a, c, _: chunk_fn(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, a, c,
+                                              chunk, block, 0, pgb, pG, pgW, pgbo, ploss[:, 0]), nch)
     parts = (ploss, pgb, pG, pgW, pgbo)
     if fold_block:  # tree mode: this block's sum, chunk by chunk from zero
         sums = tuple(np.zeros(p.shape[1:]) for p in parts)
