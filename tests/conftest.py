@@ -175,3 +175,16 @@ def separated_problem(rng: np.random.Generator, M: int, Q: int, n_per: int = 12,
     P = M
     return Problem(R, b, X, labels, targets, rng.standard_normal((P, M)), rng.standard_normal(P),
                    rng.standard_normal((Q, P)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep ``@pytest.mark.slow`` tests out of the default run (CI's budget).
+
+    They run when the marker is selected explicitly: ``pytest -m slow``.
+    """
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
