@@ -136,7 +136,7 @@ class NumbaBackend:
         codes = np.empty((N if want_codes else 0, L), dtype=np.uint64)
         nchunks = (N + chunk - 1) // chunk
         self._par.run_ranges(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, out, codes, want_codes),
-                             0, nchunks)
+                             0, nchunks, split=4)
         return codes if want_codes else out
 
     def truncate(self, R, b, X):
@@ -172,7 +172,7 @@ class NumbaBackend:
             self._par.run_ranges(
                 lambda a, c, _: chunk_fn(R, S, b, X, labels, T, W, bout, Y, standard, want_grad,
                                          a, c, chunk, block, c0, pgb, pG, pgW, pgbo, ploss[:, 0]),
-                c0, c0 + nb)
+                c0, c0 + nb, split=4)
             for total, part in ((loss, ploss), (gb, pgb), (G, pG), (gW, pgW), (gbo, pgbo)):
                 k.add_slots(total, part, nb)
         return _normalise(N, loss[0], gb, G, gW, gbo, standard)
@@ -189,7 +189,7 @@ class NumbaBackend:
         for c0 in range(0, nchunks, batch):
             nb = min(batch, nchunks - c0)
             self._par.run_ranges(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, c0, p0, p1, p2),
-                                 c0, c0 + nb)
+                                 c0, c0 + nb, split=4)
             for total, part in ((S0, p0), (S1, p1), (S2, p2)):
                 k.add_slots(total, part, nb)
         return S0, S1, S2

@@ -59,22 +59,27 @@ def _executor(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def run_ranges(fn: Callable[[int, int, int], None], first: int, last: int) -> int:
+def run_ranges(fn: Callable[[int, int, int], None], first: int, last: int, *, split: int = 1) -> int:
     """Call ``fn(a, b, i)`` on contiguous sub-ranges ``a..b-1`` covering ``first..last-1``.
 
-    ``i`` numbers the sub-ranges 0, 1, …; the number of sub-ranges (at most the
-    thread count) is returned.  With one thread (or one item) the call happens
-    in the caller's thread.  Exceptions in workers propagate to the caller.
+    ``i`` numbers the sub-ranges 0, 1, …; their number — at most ``split`` times
+    the thread count — is returned.  ``split > 1`` cuts the work into more
+    pieces than threads, handed out as threads become free, so one slow thread
+    (another process on its core) does not hold up the rest; callers that keep
+    an accumulator per sub-range must size it with ``split``.  With one thread
+    (or one item) the call happens in the caller's thread.  Exceptions in
+    workers propagate to the caller.
     """
     count = last - first
     if count <= 0:
         return 0
-    n = min(get_num_threads(), count)
-    if n <= 1:
+    threads = get_num_threads()
+    if threads <= 1 or count == 1:
         fn(first, last, 0)
         return 1
+    n = min(threads * max(1, split), count)
     bounds = [first + (count * i) // n for i in range(n + 1)]
-    pool = _executor(n)
+    pool = _executor(min(threads, n))
     futures = [pool.submit(fn, bounds[i], bounds[i + 1], i) for i in range(n)]
     for f in futures:
         f.result()
