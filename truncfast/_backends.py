@@ -17,7 +17,6 @@ kernels (``_kernels_numba``), ``"c"`` the cffi core (``_ccore``, optional).
 from __future__ import annotations
 
 import importlib
-import os
 
 import numpy as np
 
@@ -146,9 +145,7 @@ class NumbaBackend:
         return self._forward_map(R, b, X, True)
 
     def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
-        N = X.shape[0]
-        L, M = b.shape
-        P = W.shape[0]
+        M = b.shape[1]
         k = self._k
         R, b, X, labels, T, W, bout, Y = _readonly(R, b, X, labels, T, W, bout, Y)
         (S,) = _readonly(k.transfer_matrices(R))

@@ -780,21 +780,10 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
 
 def _prepare_output_layer(R, b, X, labels, W_out, b_out, Y):
     """Validation of the standard-loss arguments (as ``_gradient._check_output_layer``) for a dask X."""
-    from ._validate import as_float_array, check_finite
+    from ._validate import check_output_layer
 
     R, b, X = prepare(R, b, X)
-    M = R.shape[1]
-    W_out = as_float_array("W_out", W_out, 2, (None, M))
-    check_finite("W_out", W_out)
-    P = W_out.shape[0]
-    if P == 0:
-        raise InputError("W_out: has no rows (output width P = 0)")
-    b_out = as_float_array("b_out", b_out, 1, (P,))
-    check_finite("b_out", b_out)
-    Y = as_float_array("Y", Y, 2, (None, P))
-    if Y.shape[0] == 0:
-        raise InputError("Y: has no rows (Q = 0)")
-    check_finite("Y", Y)
+    W_out, b_out, Y = check_output_layer(R.shape[1], W_out, b_out, Y)
     labels = _prepare_labels(labels, X, Y.shape[0], Q_name="Y")
     return R, b, X, labels, W_out, b_out, Y
 

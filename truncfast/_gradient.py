@@ -13,7 +13,7 @@ import numpy as np
 from . import _backends, _separated
 from ._distributed import uses_dask
 from ._errors import InputError
-from ._validate import as_float_array, as_labels, check_finite, check_problem, check_state
+from ._validate import as_labels, check_output_layer, check_problem
 
 __all__ = ["loss", "gradient", "standard_loss", "standard_gradient", "cluster_moments"]
 
@@ -93,18 +93,7 @@ def cluster_moments(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backen
 
 def _check_output_layer(R, b, X, labels, W_out, b_out, Y):
     R, b, X = check_problem(R, b, X)
-    M = R.shape[1]
-    W_out = as_float_array("W_out", W_out, 2, (None, M))
-    check_finite("W_out", W_out)
-    P = W_out.shape[0]
-    if P == 0:
-        raise InputError("W_out: has no rows (output width P = 0)")
-    b_out = as_float_array("b_out", b_out, 1, (P,))
-    check_finite("b_out", b_out)
-    Y = as_float_array("Y", Y, 2, (None, P))
-    if Y.shape[0] == 0:
-        raise InputError("Y: has no rows (Q = 0)")
-    check_finite("Y", Y)
+    W_out, b_out, Y = check_output_layer(R.shape[1], W_out, b_out, Y)
     labels = as_labels(labels, X.shape[0], Y.shape[0], Q_name="Y")
     return R, b, X, labels, W_out, b_out, Y
 

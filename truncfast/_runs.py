@@ -21,26 +21,20 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from typing import Any, Callable
 
 import numpy as np
 
 from . import _config_file
+from ._atomic import atomic_write, file_mode
 from ._config_file import ConfigError
 from ._errors import InputError
 
 __all__ = ["RunDirError", "prepare_dir", "atomic_write", "build_problem", "execute", "figure_data", "summary"]
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_mode()
+_FILE_MODE = file_mode()
 
 
 #: Files a run (or the demo, at its top level) writes; ``--force`` removes exactly these.
@@ -69,27 +63,6 @@ def prepare_dir(path: str, force: bool) -> str:
                 pass
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then ``os.replace`` it.
-
-    ``suffix`` keeps the extension on the temporary name, for writers that pick
-    the format from it (Pillow for GIF).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_text(path: str, text: str) -> None:

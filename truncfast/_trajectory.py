@@ -20,12 +20,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_write
 from ._errors import InputError
 
 __all__ = ["Trajectory", "FORMAT_VERSION"]
@@ -64,26 +64,13 @@ def _checksum(header_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
 
 
 def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as an .npz, atomically (temp file + ``os.replace``).
+    """Write ``arrays`` to ``path`` as an .npz, atomically (``_atomic.atomic_write``)."""
 
-    A reader (or a crash, or a second Ctrl-C) sees either the old file or the
-    complete new one, never a partial write.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write(path, write)
 
 
 @dataclass(eq=False)  # arrays: element-wise == would make `a == b` ambiguous

@@ -22,6 +22,7 @@ __all__ = [
     "check_rotations",
     "check_state",
     "check_problem",
+    "check_output_layer",
     "orthogonality_defect",
     "square_matrices",
 ]
@@ -203,3 +204,19 @@ def check_problem(R: Any, b: Any, X: Any, labels: Any = None, targets: Any = Non
     check_finite("targets", targets)
     labels = as_labels(labels, X.shape[0], targets.shape[0])
     return R, b, X, labels, targets
+
+
+def check_output_layer(M: int, W_out: Any, b_out: Any, Y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate the output layer of the standard loss: W_out (P, M), b_out (P,), Y (Q, P)."""
+    W_out = as_float_array("W_out", W_out, 2, (None, M))
+    check_finite("W_out", W_out)
+    P = W_out.shape[0]
+    if P == 0:
+        raise InputError("W_out: has no rows (output width P = 0)")
+    b_out = as_float_array("b_out", b_out, 1, (P,))
+    check_finite("b_out", b_out)
+    Y = as_float_array("Y", Y, 2, (None, P))
+    if Y.shape[0] == 0:
+        raise InputError("Y: has no rows (Q = 0)")
+    check_finite("Y", Y)
+    return W_out, b_out, Y
