@@ -186,12 +186,13 @@ static int64_t batch_size(int64_t nchunks, int64_t bytes_per_chunk, int64_t thre
 
 /*
  * Forward pass of THEORY 5 for the nb points p0.. of a block (transposed):
- *   v = A src, u = v + b_l, h = H(u), t = h ? u - b_l : -b_l,  z_L = R_L^T t_L.
+ *   v = A src, u = v + b_l, h = H(u), t = h ? u - b_l : -b_l,  z_L = R_L^T t_L
+ * (z_L only when want_z: the Euclidean gradient works in the last layer's frame).
  */
 TF_HOT
 static void forward_block(const double *restrict R, const double *restrict S,
                           const double *restrict b, const double *restrict X,
-                          int64_t M, int64_t L, int64_t p0, int nb, work_t *w)
+                          int64_t M, int64_t L, int64_t p0, int nb, work_t *w, int want_z)
 {
     double *Z = w->Z; /* not restrict: read again below as src of layer 0 */
     for (int p = 0; p < nb; p++)
@@ -228,6 +229,7 @@ static void forward_block(const double *restrict R, const double *restrict S,
         }
         w->ntr[l] = cnt;
     }
+    if (!want_z) return;
     for (int64_t k = 0; k < M; k++)
         for (int p = 0; p < nb; p++) Z[k * B + p] = 0.0;
     const double *restrict RL = R + (L - 1) * M * M;
@@ -247,7 +249,7 @@ static void truncate_chunk(const double *R, const double *S, const double *b, co
 {
     for (int64_t p0 = start; p0 < stop; p0 += B) {
         const int nb = (int)min64(B, stop - p0);
-        forward_block(R, S, b, X, M, L, p0, nb, w);
+        forward_block(R, S, b, X, M, L, p0, nb, w, codes == NULL);
         if (codes) {
             for (int p = 0; p < nb; p++)
                 for (int64_t l = 0; l < L; l++) {
@@ -348,7 +350,7 @@ static double general_chunk(const double *restrict R, const double *restrict S,
     }
     for (int64_t p0 = start; p0 < stop; p0 += B) {
         const int nb = (int)min64(B, stop - p0);
-        forward_block(R, S, b, X, M, L, p0, nb, w);
+        forward_block(R, S, b, X, M, L, p0, nb, w, standard);
         /* residual, loss and error vector e = g_L */
         if (standard) {
             for (int64_t q = 0; q < P; q++) {
@@ -379,11 +381,15 @@ static double general_chunk(const double *restrict R, const double *restrict S,
                     for (int p = 0; p < nb; p++) E[k * B + p] += wq * res[q * B + p];
                 }
         } else {
+            /* Euclidean loss in the last layer's frame: T holds y'_j = R_L y_j
+             * (see tf_general), z_L = R_L^T t_L, so |e| = |t_L - y'_j| and
+             * r_L = R_L e = t_L - y'_j */
+            const double *restrict TL = w->Tt + (L - 1) * M * B;
             for (int p = 0; p < nb; p++) {
                 const double *restrict Tj = T + labels[p0 + p] * M;
                 double s = 0.0;
                 for (int64_t k = 0; k < M; k++) {
-                    const double d = Z[k * B + p] - Tj[k];
+                    const double d = TL[k * B + p] - Tj[k];
                     E[k * B + p] = d;
                     s += d * d;
                 }
@@ -399,14 +405,18 @@ static double general_chunk(const double *restrict R, const double *restrict S,
                 break;
             }
         if (lowest == L) continue;
-        /* r_L = R_L e */
+        /* r_L = R_L e (already in E for the Euclidean loss) */
         double *Ra = w->Ra, *Rb = w->Rb; /* swapped per layer: not restrict */
         const double *restrict RL = R + (L - 1) * M * M;
         for (int64_t i = 0; i < M; i++) {
             for (int p = 0; p < B; p++) Ra[i * B + p] = 0.0; /* tail columns stay 0 */
-            for (int64_t k = 0; k < M; k++) {
-                const double a = RL[i * M + k];
-                for (int p = 0; p < nb; p++) Ra[i * B + p] += a * E[k * B + p];
+            if (standard) {
+                for (int64_t k = 0; k < M; k++) {
+                    const double a = RL[i * M + k];
+                    for (int p = 0; p < nb; p++) Ra[i * B + p] += a * E[k * B + p];
+                }
+            } else {
+                for (int p = 0; p < nb; p++) Ra[i * B + p] = E[i * B + p];
             }
         }
         for (int64_t l = L - 1; l >= lowest; l--) {
@@ -504,6 +514,21 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
     nthreads = threads_for(nthreads);
     const int64_t batch = batch_size(nchunks, 8 * rec, nthreads);
     const size_t wsz = work_doubles(M, L, P, want_grad);
+    /* Euclidean loss: targets in the last layer's frame, y'_j = R_L y_j (same
+     * operation order as _kernels_numba.general_chunk) */
+    double *Ty = NULL;
+    if (!standard) {
+        Ty = (double *)malloc((size_t)(Q * M) * sizeof(double));
+        if (!Ty) return TF_ERR_NOMEM;
+        const double *RLast = R + (L - 1) * M * M;
+        for (int64_t j = 0; j < Q; j++)
+            for (int64_t i = 0; i < M; i++) {
+                double acc = 0.0;
+                for (int64_t k = 0; k < M; k++) acc += RLast[i * M + k] * T[j * M + k];
+                Ty[j * M + i] = acc;
+            }
+        T = Ty;
+    }
     double *S = transfer_matrices(R, M, L);
     double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
     double *part = (double *)malloc((size_t)batch * (size_t)rec * sizeof(double));
@@ -511,6 +536,7 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
         free(S);
         free(ws);
         free(part);
+        free(Ty);
         return TF_ERR_NOMEM;
     }
     double total_loss = 0.0;
@@ -550,6 +576,7 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
     free(S);
     free(ws);
     free(part);
+    free(Ty);
     return TF_OK;
 }
 
@@ -673,7 +700,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
         const int64_t stop = min64(N, (c + 1) * chunk);
         for (int64_t p0 = c * chunk; p0 < stop; p0 += B) {
             const int nb = (int)min64(B, stop - p0);
-            forward_block(R, S, b, X, M, L, p0, nb, &w);
+            forward_block(R, S, b, X, M, L, p0, nb, &w, 0);
             for (int p = 0; p < nb; p++) {
                 const int64_t j = labels[p0 + p];
                 for (int64_t l = 0; l < L; l++) {

@@ -69,12 +69,13 @@ def transfer_matrices(R):
 
 
 @njit(cache=True, nogil=True)
-def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr):
+def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, want_z):
     """Forward pass of §5 for points p0..p0+nb-1 (transposed block layout).
 
     Fills, per layer ℓ and point p: ``U[ℓ, :, p] = u_ℓ``, ``Hm[ℓ, :, p] = h_ℓ``
     (1.0 / 0.0, H(0) = 0), ``Tt[ℓ, :, p] = t_ℓ = h⊙u − b``; ``ntr[ℓ]`` = number
-    of truncated (point, direction) pairs in the block; ``Z[:, p] = z_L``.
+    of truncated (point, direction) pairs in the block; ``Z[:, p] = z_L`` when
+    ``want_z`` (the Euclidean gradient works in the last layer's frame instead).
     """
     L, M = b.shape
     for p in range(nb):
@@ -102,6 +103,8 @@ def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr):
                 Tt[l, i, p] = (u - bi) if pos else -bi
                 cnt += 0 if pos else 1
         ntr[l] = cnt
+    if not want_z:
+        return
     for k in range(M):
         for p in range(nb):
             Z[k, p] = 0.0
@@ -122,7 +125,7 @@ def _truncate_chunk(R, S, b, X, start, stop, block, out, codes, want_codes):
     ntr = np.empty(L, dtype=np.int64)
     for p0 in range(start, stop, block):
         nb = min(block, stop - p0)
-        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr)
+        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, not want_codes)
         if want_codes:
             for p in range(nb):
                 for l in range(L):
@@ -180,11 +183,20 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
     res = np.empty((P, block))
     ntr = np.empty(L, dtype=np.int64)
     Dacc = np.zeros((L, M, block))
+    # ỹ'_j = R_L ỹ_j: the Euclidean targets in the last layer's frame
+    Ty = np.zeros((T.shape[0], M))
+    if not standard:
+        for j in range(T.shape[0]):
+            for i in range(M):
+                s = 0.0
+                for k in range(M):
+                    s += R[L - 1, i, k] * T[j, k]
+                Ty[j, i] = s
     Kacc = np.zeros((L, npairs, block))
     loss = 0.0
     for p0 in range(start, stop, block):
         nb = min(block, stop - p0)
-        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr)
+        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, standard)
         # residual, loss and error vector e = g_L (§5)
         if standard:
             for q in range(P):
@@ -216,11 +228,14 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
                     for p in range(nb):
                         E[k, p] += w * res[q, p]
         else:
+            # Euclidean loss in the last layer's frame: z_L = R_Lᵀ t_L, so
+            # e = R_Lᵀ (t_L − R_L ỹ_j), |e| = |t_L − ỹ'_j| and r_L = R_L e = t_L − ỹ'_j
+            TL = Tt[L - 1]
             for p in range(nb):
                 j = labels[p0 + p]
                 s = 0.0
                 for k in range(M):
-                    d = Z[k, p] - T[j, k]
+                    d = TL[k, p] - Ty[j, k]
                     E[k, p] = d
                     s += d * d
                 loss += 0.5 * s
@@ -235,14 +250,19 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
                 break
         if lowest == L:
             continue
-        # r_L = R_L e; columns nb..block-1 (a partial last block) stay exactly 0
+        # r_L = R_L e (already in E for the Euclidean loss); columns
+        # nb..block-1 of a partial last block stay exactly 0
         for i in range(M):
             for p in range(block):
                 Ra[i, p] = 0.0
-            for k in range(M):
-                a = R[L - 1, i, k]
+            if standard:
+                for k in range(M):
+                    a = R[L - 1, i, k]
+                    for p in range(nb):
+                        Ra[i, p] += a * E[k, p]
+            else:
                 for p in range(nb):
-                    Ra[i, p] += a * E[k, p]
+                    Ra[i, p] = E[i, p]
         for l in range(L - 1, lowest - 1, -1):
             if ntr[l] > 0:
                 H = Hm[l]
@@ -351,7 +371,7 @@ def _violations_chunk(R, S, b, X, labels, start, stop, block, counts):
     ntr = np.empty(L, dtype=np.int64)
     for p0 in range(start, stop, block):
         nb = min(block, stop - p0)
-        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr)
+        _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, False)
         for p in range(nb):
             j = labels[p0 + p]
             for l in range(L):
