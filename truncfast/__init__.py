@@ -8,6 +8,10 @@ The public surface is fixed by CONTRACT.md; the mathematics by THEORY.md
 
 from __future__ import annotations
 
+from ._numba_target import prefer_wide_vectors as _prefer_wide_vectors
+
+_prefer_wide_vectors()  # before anything imports numba (see _numba_target)
+
 from ._backends import backends as backends
 from ._errors import BackendUnavailable as BackendUnavailable
 from ._errors import DivergenceError as DivergenceError
