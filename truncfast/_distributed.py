@@ -332,8 +332,11 @@ def _add_counts(a, b):
     return a + b
 
 
-def _block_truncate(X, R, S, b, block_info=None):
-    """Lazy ``truncate`` of one block: τ^(L) of every row (per-point, so chunking never changes bits)."""
+def _block_forward(X, R, S, b, want_codes, block_info=None):
+    """Lazy ``truncate`` (rows × M float64) or ``sector_codes`` (rows × L uint64) of one block.
+
+    Per point, so the chunking never changes a bit.
+    """
     from . import _kernels_numba as k
 
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -343,12 +346,13 @@ def _block_truncate(X, R, S, b, block_info=None):
     if err is not None:
         raise InputError(err)
     n, M = X.shape
+    L = b.shape[0]
     chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
-    out = np.empty((n, M))
-    nocodes = np.empty((0, b.shape[0]), dtype=np.uint64)
-    _over_chunks(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, out, nocodes, False),
+    out = np.empty((0 if want_codes else n, M))
+    codes = np.empty((n if want_codes else 0, L), dtype=np.uint64)
+    _over_chunks(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, out, codes, want_codes),
                  (n + chunk - 1) // chunk)
-    return out
+    return codes if want_codes else out
 
 
 # ---------------------------------------------------------- the engine ---
@@ -684,7 +688,7 @@ def prepare(R, b, X, labels=None, targets=None):
     prepared dask arrays.  Values of X and labels are checked by the first map.
     """
     _require_dask()
-    from ._validate import as_float_array, check_finite, check_state
+    from ._validate import check_state, check_targets
 
     R, b = check_state(R, b)
     M = R.shape[1]
@@ -693,10 +697,7 @@ def prepare(R, b, X, labels=None, targets=None):
         return R, b, X
     if targets is None or labels is None:
         raise InputError("labels and targets must be given together")
-    targets = as_float_array("targets", targets, 2, (None, M))
-    if targets.shape[0] == 0:
-        raise InputError("targets: has no rows (Q = 0)")
-    check_finite("targets", targets)
+    targets = check_targets(targets, M)
     labels = _prepare_labels(labels, X, targets.shape[0])
     return R, b, X, labels, targets
 
@@ -828,27 +829,8 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto"):
     _check_backend(backend)
     R, b, X = prepare(R, b, X)
     S = k.transfer_matrices(R)
-    return X.map_blocks(_block_truncate, R, S, b, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
+    return X.map_blocks(_block_forward, R, S, b, False, dtype=np.float64, meta=np.empty((0, 0), dtype=np.float64),
                         name="truncfast-truncate-" + _token(X, R, b))
-
-
-def _block_codes(X, R, S, b, block_info=None):
-    """Lazy ``sector_codes`` of one block: (rows, L) uint64 bitmasks along the composition."""
-    from . import _kernels_numba as k
-
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    R, S, b, X = _ro(R, S, b, X)
-    offset = block_info[0]["array-location"][0][0] if block_info else 0
-    err = _block_error(X, None, offset, 0)
-    if err is not None:
-        raise InputError(err)
-    n, M = X.shape
-    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
-    codes = np.empty((n, b.shape[0]), dtype=np.uint64)
-    nowhere = np.empty((0, M))
-    _over_chunks(lambda a, c, _: k.truncate_range(R, S, b, X, a, c, chunk, block, nowhere, codes, True),
-                 (n + chunk - 1) // chunk)
-    return codes
 
 
 def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto"):
@@ -861,7 +843,7 @@ def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto"):
     if M > _config.MAX_CODE_WIDTH:
         raise InputError(f"R: sector codes are uint64 bitmasks and need M ≤ {_config.MAX_CODE_WIDTH}, got M = {M}")
     S = k.transfer_matrices(R)
-    return X.map_blocks(_block_codes, R, S, b, dtype=np.uint64, chunks=(X.chunks[0], (L,)),
+    return X.map_blocks(_block_forward, R, S, b, True, dtype=np.uint64, chunks=(X.chunks[0], (L,)),
                         meta=np.empty((0, 0), dtype=np.uint64), name="truncfast-codes-" + _token(X, R, b))
 
 

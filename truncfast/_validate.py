@@ -22,6 +22,7 @@ __all__ = [
     "check_rotations",
     "check_state",
     "check_problem",
+    "check_targets",
     "check_output_layer",
     "orthogonality_defect",
     "square_matrices",
@@ -183,6 +184,15 @@ def as_labels(labels: Any, N: int, Q: int, *, Q_name: str = "targets") -> np.nda
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def check_targets(targets: Any, M: int) -> np.ndarray:
+    """Validate the pulled-back labels: ``targets`` (Q, M), Q ≥ 1, finite."""
+    targets = as_float_array("targets", targets, 2, (None, M))
+    if targets.shape[0] == 0:
+        raise InputError("targets: has no rows (Q = 0)")
+    check_finite("targets", targets)
+    return targets
+
+
 def check_problem(R: Any, b: Any, X: Any, labels: Any = None, targets: Any = None):
     """Validate (R, b, X[, labels, targets]) and return float64/int64 versions.
 
@@ -198,10 +208,7 @@ def check_problem(R: Any, b: Any, X: Any, labels: Any = None, targets: Any = Non
         return R, b, X
     if targets is None or labels is None:
         raise InputError("labels and targets must be given together")
-    targets = as_float_array("targets", targets, 2, (None, M))
-    if targets.shape[0] == 0:
-        raise InputError("targets: has no rows (Q = 0)")
-    check_finite("targets", targets)
+    targets = check_targets(targets, M)
     labels = as_labels(labels, X.shape[0], targets.shape[0])
     return R, b, X, labels, targets
 
