@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 import truncfast as tf
+from _suite import torch_gradient
 from _problems import random_problem
 
 SIZES = [(10**6, 8, 8), (2 * 10**5, 64, 10)]
@@ -47,29 +48,6 @@ def _problem(N: int, M: int, L: int):
     return _cache[key]
 
 
-def _torch_gradient(R, b, X, labels, targets):
-    import torch
-
-    L = R.shape[0]
-    N = X.shape[0]
-    Xt = torch.from_numpy(X)
-    Tt = torch.from_numpy(targets)[torch.from_numpy(labels)]
-
-    def step():
-        Rt = torch.tensor(R, requires_grad=True)
-        bt = torch.tensor(b, requires_grad=True)
-        z = Xt
-        for l in range(L):
-            u = z @ Rt[l].T + bt[l]
-            z = (torch.relu(u) - bt[l]) @ Rt[l]
-        loss = ((z - Tt) ** 2).sum() / (2 * N)
-        loss.backward()
-        G = Rt.grad @ Rt.detach().transpose(1, 2)
-        return bt.grad, 0.5 * (G - G.transpose(1, 2))
-
-    return step
-
-
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"N{s[0]}-M{s[1]}-L{s[2]}")
 @pytest.mark.parametrize("backend", ["c", "numba", "torch"])
 def test_gradient(benchmark, size, backend):
@@ -80,7 +58,7 @@ def test_gradient(benchmark, size, backend):
     benchmark.group = f"gradient N={N} M={M} L={L}"
     if backend == "torch":
         pytest.importorskip("torch")
-        fn = _torch_gradient(R, b, X, labels, targets)
+        fn = torch_gradient(R, b, X, labels, targets)
     else:
         def fn():
             return tf.gradient(R, b, X, labels, targets, backend=backend)

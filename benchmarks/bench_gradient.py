@@ -10,12 +10,12 @@ stored in ``benchmark.extra_info['rss_growth_MB']``.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import truncfast as tf
 from _memory import peak_rss
 from _problems import random_problem
+from _suite import torch_gradient
 
 N, M, L = 10**6, 8, 8
 
@@ -41,22 +41,8 @@ def test_gradient(benchmark, problem, backend):
 
 
 def test_gradient_torch_eager(benchmark, problem):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     R, b, X, labels, targets = problem
     benchmark.group = f"gradient N={N} M={M} L={L}"
-    Xt = torch.from_numpy(X)
-    Tt = torch.from_numpy(targets)[torch.from_numpy(labels)]
-
-    def step():
-        Rt = torch.tensor(R, requires_grad=True)
-        bt = torch.tensor(b, requires_grad=True)
-        z = Xt
-        for l in range(L):
-            u = z @ Rt[l].T + bt[l]
-            z = (torch.relu(u) - bt[l]) @ Rt[l]
-        loss = ((z - Tt) ** 2).sum() / (2 * N)
-        loss.backward()
-        G = Rt.grad @ Rt.detach().transpose(1, 2)
-        return bt.grad, 0.5 * (G - G.transpose(1, 2))
-
+    step = torch_gradient(R, b, X, labels, targets)
     _run(benchmark, step, rounds=3)
