@@ -111,6 +111,16 @@ int tf_moments(const double *R, const double *b, const double *X, const int64_t 
                double *S0, double *S1, double *S2);
 
 /*
+ * tf_moments plus, in the same pass, counts[j] = N_j (Q,) and the coordinate-
+ * wise extent of v = R_j x over cluster j, lo/hi (Q, M) (+inf / -inf for an
+ * empty cluster).  counts, lo and hi may each be NULL.  The box lets the
+ * caller prove separation without another pass (truncfast._separated).
+ */
+int tf_moments_box(const double *R, const double *b, const double *X, const int64_t *labels,
+                   int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk, int nthreads,
+                   double *S0, double *S1, double *S2, double *counts, double *lo, double *hi);
+
+/*
  * Separation check (THEORY 6): counts[j, l] = number of points of cluster j
  * truncated in some direction at a layer l != j (along the composition).
  * counts: (Q, L).

@@ -92,6 +92,10 @@ class NumpyBackend:
     def moments(self, R, b, X, labels, Q):
         return self._ref.separated_moments(R, b, X, labels, Q)[1:]
 
+    def moments_box(self, R, b, X, labels, Q):
+        counts, S0, S1, S2 = self._ref.separated_moments(R, b, X, labels, Q)
+        return (S0, S1, S2, counts, *self._ref.separated_box(R, X, labels, Q))
+
     def violations(self, R, b, X, labels, Q):
         return self._ref.separation_violations(R, b, X, labels, Q)
 
@@ -175,21 +179,29 @@ class NumbaBackend:
         return _normalise(N, loss[0], gb, G, gW, gbo, standard)
 
     def moments(self, R, b, X, labels, Q):
+        return self.moments_box(R, b, X, labels, Q)[:3]
+
+    def moments_box(self, R, b, X, labels, Q):
         N, M = X.shape
         k = self._k
         R, b, X, labels = _readonly(R, b, X, labels)
         chunk = _config.CHUNK_SIZE
         nchunks = (N + chunk - 1) // chunk
-        batch = _batch(nchunks, 8 * Q * M * (2 * M + 1))
-        S0, S1, S2 = np.zeros((Q, M)), np.zeros((Q, M, M)), np.zeros((Q, M, M))
+        batch = _batch(nchunks, 8 * Q * (M * (2 * M + 3) + 1))
+        S0, S1, S2, cnt = np.zeros((Q, M)), np.zeros((Q, M, M)), np.zeros((Q, M, M)), np.zeros(Q)
+        lo, hi = np.full((Q, M), np.inf), np.full((Q, M), -np.inf)
         p0, p1, p2 = np.empty((batch, Q, M)), np.empty((batch, Q, M, M)), np.empty((batch, Q, M, M))
+        pn, plo, phi = np.empty((batch, Q)), np.empty((batch, Q, M)), np.empty((batch, Q, M))
         for c0 in range(0, nchunks, batch):
             nb = min(batch, nchunks - c0)
-            self._par.run_ranges(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, c0, p0, p1, p2),
+            self._par.run_ranges(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, c0, p0, p1, p2,
+                                                                 pn, plo, phi),
                                  c0, c0 + nb, split=4)
-            for total, part in ((S0, p0), (S1, p1), (S2, p2)):
+            for total, part in ((S0, p0), (S1, p1), (S2, p2), (cnt, pn)):
                 k.add_slots(total, part, nb)
-        return S0, S1, S2
+            np.minimum(lo, plo[:nb].min(axis=0), out=lo)  # min / max: exact in any order
+            np.maximum(hi, phi[:nb].max(axis=0), out=hi)
+        return S0, S1, S2, cnt, lo, hi
 
     def violations(self, R, b, X, labels, Q):
         N = X.shape[0]
@@ -230,6 +242,9 @@ class CBackend:
 
     def moments(self, R, b, X, labels, Q):
         return self._c.moments(R, b, X, labels, Q, _config.CHUNK_SIZE)
+
+    def moments_box(self, R, b, X, labels, Q):
+        return self._c.moments_box(R, b, X, labels, Q, _config.CHUNK_SIZE)
 
     def violations(self, R, b, X, labels, Q):
         return self._c.violations(R, b, X, labels, Q, _config.CHUNK_SIZE)

@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-__all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size",
+__all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size", "moments_box",
            "truncate", "codes", "general", "moments", "violations"]
 
 #: Calls into the C core per function name (lets tests prove the C path ran).
@@ -185,6 +185,23 @@ def moments(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: 
         N, M, L, Q, chunk, _threads(threads), _buf("double *", S0, np.float64, "S0"),
         _buf("double *", S1, np.float64, "S1"), _buf("double *", S2, np.float64, "S2")), "moments")
     return S0, S1, S2
+
+
+def moments_box(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
+                chunk: int, threads: int | None = None):
+    """:func:`moments` plus the cluster sizes (Q,) and the extent lo, hi (Q, M) of v = R_j x, in one pass."""
+    calls["moments"] += 1
+    N, M, L = _dims(R, b, X)
+    S0, S1, S2 = np.empty((Q, M)), np.empty((Q, M, M)), np.empty((Q, M, M))
+    counts, lo, hi = np.empty(Q), np.empty((Q, M)), np.empty((Q, M))
+    _check(lib.tf_moments_box(
+        _buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
+        _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
+        N, M, L, Q, chunk, _threads(threads), _buf("double *", S0, np.float64, "S0"),
+        _buf("double *", S1, np.float64, "S1"), _buf("double *", S2, np.float64, "S2"),
+        _buf("double *", counts, np.float64, "counts"), _buf("double *", lo, np.float64, "lo"),
+        _buf("double *", hi, np.float64, "hi")), "moments")
+    return S0, S1, S2, counts, lo, hi
 
 
 def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,

@@ -286,7 +286,8 @@ def _map_moments(X, labels, state, offset: int, Q: int, fold_block: bool) -> "_P
     chunk = _config.CHUNK_SIZE
     nch = (X.shape[0] + chunk - 1) // chunk
     p0, p1, p2 = np.empty((nch, Q, M)), np.empty((nch, Q, M, M)), np.empty((nch, Q, M, M))
-    _over_chunks(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, 0, p0, p1, p2), nch)
+    pn, plo, phi = np.empty((nch, Q)), np.empty((nch, Q, M)), np.empty((nch, Q, M))  # unused here
+    _over_chunks(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, 0, p0, p1, p2, pn, plo, phi), nch)
     parts = (p0, p1, p2)
     if fold_block:
         sums = tuple(np.zeros(p.shape[1:]) for p in parts)

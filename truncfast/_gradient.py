@@ -67,8 +67,7 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
     if form == "separated":
         bk = _backends.get(backend, M=R.shape[1])
         Q = targets.shape[0]
-        counts = _separated.check_separation(bk, R, b, X, labels, Q)
-        S0, S1, S2 = bk.moments(R, b, X, labels, Q)
+        counts, S0, S1, S2 = _separated.checked_moments(bk, R, b, X, labels, Q)
         return _separated.assemble(R, b, targets, counts, S0, S1, S2, X.shape[0])
     raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
 

@@ -345,8 +345,7 @@ class _Run:
             return RHS(float(loss), gb, om)
         Q = T.shape[0]
         N = X.shape[0]
-        counts = _separated.check_separation(self.bk, R, b, X, labels, Q)
-        S0, S1, S2 = self.bk.moments(R, b, X, labels, Q)
+        counts, S0, S1, S2 = _separated.checked_moments(self.bk, R, b, X, labels, Q)
         gb, om = _separated.assemble(R, b, T, counts, S0, S1, S2, N)
         loss = float(self.bk.general(R, b, X, labels, T, self._W0, self._bo0, self._Y0, False, False)[0])
         rhs = RHS(loss, gb, om)

@@ -330,16 +330,29 @@ def general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, c_firs
 
 
 @njit(cache=True, nogil=True)
-def _moments_chunk(R, b, X, labels, start, stop, S0, S1, S2):
+def _moments_chunk(R, b, X, labels, start, stop, S0, S1, S2, cnt, lo, hi):
+    """Moments of §6 for points start..stop-1, summed point by point in order.
+
+    ``v = R_j x`` (j = label, sum over k in order), ``h = H(v + b_j)``, then
+    ``S0_i += h_i``, ``S1_ik += h_i v_k``, ``S2_ik += (h_i v_i) v_k``; a point
+    with h_i = 0 adds nothing to row i.  Also the cluster sizes ``cnt`` and the
+    coordinate-wise extent ``lo``/``hi`` of v over each cluster (for the
+    separation test on boxes, :func:`truncfast._separated.separated_by_boxes`).
+    """
     M = X.shape[1]
     v = np.empty(M)
     for n in range(start, stop):
         j = labels[n]
+        cnt[j] += 1.0
         for i in range(M):
             s = 0.0
             for k in range(M):
                 s += R[j, i, k] * X[n, k]
             v[i] = s
+            if s < lo[j, i]:
+                lo[j, i] = s
+            if s > hi[j, i]:
+                hi[j, i] = s
         for i in range(M):
             if v[i] + b[j, i] > 0.0:
                 S0[j, i] += 1.0
@@ -350,15 +363,23 @@ def _moments_chunk(R, b, X, labels, start, stop, S0, S1, S2):
 
 
 @njit(cache=True, nogil=True)
-def moments_range(R, b, X, labels, c_first, c_last, chunk, slot0, p0, p1, p2):
-    """Raw constrained moments of §6 (cluster j at layer j) per chunk, into slots c − slot0."""
+def moments_range(R, b, X, labels, c_first, c_last, chunk, slot0, p0, p1, p2, pn, plo, phi):
+    """Raw constrained moments of §6 (cluster j at layer j) per chunk, into slots c − slot0.
+
+    Slots: S0 ``p0`` (Q, M), S1 ``p1`` and S2 ``p2`` (Q, M, M), cluster sizes
+    ``pn`` (Q,), extent of v = R_j x ``plo``/``phi`` (Q, M).
+    """
     N = X.shape[0]
     for c in range(c_first, c_last):
         s = c - slot0
         p0[s] = 0.0
         p1[s] = 0.0
         p2[s] = 0.0
-        _moments_chunk(R, b, X, labels, c * chunk, min(N, (c + 1) * chunk), p0[s], p1[s], p2[s])
+        pn[s] = 0.0
+        plo[s] = np.inf
+        phi[s] = -np.inf
+        _moments_chunk(R, b, X, labels, c * chunk, min(N, (c + 1) * chunk), p0[s], p1[s], p2[s], pn[s],
+                       plo[s], phi[s])
 
 
 @njit(cache=True, nogil=True)

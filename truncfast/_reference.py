@@ -121,6 +121,23 @@ def separated_moments(R, b, X, labels, Q):
     return counts, S0, S1, S2
 
 
+def separated_box(R, X, labels, Q):
+    """Coordinate-wise extent of v = R_j x over each cluster j: ``(lo, hi)``, (Q, M) each.
+
+    Empty clusters give +inf / −inf.
+    """
+    M = X.shape[1]
+    lo = np.full((Q, M), np.inf)
+    hi = np.full((Q, M), -np.inf)
+    for j in range(Q):
+        for s in range(0, X.shape[0], _ROWS):
+            v = X[s : s + _ROWS][labels[s : s + _ROWS] == j] @ R[j].T
+            if v.shape[0]:
+                lo[j] = np.minimum(lo[j], v.min(axis=0))
+                hi[j] = np.maximum(hi[j], v.max(axis=0))
+    return lo, hi
+
+
 def separation_violations(R, b, X, labels, Q):
     """(Q, L) counts: points of cluster j truncated (along the composition) at layer ℓ ≠ j."""
     L, M, _ = R.shape

@@ -11,8 +11,12 @@ cluster's empirical measure μ_j in the rotated frame v = R_j x, h = H(v + b_j):
     (Ω_j)_ik = (π_j/2)[m2_ik − m2_ki − ỹ'_i m1_ik + ỹ'_k m1_ki + ỹ'_i t̄_k − ỹ'_k t̄_i]   [3.40–3.41]
 
 The kernels return raw sums (S0 = N_j m0, ...); :func:`assemble` turns them
-into (grad_b, omega) in O(Q M²).  The assumption is checked first by
-:func:`check_separation`, which runs the full composition.
+into (grad_b, omega) in O(Q M²).  :func:`checked_moments` gets them in one
+pass over the data together with each cluster's bounding box in its own
+frame, and proves the separation assumption on the boxes
+(:func:`separated_by_boxes`, no further pass); only when that test is
+inconclusive does :func:`check_separation` look at the data again (enclosing
+balls, then the full composition per point).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ __all__ = [
     "cluster_balls",
     "separated_by_balls",
     "check_separation",
+    "checked_moments",
+    "separated_by_boxes",
     "assemble",
     "normalised_moments",
 ]
@@ -102,6 +108,66 @@ def separated_by_balls(R, b, centers, radius) -> bool:
             if u.min() <= r + margin:
                 return False
     return True
+
+
+def separated_by_boxes(R, b, lo, hi) -> bool:
+    """Sufficient condition for cluster separation from each cluster's box, O(L² M³), no pass over the data.
+
+    Cluster j lies in the box lo_j ≤ v ≤ hi_j of its own frame v = R_j x.  For
+    ℓ < j its points reach layer ℓ unchanged (the earlier layers act as the
+    identity on them, which this same test establishes layer by layer), so
+    layer ℓ sees u = A v + b_ℓ with A = R_ℓ R_jᵀ.  For ℓ > j they arrive as
+    τ_j(x) = R_jᵀ t with t = max(v + b_j, 0) − b_j, coordinate-wise monotone in
+    v, so t lies in the box [max(lo + b_j, 0) − b_j, max(hi + b_j, 0) − b_j] —
+    exactly.  The minimum of a linear function over a box is attained at a
+    corner: min_i u = Σ_k min(A_ik lo_k, A_ik hi_k) + b_ℓi.  If it exceeds a
+    rounding margin for every layer ℓ ≠ j and direction i, layer ℓ is the
+    identity on cluster j (THEORY §6, Def. 3.1).  Returns False when the test
+    is inconclusive (a slower check must then decide).
+    """
+    L, M, _ = R.shape
+    Q = lo.shape[0]
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return False
+    A = np.einsum("lik,jmk->jlim", R, R[:Q])  # A[j, ℓ] = R_ℓ R_jᵀ
+    pos, neg = np.maximum(A, 0.0), np.minimum(A, 0.0)
+    for j in range(Q):
+        t_lo = np.maximum(lo[j] + b[j], 0.0) - b[j]
+        t_hi = np.maximum(hi[j] + b[j], 0.0) - b[j]
+        for l in range(L):
+            if l == j:
+                continue
+            blo, bhi = (lo[j], hi[j]) if l < j else (t_lo, t_hi)
+            umin = pos[j, l] @ blo + neg[j, l] @ bhi + b[l]
+            scale = np.abs(A[j, l]) @ np.maximum(np.abs(blo), np.abs(bhi)) + np.abs(b[l]) + np.abs(b[j]).max()
+            if (umin <= 1e-9 * (scale + 1.0)).any():
+                return False
+    return True
+
+
+def checked_moments(bk, R, b, X, labels, Q: int):
+    """``(counts, S0, S1, S2)`` of the separated form, with the assumption verified.
+
+    One pass over the data (``bk.moments_box``) gives the moments, the cluster
+    sizes and each cluster's box; the boxes usually prove separation
+    (:func:`separated_by_boxes`).  Otherwise :func:`check_separation` decides
+    (and raises :class:`SeparationError` naming the clusters and layers).
+    Raises on L ≠ Q and on empty clusters.
+    """
+    L = R.shape[0]
+    if L != Q:
+        raise SeparationShapeError(
+            f"targets: form='separated' needs one layer per cluster (L == Q), got L = {L} layers and Q = {Q} clusters"
+        )
+    S0, S1, S2, counts, lo, hi = bk.moments_box(R, b, X, labels, Q)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise InputError(
+            f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points; form='separated' needs every cluster non-empty"
+        )
+    if not separated_by_boxes(R, b, lo, hi):
+        check_separation(bk, R, b, X, labels, Q)
+    return counts, S0, S1, S2
 
 
 def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
