@@ -41,8 +41,13 @@
  * arithmetic without contraction is exactly the scalar arithmetic, lane by
  * lane, so the bits do not change. */
 #define VL 8
-#if B % VL != 0
-#error "TF_BLOCK_SIZE must be a multiple of VL"
+/* Tiles processed in lockstep: their sums over k are independent, so they
+ * interleave and hide the latency of each tile's chain of additions. */
+#ifndef TG
+#define TG 2
+#endif
+#if B % (VL * TG) != 0
+#error "TF_BLOCK_SIZE must be a multiple of VL * TG"
 #endif
 #if !defined(__GNUC__)
 #error "the C core needs GCC or Clang vector extensions (the Numba backend works without it)"
@@ -238,12 +243,12 @@ void forward_block(const double *restrict R, const double *restrict S,
     double *Z = w->Z; /* not restrict: read again below as src of layer 0 */
     const vd zero = {0.0}, one = zero + 1.0;
     for (int64_t l = 0; l < L; l++) w->ntr[l] = 0;
-    for (int q0 = 0; q0 < nb; q0 += VL) {
-        const int nq = nb - q0 < VL ? nb - q0 : VL;
-        vi valid; /* lanes of real points */
-        for (int q = 0; q < VL; q++) valid[q] = q < nq ? -1 : 0;
-        for (int q = 0; q < nq; q++)
-            for (int64_t k = 0; k < M; k++) Z[AT(M, k, q0 + q)] = X[(p0 + q0 + q) * M + k];
+    for (int q0 = 0; q0 < nb; q0 += VL * TG) {
+        vi valid[TG]; /* lanes of real points */
+        for (int g = 0; g < TG; g++)
+            for (int q = 0; q < VL; q++) valid[g][q] = q0 + g * VL + q < nb ? -1 : 0;
+        for (int q = q0; q < nb && q < q0 + VL * TG; q++)
+            for (int64_t k = 0; k < M; k++) Z[AT(M, k, q)] = X[(p0 + q) * M + k];
         for (int64_t l = 0; l < L; l++) {
             double *restrict V = w->U + l * M * B + q0 * M;
             double *restrict Hl = w->Hm + l * M * B + q0 * M;
@@ -252,17 +257,23 @@ void forward_block(const double *restrict R, const double *restrict S,
             const double *src = (l == 0 ? Z : w->Tt + (l - 1) * M * B) + q0 * M;
             vi trunc = {0}; /* lanes truncated in some direction */
             for (int64_t i = 0; i < M; i++) {
-                vd acc = zero;
-                for (int64_t k = 0; k < M; k++) acc += A[i * M + k] * VLOAD(src + k * VL);
+                vd acc[TG];
+                for (int g = 0; g < TG; g++) acc[g] = zero;
+                for (int64_t k = 0; k < M; k++) {
+                    const double a = A[i * M + k];
+                    for (int g = 0; g < TG; g++) acc[g] += a * VLOAD(src + g * M * VL + k * VL);
+                }
                 const double bi = b[l * M + i];
-                const vd u = acc + bi;
-                const vi pos = u > zero; /* H(0) = 0 */
-                VSTORE(V + i * VL, u);
-                VSTORE(Hl + i * VL, vselect(pos, one, zero));
-                VSTORE(Tl + i * VL, vselect(pos, u - bi, zero - bi));
-                trunc |= ~pos;
+                for (int g = 0; g < TG; g++) {
+                    const vd u = acc[g] + bi;
+                    const vi pos = u > zero; /* H(0) = 0 */
+                    const int64_t o = g * M * VL + i * VL;
+                    VSTORE(V + o, u);
+                    VSTORE(Hl + o, vselect(pos, one, zero));
+                    VSTORE(Tl + o, vselect(pos, u - bi, zero - bi));
+                    trunc |= ~pos & valid[g];
+                }
             }
-            trunc &= valid;
             int64_t any = 0;
             for (int q = 0; q < VL; q++) any |= trunc[q];
             w->ntr[l] |= any != 0;
@@ -271,9 +282,13 @@ void forward_block(const double *restrict R, const double *restrict S,
         const double *restrict RL = R + (L - 1) * M * M;
         const double *restrict TL = w->Tt + (L - 1) * M * B + q0 * M;
         for (int64_t k = 0; k < M; k++) {
-            vd acc = zero;
-            for (int64_t i = 0; i < M; i++) acc += RL[i * M + k] * VLOAD(TL + i * VL);
-            VSTORE(Z + q0 * M + k * VL, acc);
+            vd acc[TG];
+            for (int g = 0; g < TG; g++) acc[g] = zero;
+            for (int64_t i = 0; i < M; i++) {
+                const double a = RL[i * M + k];
+                for (int g = 0; g < TG; g++) acc[g] += a * VLOAD(TL + g * M * VL + i * VL);
+            }
+            for (int g = 0; g < TG; g++) VSTORE(Z + (q0 + g * VL) * M + k * VL, acc[g]);
         }
     }
 }
@@ -465,48 +480,60 @@ double general_chunk_impl(const double *restrict R, const double *restrict S,
         double *Ra = w->Ra, *Rb = w->Rb; /* (M, VL) tiles, swapped per layer: not restrict */
         const vd zero = {0.0}, one = zero + 1.0;
         const double *restrict RL = R + (L - 1) * M * M;
-        for (int q0 = 0; q0 < nb; q0 += VL) {
-            const int nq = nb - q0 < VL ? nb - q0 : VL;
-            /* r_L = R_L e (already in E for the Euclidean loss); lanes >= nq are 0 */
-            for (int64_t i = 0; i < M; i++) {
-                double acc[VL];
-                for (int q = 0; q < VL; q++) acc[q] = 0.0;
-                if (standard) {
-                    for (int64_t k = 0; k < M; k++) {
-                        const double a = RL[i * M + k];
-                        for (int q = 0; q < nq; q++) acc[q] += a * E[AT(M, k, q0 + q)];
+        for (int q0 = 0; q0 < nb; q0 += VL * TG) {
+            /* r_L = R_L e (already in E for the Euclidean loss); lanes of no point are 0 */
+            for (int g = 0; g < TG; g++) {
+                const int t0 = q0 + g * VL, nq = nb - t0 < 0 ? 0 : nb - t0 < VL ? nb - t0 : VL;
+                double *Rg = Ra + g * M * VL;
+                for (int64_t i = 0; i < M; i++) {
+                    double acc[VL];
+                    for (int q = 0; q < VL; q++) acc[q] = 0.0;
+                    if (standard) {
+                        for (int64_t k = 0; k < M; k++) {
+                            const double a = RL[i * M + k];
+                            for (int q = 0; q < nq; q++) acc[q] += a * E[AT(M, k, t0 + q)];
+                        }
+                    } else {
+                        for (int q = 0; q < nq; q++) acc[q] = E[AT(M, i, t0 + q)];
                     }
-                } else {
-                    for (int q = 0; q < nq; q++) acc[q] = E[AT(M, i, q0 + q)];
+                    for (int q = 0; q < VL; q++) Rg[i * VL + q] = acc[q];
                 }
-                for (int q = 0; q < VL; q++) Ra[i * VL + q] = acc[q];
             }
             for (int64_t l = L - 1; l >= lowest; l--) {
                 if (w->ntr[l] > 0) {
-                    const double *Hl = w->Hm + l * M * B + q0 * M;
-                    const double *Ul = w->U + l * M * B + q0 * M;
-                    double *Dl = w->Dacc + l * M * B + q0 * M;
-                    double *Kl = w->Kacc + l * npairs * B + q0 * npairs;
-                    for (int64_t i = 0; i < M; i++)
-                        VSTORE(Dl + i * VL, VLOAD(Dl + i * VL) + (one - VLOAD(Hl + i * VL)) * VLOAD(Ra + i * VL));
-                    int64_t pair = 0;
-                    for (int64_t i = 0; i < M; i++) {
-                        const vd hi = VLOAD(Hl + i * VL), ui = VLOAD(Ul + i * VL), ri = VLOAD(Ra + i * VL);
-                        for (int64_t k = i + 1; k < M; k++, pair++) {
-                            const vd hk = VLOAD(Hl + k * VL), uk = VLOAD(Ul + k * VL), rk = VLOAD(Ra + k * VL);
-                            VSTORE(Kl + pair * VL, VLOAD(Kl + pair * VL) + (hi - hk) * (ri * uk + ui * rk));
+                    for (int g = 0; g < TG; g++) {
+                        const int64_t t0 = q0 + g * VL;
+                        const double *Hl = w->Hm + l * M * B + t0 * M;
+                        const double *Ul = w->U + l * M * B + t0 * M;
+                        double *Dl = w->Dacc + l * M * B + t0 * M;
+                        double *Kl = w->Kacc + l * npairs * B + t0 * npairs;
+                        double *Rg = Ra + g * M * VL;
+                        for (int64_t i = 0; i < M; i++)
+                            VSTORE(Dl + i * VL, VLOAD(Dl + i * VL) + (one - VLOAD(Hl + i * VL)) * VLOAD(Rg + i * VL));
+                        int64_t pair = 0;
+                        for (int64_t i = 0; i < M; i++) {
+                            const vd hi = VLOAD(Hl + i * VL), ui = VLOAD(Ul + i * VL), ri = VLOAD(Rg + i * VL);
+                            for (int64_t k = i + 1; k < M; k++, pair++) {
+                                const vd hk = VLOAD(Hl + k * VL), uk = VLOAD(Ul + k * VL), rk = VLOAD(Rg + k * VL);
+                                VSTORE(Kl + pair * VL, VLOAD(Kl + pair * VL) + (hi - hk) * (ri * uk + ui * rk));
+                            }
                         }
+                        /* h . r: exact (h is 0 or 1), and equal to r where untruncated */
+                        for (int64_t i = 0; i < M; i++) VSTORE(Rg + i * VL, VLOAD(Rg + i * VL) * VLOAD(Hl + i * VL));
                     }
-                    /* h . r: exact (h is 0 or 1), and equal to r where untruncated */
-                    for (int64_t i = 0; i < M; i++) VSTORE(Ra + i * VL, VLOAD(Ra + i * VL) * VLOAD(Hl + i * VL));
                 }
                 if (l > lowest) {
-                    /* r_{l-1} = S_{l-1}^T (h_l . r_l), summed over i in order */
+                    /* r_{l-1} = S_{l-1}^T (h_l . r_l), summed over i in order; the TG
+                     * tiles' independent sums interleave to hide the add latency */
                     const double *restrict Sl = S + (l - 1) * M * M;
                     for (int64_t j = 0; j < M; j++) {
-                        vd acc = zero;
-                        for (int64_t i = 0; i < M; i++) acc += Sl[i * M + j] * VLOAD(Ra + i * VL);
-                        VSTORE(Rb + j * VL, acc);
+                        vd acc[TG];
+                        for (int g = 0; g < TG; g++) acc[g] = zero;
+                        for (int64_t i = 0; i < M; i++) {
+                            const double a = Sl[i * M + j];
+                            for (int g = 0; g < TG; g++) acc[g] += a * VLOAD(Ra + g * M * VL + i * VL);
+                        }
+                        for (int g = 0; g < TG; g++) VSTORE(Rb + g * M * VL + j * VL, acc[g]);
                     }
                     double *tmp = Ra;
                     Ra = Rb;
