@@ -366,3 +366,19 @@ def test_concurrent_calls_from_user_threads(backend, rng):
     for want, got in zip(serial * 2, par):
         for a, b in zip(want, got):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 123_457, 2**18 + 2**16 - 1])
+def test_large_X_nonfinite_found_by_the_threaded_scan(bad, where):
+    """Arrays of ≥ 2¹⁸ values are scanned on the engine's threads (exponent bits), not summed."""
+    from truncfast._validate import _PARALLEL_FINITE, check_finite
+
+    X = np.random.default_rng(0).standard_normal((2**16 + 2**14, 4))
+    assert X.size >= _PARALLEL_FINITE
+    check_finite("X", X)  # all finite: passes
+    X.reshape(-1)[where] = bad
+    with pytest.raises(tf.InputError, match=r"X: contains .*inf|X: contains nan"):
+        check_finite("X", X)
+    huge = np.full((2**16 + 2**14, 4), np.finfo(float).max)  # finite, overflows a sum: must pass
+    check_finite("X", huge)
