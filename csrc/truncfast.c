@@ -1,18 +1,22 @@
 /*
  * truncfast.c -- C99 + OpenMP port of truncfast/_kernels_numba.py.
  *
- * The algorithm, the layout and the order of every floating-point operation
- * are those of the Numba kernels, so that both give the same bits:
+ * The algorithm and the order of every floating-point operation are those of
+ * the Numba kernels, so that both give the same bits (the loop structure and
+ * the scratch layout are not: see "register tiles" below and DESIGN.md):
  *
  *   - The N points are split into fixed chunks of `chunk` points; a chunk is
  *     processed sequentially by one thread into its own partial sums, and the
  *     partials are added to the totals in chunk order (THEORY 5, DESIGN.md
  *     "Determinism").  Chunks are handed out in batches that bound the memory
  *     of the partials; batching never changes the order of the additions.
- *   - Inside a chunk, points are processed in blocks of TF_BLOCK_SIZE points
- *     stored transposed, (M, block), so every matrix-vector product becomes
- *     axpys over the points of a block; these vectorise without reassociating
- *     any sum (each entry is still summed over k in ascending order).
+ *   - Inside a chunk, points are processed in blocks of TF_BLOCK_SIZE points;
+ *     sums over points run in one lane per point of the block.  A block is
+ *     walked in register tiles of VL points (TG tiles in lockstep) through all
+ *     layers: every matrix-vector product keeps an output row in a vector
+ *     register while it sums over k in ascending order -- the same operations
+ *     as the Numba kernel's axpys over the block, without reassociating any
+ *     sum.  Scratch is stored tile-major (AT() below).
  *   - The forward pass uses transfer matrices S_l = R_{l+1} R_l^T:
  *       v_1 = R_1 x,  v_{l+1} = S_l t_l,  z_L = R_L^T t_L,
  *     and the backward pass r_{l-1} = S_{l-1}^T (h_l . r_l) (THEORY 5).
@@ -228,12 +232,14 @@ static int64_t batch_size(int64_t nchunks, int64_t bytes_per_chunk, int64_t thre
  *   v = A src, u = v + b_l, h = H(u), t = h ? u - b_l : -b_l,  z_L = R_L^T t_L
  * (z_L only when want_z: the Euclidean gradient works in the last layer's frame).
  *
- * The block is walked in tiles of VL points through all L layers, each output
- * row held in a VL-wide register accumulator while k runs: the sum over k is
- * the same sequence of operations as the axpy form of the Numba kernel
- * (0.0 + a_0 s_0 + a_1 s_1 + ...), so the bits are equal, but the row is
- * loaded and stored once instead of M times.  Lanes of the last tile beyond
- * nb compute on stale but finite scratch and are never counted or used.
+ * The block is walked in groups of TG tiles of VL points through all L layers,
+ * each output row held in a VL-wide register accumulator per tile while k
+ * runs: the sum over k is the same sequence of operations as the axpy form of
+ * the Numba kernel (0.0 + a_0 s_0 + a_1 s_1 + ...), so the bits are equal, but
+ * the row is loaded and stored once instead of M times.  Lanes beyond nb (in
+ * the last tile or group) compute on stale but finite scratch (Z is zeroed at
+ * the start of each chunk) and are never counted; their r is 0 in the
+ * backward pass, so they add exactly nothing.
  */
 TF_INLINE
 void forward_block(const double *restrict R, const double *restrict S,
@@ -869,6 +875,27 @@ int tf_moments(const double *R, const double *b, const double *X, const int64_t 
                double *S0, double *S1, double *S2)
 {
     return tf_moments_box(R, b, X, labels, N, M, L, Q, chunk, nthreads, S0, S1, S2, NULL, NULL, NULL);
+}
+
+/* ------------------------------------------------------------ validation -- */
+
+int tf_any_nonfinite(const double *x, int64_t n, int nthreads)
+{
+    if (n <= 0) return 0;
+    if (!x) return 0;
+    const uint64_t expo = 0x7FF0000000000000ULL;
+    uint64_t m = 0;
+    nthreads = threads_for(nthreads);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) reduction(max : m) num_threads(nthreads) if (n >= (1 << 16))
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t bits;
+        memcpy(&bits, x + i, sizeof bits);
+        bits &= expo;
+        m = bits > m ? bits : m;
+    }
+    return m == expo;
 }
 
 /* ------------------------------------------------------------- violations -- */

@@ -129,6 +129,12 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
                   int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk, int nthreads,
                   int64_t *counts);
 
+/*
+ * 1 if x[0..n-1] holds a NaN or an infinity, else 0 (exponent bits all set;
+ * integer max over the bits, OpenMP over the array).  For input validation.
+ */
+int tf_any_nonfinite(const double *x, int64_t n, int nthreads);
+
 /* END CDEF */
 
 #ifdef __cplusplus

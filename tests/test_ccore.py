@@ -317,3 +317,24 @@ def test_auto_resolves_to_an_available_backend():
     if _ccore.available():
         assert _backends.resolve("auto", N=10, M=2, L=1) == "c"
 
+
+
+@needs_c
+def test_c_backend_never_loads_a_numba_kernel():
+    """backend='c' calls on large arrays (validation included) leave every Numba
+    kernel uncompiled: no JIT latency and no LLVM memory (~60 MB) in C-only runs."""
+    code = """
+import numpy as np, truncfast as tf
+from numba.core.registry import CPUDispatcher
+from truncfast import _kernels_numba as k
+rng = np.random.default_rng(0); M, L, N = 4, 3, 70000  # N*M >= 2**18: the threaded finiteness scan
+R = np.array([np.linalg.qr(rng.standard_normal((M, M)))[0] for _ in range(L)])
+b = rng.standard_normal((L, M)); X = rng.standard_normal((N, M))
+labels = rng.integers(0, L, N); T = rng.standard_normal((L, M))
+tf.gradient(R, b, X, labels, T, backend="c"); tf.loss(R, b, X, labels, T, backend="c")
+tf.truncate(R, b, X, backend="c"); tf.sector_codes(R, b, X, backend="c")
+compiled = [n for n, f in vars(k).items() if isinstance(f, CPUDispatcher) and f.signatures]
+print(compiled)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -187,6 +187,11 @@ def moments(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: 
     return S0, S1, S2
 
 
+def any_nonfinite(flat: np.ndarray, threads: int | None = None) -> bool:
+    """True if the C-contiguous float64 array holds a NaN or ±inf (input validation)."""
+    return bool(lib.tf_any_nonfinite(_buf("double *", flat, np.float64, "x"), flat.size, _threads(threads)))
+
+
 def moments_box(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
                 chunk: int, threads: int | None = None):
     """:func:`moments` plus the cluster sizes (Q,) and the extent lo, hi (Q, M) of v = R_j x, in one pass."""

@@ -413,21 +413,6 @@ def violations_range(R, S, b, X, labels, c_first, c_last, chunk, block, counts):
 
 
 @njit(cache=True, nogil=True)
-def nonfinite_range(bits, start, stop):
-    """True if bits[start:stop] (float64 viewed as uint64) holds a NaN or ±inf.
-
-    NaN and ±inf are exactly the values whose 11 exponent bits are all set; the
-    largest masked exponent is an integer max, which vectorises.
-    """
-    exp = np.uint64(0x7FF0000000000000)
-    m = np.uint64(0)
-    for i in range(start, stop):
-        e = bits[i] & exp
-        m = e if e > m else m
-    return m == exp
-
-
-@njit(cache=True, nogil=True)
 def add_slots(total, parts, n):
     """total += parts[0] + parts[1] + … + parts[n-1], added one slot at a time in order."""
     for s in range(n):
