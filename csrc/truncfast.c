@@ -574,8 +574,8 @@ double general_chunk_impl(const double *restrict R, const double *restrict S,
 }
 
 /* general_chunk_impl with M a compile-time constant for the common narrow
- * widths: the compiler then unrolls the loops over rows and keeps a tile's
- * rows in registers (measured 1.5x at M = 8).  Same operations, same bits. */
+ * widths, so the compiler can unroll the loops over rows (the signature is
+ * the impl's: a dispatcher, not a second kernel).  Same operations, same bits. */
 TF_HOT
 static double general_chunk(const double *restrict R, const double *restrict S,
                             const double *restrict b, const double *restrict X,
