@@ -316,6 +316,8 @@ def test_auto_resolves_to_an_available_backend():
         assert tf.backends()[_backends.resolve("auto", **size)] == "available"
     if _ccore.available():
         assert _backends.resolve("auto", N=10, M=2, L=1) == "c"
+        assert _backends.resolve("auto", N=2 * 10**5, M=64, L=10) == "c"  # measured faster up to M = 96
+        assert _backends.resolve("auto", N=10**4, M=128, L=4) == "numba"  # BLAS kernels from M = 128
 
 
 

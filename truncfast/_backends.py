@@ -1,12 +1,15 @@
 """Backend registry and dispatch.
 
-A backend is an object with five methods taking validated, C-contiguous
+A backend is an object with six methods taking validated, C-contiguous
 float64/int64 arrays (THEORY §§2, 5, 6):
 
 ``truncate(R, b, X)`` → (N, M); ``codes(R, b, X)`` → (N, L) uint64;
 ``general(R, b, X, labels, T, W, bout, Y, standard, want_grad)`` →
 ``(loss, grad_b, omega, grad_W, grad_bout)`` already divided by N, omega
 antisymmetrised; ``moments(R, b, X, labels, Q)`` → raw sums (S0, S1, S2);
+``moments_box(R, b, X, labels, Q)`` → (S0, S1, S2, counts (Q,), lo, hi (Q, M)),
+the moments plus cluster sizes and each cluster's extent in its own frame, in
+the same pass (``_separated.checked_moments``);
 ``violations(R, b, X, labels, Q)`` → (Q, L) int64 counts.
 
 ``"numpy"`` is the reference (``_reference``), ``"numba"`` the parallel JIT
@@ -294,15 +297,16 @@ def resolve(backend: str, *, N: int | None = None, M: int | None = None, L: int 
     and it needs no JIT: its first call costs milliseconds instead of Numba's
     cache load or compilation (seconds).  ``N``, ``M``, ``L`` are accepted so the
     rule can become size-dependent without changing callers.  One size rule:
-    for wide layers (``M ≥ _config.GEMM_MIN_WIDTH``) the Numba backend runs
-    BLAS-blocked kernels (``_kernels_blas``) and is preferred — measured 2×
-    faster than the C loops at N = 2·10⁵, M = 64, L = 10.
+    for very wide layers (``M ≥ _config.AUTO_BLAS_MIN_WIDTH`` = 128) the Numba
+    backend's BLAS-blocked kernels (``_kernels_blas``) are preferred.  (Until
+    the C core's register tiles, that threshold was 32; the measurements that
+    moved it are at ``_config.AUTO_BLAS_MIN_WIDTH``.)
     """
     if not isinstance(backend, str) or (backend != "auto" and backend not in BACKENDS):
         raise InputError(f"backend: unknown backend {backend!r}; choose one of 'auto', " + ", ".join(repr(b) for b in BACKENDS))
     if backend == "auto":
         order = ("c", "numba", "numpy")
-        if M is not None and M >= _config.GEMM_MIN_WIDTH:
+        if M is not None and M >= _config.AUTO_BLAS_MIN_WIDTH:
             order = ("numba", "c", "numpy")  # BLAS-blocked wide-layer kernels live on the numba side
         for name in order:
             if _load(name) is not None:

@@ -20,6 +20,13 @@ BLOCK_SIZE: int = 64
 #: their M×M products run in a tuned BLAS instead of hand-written loops.
 GEMM_MIN_WIDTH: int = 32
 
+#: ``backend="auto"`` picks Numba (its BLAS-blocked kernels) over the C core
+#: from this width on.  Measured (2 threads, min of 3, second session): C
+#: faster at M = 32 (85 vs 153 ms, N = 5·10⁴, L = 8), M = 64 (1.1–1.4× in four
+#: full benchmark runs) and M = 96 (200 vs 221 ms, N = 2·10⁴, L = 4); Numba
+#: faster at M = 128 (305 vs 374 ms, N = 2·10⁴, L = 4).
+AUTO_BLAS_MIN_WIDTH: int = 128
+
 #: Points per GEMM sub-block in the wide-layer kernels.
 GEMM_BLOCK: int = 512
 
