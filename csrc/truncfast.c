@@ -38,38 +38,6 @@
 #endif
 
 #define B TF_BLOCK_SIZE
-/* Points per register tile inside a block: one AVX-512 vector of doubles (two
- * AVX2 or four SSE2 vectors in the other clones).  The hot loops are written
- * with GCC/Clang vector extensions, so every tile operation is one vector
- * instruction on an accumulator held in a register; element-wise vector
- * arithmetic without contraction is exactly the scalar arithmetic, lane by
- * lane, so the bits do not change. */
-#define VL 8
-/* Tiles processed in lockstep: their sums over k are independent, so they
- * interleave and hide the latency of each tile's chain of additions. */
-#ifndef TG
-#define TG 2
-#endif
-#if B % (VL * TG) != 0
-#error "TF_BLOCK_SIZE must be a multiple of VL * TG"
-#endif
-#if !defined(__GNUC__)
-#error "the C core needs GCC or Clang vector extensions (the Numba backend works without it)"
-#endif
-typedef double vd __attribute__((vector_size(VL * sizeof(double)), aligned(sizeof(double)), may_alias));
-typedef int64_t vi __attribute__((vector_size(VL * sizeof(int64_t)), aligned(sizeof(int64_t)), may_alias));
-#define VLOAD(p) (*(const vd *)(p))
-#define VSTORE(p, v) (*(vd *)(p) = (v))
-/* Scratch arrays of `rows` x B points are stored tile-major, (B / VL, rows, VL):
- * the VL points of a tile are contiguous per row and the rows of a tile are
- * contiguous, so a tile's working set is a few consecutive cache lines.
- * (Row-major (rows, B) put consecutive rows 512 bytes apart; their loads and
- * stores then collide in the same L1 sets and in 4 KiB store-forwarding
- * aliasing, measured 2x slower.)  AT(rows, r, p) is element (r, p). */
-#define AT(rows, r, p) ((((int64_t)(p) / VL) * (rows) + (r)) * VL + (int64_t)(p) % VL)
-/* Bitwise select: m ? x : y for a lane mask m of all-ones / all-zeros. */
-static inline vd vselect(vi m, vd x, vd y) { return (vd)(((vi)x & m) | ((vi)y & ~m)); }
-
 /* Upper bound (bytes) of the per-chunk partial sums held at once; it sets the
  * batch size only, never the bits.  Larger than Numba's budget on purpose:
  * every batch ends in a barrier where a thread waits for the slowest one
@@ -77,20 +45,6 @@ static inline vd vselect(vi m, vd x, vd y) { return (vd)(((vi)x & m) | ((vi)y & 
  * prefers few batches -- usually one -- at the price of a few MB. */
 #define TF_PARTIALS_BUDGET ((int64_t)64 << 20)
 
-/* Hot loops get AVX-512 (x86-64-v4) and AVX2 (x86-64-v3) clones next to the
- * baseline one on x86-64 with GCC, selected at load time for the running CPU:
- * portable binaries that still use wide vectors (measured: 1.6x faster than
- * baseline SSE2 at M = 8).  The clones compute exactly the same bits, since
- * -ffp-contract=off forbids FMA contraction and no sum is reassociated. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TF_NO_CLONES) \
-    && (__GNUC__ >= 12)
-#define TF_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TF_NO_CLONES) \
-    && (__GNUC__ >= 6)
-#define TF_HOT __attribute__((target_clones("avx2", "default")))
-#else
-#define TF_HOT
-#endif
 
 /* Kernel bodies inlined into their specialised, cloned callers. */
 #if defined(__GNUC__)
@@ -227,91 +181,123 @@ static int64_t batch_size(int64_t nchunks, int64_t bytes_per_chunk, int64_t thre
     return max64(1, min64(nchunks, max64(cap, threads)));
 }
 
-/*
- * Forward pass of THEORY 5 for the nb points p0.. of a block (transposed):
- *   v = A src, u = v + b_l, h = H(u), t = h ? u - b_l : -b_l,  z_L = R_L^T t_L
- * (z_L only when want_z: the Euclidean gradient works in the last layer's frame).
- *
- * The block is walked in groups of TG tiles of VL points through all L layers,
- * each output row held in a VL-wide register accumulator per tile while k
- * runs: the sum over k is the same sequence of operations as the axpy form of
- * the Numba kernel (0.0 + a_0 s_0 + a_1 s_1 + ...), so the bits are equal, but
- * the row is loaded and stored once instead of M times.  Lanes beyond nb (in
- * the last tile or group) compute on stale but finite scratch (Z is zeroed at
- * the start of each chunk) and are never counted; their r is 0 in the
- * backward pass, so they add exactly nothing.
- */
-TF_INLINE
-void forward_block(const double *restrict R, const double *restrict S,
-                          const double *restrict b, const double *restrict X,
-                          int64_t M, int64_t L, int64_t p0, int nb, work_t *w, int want_z)
+/* ------------------------------------------------------------- kernels ---- */
+
+/* Tiles processed in lockstep: their sums over k are independent, so they
+ * interleave and hide the latency of each tile's chain of additions. */
+#ifndef TG
+#define TG 2
+#endif
+#if !defined(__GNUC__)
+#error "the C core needs GCC or Clang vector extensions (the Numba backend works without it)"
+#endif
+
+/* The kernels are compiled once per x86-64 level with that level's native
+ * vector width (GCC, x86-64, unless TF_NO_MULTI) and picked at run time by
+ * kernel_vl(); elsewhere once, 2 doubles wide (SSE2 / NEON). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(TF_NO_MULTI)
+#define TF_MULTI 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2,avx512f,avx512dq,avx512bw,avx512vl,avx512cd")
+#define VL 8
+#define TF_SFX v8
+#include "tf_kernels.inc"
+#undef VL
+#undef TF_SFX
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2")
+#define VL 4
+#define TF_SFX v4
+#include "tf_kernels.inc"
+#undef VL
+#undef TF_SFX
+#pragma GCC pop_options
+#else
+#define TF_MULTI 0
+#endif
+#define VL 2
+#define TF_SFX v2
+#include "tf_kernels.inc"
+#undef VL
+#undef TF_SFX
+
+/* Element (r, p) of a (rows, B) scratch array stored tile-major with tiles of vl points. */
+static inline int64_t at_vl(int64_t vl, int64_t rows, int64_t r, int64_t p)
 {
-    double *Z = w->Z; /* not restrict: read again below as src of layer 0 */
-    const vd zero = {0.0}, one = zero + 1.0;
-    for (int64_t l = 0; l < L; l++) w->ntr[l] = 0;
-    for (int q0 = 0; q0 < nb; q0 += VL * TG) {
-        vi valid[TG]; /* lanes of real points */
-        for (int g = 0; g < TG; g++)
-            for (int q = 0; q < VL; q++) valid[g][q] = q0 + g * VL + q < nb ? -1 : 0;
-        for (int q = q0; q < nb && q < q0 + VL * TG; q++)
-            for (int64_t k = 0; k < M; k++) Z[AT(M, k, q)] = X[(p0 + q) * M + k];
-        for (int64_t l = 0; l < L; l++) {
-            double *restrict V = w->U + l * M * B + q0 * M;
-            double *restrict Hl = w->Hm + l * M * B + q0 * M;
-            double *restrict Tl = w->Tt + l * M * B + q0 * M;
-            const double *restrict A = l == 0 ? R : S + (l - 1) * M * M;
-            const double *src = (l == 0 ? Z : w->Tt + (l - 1) * M * B) + q0 * M;
-            vi trunc = {0}; /* lanes truncated in some direction */
-            for (int64_t i = 0; i < M; i++) {
-                vd acc[TG];
-                for (int g = 0; g < TG; g++) acc[g] = zero;
-                for (int64_t k = 0; k < M; k++) {
-                    const double a = A[i * M + k];
-                    for (int g = 0; g < TG; g++) acc[g] += a * VLOAD(src + g * M * VL + k * VL);
-                }
-                const double bi = b[l * M + i];
-                for (int g = 0; g < TG; g++) {
-                    const vd u = acc[g] + bi;
-                    const vi pos = u > zero; /* H(0) = 0 */
-                    const int64_t o = g * M * VL + i * VL;
-                    VSTORE(V + o, u);
-                    VSTORE(Hl + o, vselect(pos, one, zero));
-                    VSTORE(Tl + o, vselect(pos, u - bi, zero - bi));
-                    trunc |= ~pos & valid[g];
-                }
-            }
-            int64_t any = 0;
-            for (int q = 0; q < VL; q++) any |= trunc[q];
-            w->ntr[l] |= any != 0;
-        }
-        if (!want_z) continue;
-        const double *restrict RL = R + (L - 1) * M * M;
-        const double *restrict TL = w->Tt + (L - 1) * M * B + q0 * M;
-        for (int64_t k = 0; k < M; k++) {
-            vd acc[TG];
-            for (int g = 0; g < TG; g++) acc[g] = zero;
-            for (int64_t i = 0; i < M; i++) {
-                const double a = RL[i * M + k];
-                for (int g = 0; g < TG; g++) acc[g] += a * VLOAD(TL + g * M * VL + i * VL);
-            }
-            for (int g = 0; g < TG; g++) VSTORE(Z + (q0 + g * VL) * M + k * VL, acc[g]);
-        }
-    }
+    return ((p / vl) * rows + r) * vl + p % vl;
 }
 
-/* forward_block for the truncate / codes / violations passes, specialised likewise. */
-TF_HOT
+/* The kernel width for this CPU: 8 (AVX-512), 4 (AVX2 + FMA) or 2; the
+ * environment variable TRUNCFAST_C_VL may lower it (2, 4 or 8; for tests and
+ * for comparing speeds -- every width gives the same bits). */
+static int kernel_vl(void)
+{
+    static int vl = 0; /* computed once; a racy first call stores the same value */
+    if (vl == 0) {
+        int best = 2;
+#if TF_MULTI
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+            best = 8;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            best = 4;
+#endif
+        const char *env = getenv("TRUNCFAST_C_VL");
+        const int want = env ? atoi(env) : 0;
+        vl = (want == 2 || want == 4 || want == 8) && want <= best ? want : best;
+    }
+    return vl;
+}
+
+int tf_kernel_width(void) { return kernel_vl(); }
+
 static void forward_any(const double *restrict R, const double *restrict S,
                         const double *restrict b, const double *restrict X,
                         int64_t M, int64_t L, int64_t p0, int nb, work_t *w, int want_z)
 {
-    switch (M) {
-    case 2: forward_block(R, S, b, X, 2, L, p0, nb, w, want_z); break;
-    case 4: forward_block(R, S, b, X, 4, L, p0, nb, w, want_z); break;
-    case 8: forward_block(R, S, b, X, 8, L, p0, nb, w, want_z); break;
-    case 16: forward_block(R, S, b, X, 16, L, p0, nb, w, want_z); break;
-    default: forward_block(R, S, b, X, M, L, p0, nb, w, want_z);
-    }
+#if TF_MULTI
+    if (kernel_vl() == 8) return forward_any_v8(R, S, b, X, M, L, p0, nb, w, want_z);
+    if (kernel_vl() == 4) return forward_any_v4(R, S, b, X, M, L, p0, nb, w, want_z);
+#endif
+    forward_any_v2(R, S, b, X, M, L, p0, nb, w, want_z);
+}
+
+static double general_chunk(const double *restrict R, const double *restrict S,
+                            const double *restrict b, const double *restrict X,
+                            const int64_t *restrict labels, const double *restrict T,
+                            const double *restrict W, const double *restrict bout,
+                            const double *restrict Y, int64_t M, int64_t L, int64_t P,
+                            int standard, int want_grad, int64_t start, int64_t stop, work_t *w,
+                            double *restrict gb, double *restrict G, double *restrict gW,
+                            double *restrict gbo)
+{
+#if TF_MULTI
+    if (kernel_vl() == 8)
+        return general_chunk_v8(R, S, b, X, labels, T, W, bout, Y, M, L, P, standard, want_grad, start,
+                                stop, w, gb, G, gW, gbo);
+    if (kernel_vl() == 4)
+        return general_chunk_v4(R, S, b, X, labels, T, W, bout, Y, M, L, P, standard, want_grad, start,
+                                stop, w, gb, G, gW, gbo);
+#endif
+    return general_chunk_v2(R, S, b, X, labels, T, W, bout, Y, M, L, P, standard, want_grad, start, stop,
+                            w, gb, G, gW, gbo);
+}
+
+static void moments_chunk(const double *restrict RT, const double *restrict b,
+                          const double *restrict X, const int64_t *restrict labels, int64_t M,
+                          int64_t start, int64_t stop, double *restrict v, double *restrict hv,
+                          double *restrict S0, double *restrict S1, double *restrict S2,
+                          double *restrict cnt, double *restrict lo, double *restrict hi)
+{
+#if TF_MULTI
+    if (kernel_vl() == 8)
+        return moments_chunk_v8(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
+    if (kernel_vl() == 4)
+        return moments_chunk_v4(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
+#endif
+    moments_chunk_v2(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
 }
 
 /* ------------------------------------------------------ truncate / codes -- */
@@ -328,12 +314,12 @@ static void truncate_chunk(const double *R, const double *S, const double *b, co
                 for (int64_t l = 0; l < L; l++) {
                     uint64_t c = 0;
                     for (int64_t i = 0; i < M; i++)
-                        if (w->Hm[l * M * B + AT(M, i, p)] > 0.0) c |= (uint64_t)1 << i;
+                        if (w->Hm[l * M * B + at_vl(kernel_vl(), M, i, p)] > 0.0) c |= (uint64_t)1 << i;
                     codes[(p0 + p) * L + l] = c;
                 }
         } else {
             for (int p = 0; p < nb; p++)
-                for (int64_t k = 0; k < M; k++) out[(p0 + p) * M + k] = w->Z[AT(M, k, p)];
+                for (int64_t k = 0; k < M; k++) out[(p0 + p) * M + k] = w->Z[at_vl(kernel_vl(), M, k, p)];
         }
     }
 }
@@ -385,222 +371,6 @@ int tf_codes(const double *R, const double *b, const double *X,
 }
 
 /* ---------------------------------------------------------------- general -- */
-
-/*
- * Sequential sum over points start..stop-1 of the THEORY 5 contributions
- * (port of _kernels_numba.general_chunk, same operation order).  gb, G, gW,
- * gbo must be zero on entry; returns the raw loss sum of |res|^2 / 2.  G comes
- * back strictly upper triangular with P_A(G) equal to P_A of the sum of the
- * per-point G_l contributions:
- *   P_A(G)_ik = 1/2 [ sum_p (h_i - h_k)(r_i u_k + u_i r_k) + D_i b_k - b_i D_k ],
- *   D = sum_p (1 - h) . r = -(grad_b sum).
- * Each sum over points runs in B interleaved lanes (point p of a block feeds
- * lane p) added in order at the end of the chunk: vectorisable, and the same
- * bits for any thread count.
- */
-TF_INLINE
-double general_chunk_impl(const double *restrict R, const double *restrict S,
-                            const double *restrict b, const double *restrict X,
-                            const int64_t *restrict labels, const double *restrict T,
-                            const double *restrict W, const double *restrict bout,
-                            const double *restrict Y, int64_t M, int64_t L, int64_t P,
-                            int standard, int want_grad, int64_t start, int64_t stop, work_t *w,
-                            double *restrict gb, double *restrict G, double *restrict gW,
-                            double *restrict gbo)
-{
-    double *Z = w->Z; /* written by forward_block through w: not restrict */
-    double *restrict E = w->E, *restrict res = w->res;
-    const int64_t npairs = M * (M - 1) / 2;
-    double loss = 0.0;
-    /* zero-filled so that the padded tail columns of a partial block stay finite */
-    memset(w->U, 0, (size_t)(L * M * B) * sizeof(double));
-    memset(w->Hm, 0, (size_t)(L * M * B) * sizeof(double));
-    memset(w->Z, 0, (size_t)(M * B) * sizeof(double)); /* finite tail lanes of a partial tile */
-    if (want_grad) {
-        memset(w->Dacc, 0, (size_t)(L * M * B) * sizeof(double));
-        memset(w->Kacc, 0, (size_t)(L * npairs * B) * sizeof(double));
-    }
-    for (int64_t p0 = start; p0 < stop; p0 += B) {
-        const int nb = (int)min64(B, stop - p0);
-        forward_block(R, S, b, X, M, L, p0, nb, w, standard);
-        /* residual, loss and error vector e = g_L */
-        if (standard) {
-            for (int64_t q = 0; q < P; q++) {
-                double *restrict rq = res + q * B;
-                for (int p = 0; p < nb; p++) rq[p] = bout[q] - Y[labels[p0 + p] * P + q];
-                for (int64_t k = 0; k < M; k++) {
-                    const double wq = W[q * M + k];
-                    for (int p = 0; p < nb; p++) rq[p] += wq * Z[AT(M, k, p)];
-                }
-            }
-            for (int p = 0; p < nb; p++) {
-                double s = 0.0;
-                for (int64_t q = 0; q < P; q++) s += res[q * B + p] * res[q * B + p];
-                loss += 0.5 * s;
-            }
-            if (!want_grad) continue;
-            for (int64_t q = 0; q < P; q++)
-                for (int p = 0; p < nb; p++) {
-                    const double rq = res[q * B + p];
-                    gbo[q] += rq;
-                    for (int64_t k = 0; k < M; k++) gW[q * M + k] += rq * Z[AT(M, k, p)];
-                }
-            for (int64_t k = 0; k < M; k++)
-                for (int p = 0; p < nb; p++) E[AT(M, k, p)] = 0.0;
-            for (int64_t q = 0; q < P; q++)
-                for (int64_t k = 0; k < M; k++) {
-                    const double wq = W[q * M + k];
-                    for (int p = 0; p < nb; p++) E[AT(M, k, p)] += wq * res[q * B + p];
-                }
-        } else {
-            /* Euclidean loss in the last layer's frame: T holds y'_j = R_L y_j
-             * (see tf_general), z_L = R_L^T t_L, so |e| = |t_L - y'_j| and
-             * r_L = R_L e = t_L - y'_j */
-            const double *restrict TL = w->Tt + (L - 1) * M * B;
-            for (int p = 0; p < nb; p++) {
-                const double *restrict Tj = T + labels[p0 + p] * M;
-                double s = 0.0;
-                for (int64_t k = 0; k < M; k++) {
-                    const double d = TL[AT(M, k, p)] - Tj[k];
-                    E[AT(M, k, p)] = d;
-                    s += d * d;
-                }
-                loss += 0.5 * s;
-            }
-            if (!want_grad) continue;
-        }
-        /* below the lowest truncating layer every contribution vanishes */
-        int64_t lowest = L;
-        for (int64_t l = 0; l < L; l++)
-            if (w->ntr[l] > 0) {
-                lowest = l;
-                break;
-            }
-        if (lowest == L) continue;
-        /* Backward pass tile by tile (VL points), through every layer from L
-         * down to the lowest truncating one, with r held in an (M, VL) tile.
-         * The per-lane accumulators Dacc/Kacc and every sum over i or k receive
-         * the same operations in the same order as the Numba kernel's block-wide
-         * loops (lanes are independent), and the layer skips are decided per
-         * block as there, so the bits are equal. */
-        double *Ra = w->Ra, *Rb = w->Rb; /* (M, VL) tiles, swapped per layer: not restrict */
-        const vd zero = {0.0}, one = zero + 1.0;
-        const double *restrict RL = R + (L - 1) * M * M;
-        for (int q0 = 0; q0 < nb; q0 += VL * TG) {
-            /* r_L = R_L e (already in E for the Euclidean loss); lanes of no point are 0 */
-            for (int g = 0; g < TG; g++) {
-                const int t0 = q0 + g * VL, nq = nb - t0 < 0 ? 0 : nb - t0 < VL ? nb - t0 : VL;
-                double *Rg = Ra + g * M * VL;
-                for (int64_t i = 0; i < M; i++) {
-                    double acc[VL];
-                    for (int q = 0; q < VL; q++) acc[q] = 0.0;
-                    if (standard) {
-                        for (int64_t k = 0; k < M; k++) {
-                            const double a = RL[i * M + k];
-                            for (int q = 0; q < nq; q++) acc[q] += a * E[AT(M, k, t0 + q)];
-                        }
-                    } else {
-                        for (int q = 0; q < nq; q++) acc[q] = E[AT(M, i, t0 + q)];
-                    }
-                    for (int q = 0; q < VL; q++) Rg[i * VL + q] = acc[q];
-                }
-            }
-            for (int64_t l = L - 1; l >= lowest; l--) {
-                if (w->ntr[l] > 0) {
-                    for (int g = 0; g < TG; g++) {
-                        const int64_t t0 = q0 + g * VL;
-                        const double *Hl = w->Hm + l * M * B + t0 * M;
-                        const double *Ul = w->U + l * M * B + t0 * M;
-                        double *Dl = w->Dacc + l * M * B + t0 * M;
-                        double *Kl = w->Kacc + l * npairs * B + t0 * npairs;
-                        double *Rg = Ra + g * M * VL;
-                        for (int64_t i = 0; i < M; i++)
-                            VSTORE(Dl + i * VL, VLOAD(Dl + i * VL) + (one - VLOAD(Hl + i * VL)) * VLOAD(Rg + i * VL));
-                        int64_t pair = 0;
-                        for (int64_t i = 0; i < M; i++) {
-                            const vd hi = VLOAD(Hl + i * VL), ui = VLOAD(Ul + i * VL), ri = VLOAD(Rg + i * VL);
-                            for (int64_t k = i + 1; k < M; k++, pair++) {
-                                const vd hk = VLOAD(Hl + k * VL), uk = VLOAD(Ul + k * VL), rk = VLOAD(Rg + k * VL);
-                                VSTORE(Kl + pair * VL, VLOAD(Kl + pair * VL) + (hi - hk) * (ri * uk + ui * rk));
-                            }
-                        }
-                        /* h . r: exact (h is 0 or 1), and equal to r where untruncated */
-                        for (int64_t i = 0; i < M; i++) VSTORE(Rg + i * VL, VLOAD(Rg + i * VL) * VLOAD(Hl + i * VL));
-                    }
-                }
-                if (l > lowest) {
-                    /* r_{l-1} = S_{l-1}^T (h_l . r_l), summed over i in order; the TG
-                     * tiles' independent sums interleave to hide the add latency */
-                    const double *restrict Sl = S + (l - 1) * M * M;
-                    for (int64_t j = 0; j < M; j++) {
-                        vd acc[TG];
-                        for (int g = 0; g < TG; g++) acc[g] = zero;
-                        for (int64_t i = 0; i < M; i++) {
-                            const double a = Sl[i * M + j];
-                            for (int g = 0; g < TG; g++) acc[g] += a * VLOAD(Ra + g * M * VL + i * VL);
-                        }
-                        for (int g = 0; g < TG; g++) VSTORE(Rb + g * M * VL + j * VL, acc[g]);
-                    }
-                    double *tmp = Ra;
-                    Ra = Rb;
-                    Rb = tmp;
-                }
-            }
-        }
-    }
-    if (want_grad) {
-        for (int64_t l = 0; l < L; l++) {
-            const double *restrict Dl = w->Dacc + l * M * B;
-            const double *restrict Kl = w->Kacc + l * npairs * B;
-            const double *restrict bl = b + l * M;
-            double *restrict Gl = G + l * M * M;
-            double *restrict Dc = w->E; /* reuse: e is dead here */
-            for (int64_t i = 0; i < M; i++) {
-                double acc = 0.0;
-                for (int q = 0; q < B; q++) acc += Dl[AT(M, i, q)];
-                Dc[i] = acc;
-                gb[l * M + i] -= acc;
-            }
-            int64_t pair = 0;
-            for (int64_t i = 0; i < M; i++)
-                for (int64_t k = i + 1; k < M; k++, pair++) {
-                    double acc = 0.0;
-                    for (int q = 0; q < B; q++) acc += Kl[AT(npairs, pair, q)];
-                    Gl[i * M + k] += acc + (Dc[i] * bl[k] - bl[i] * Dc[k]);
-                }
-        }
-    }
-    return loss;
-}
-
-/* general_chunk_impl with M a compile-time constant for the common narrow
- * widths, so the compiler can unroll the loops over rows (the signature is
- * the impl's: a dispatcher, not a second kernel).  Same operations, same bits. */
-TF_HOT
-static double general_chunk(const double *restrict R, const double *restrict S,
-                            const double *restrict b, const double *restrict X,
-                            const int64_t *restrict labels, const double *restrict T,
-                            const double *restrict W, const double *restrict bout,
-                            const double *restrict Y, int64_t M, int64_t L, int64_t P,
-                            int standard, int want_grad, int64_t start, int64_t stop, work_t *w,
-                            double *restrict gb, double *restrict G, double *restrict gW,
-                            double *restrict gbo)
-{
-#define TF_CASE(m)                                                                                  \
-    case m:                                                                                         \
-        return general_chunk_impl(R, S, b, X, labels, T, W, bout, Y, m, L, P, standard, want_grad, \
-                                  start, stop, w, gb, G, gW, gbo);
-    switch (M) {
-        TF_CASE(2)
-        TF_CASE(4)
-        TF_CASE(8)
-        TF_CASE(16)
-    default:
-        return general_chunk_impl(R, S, b, X, labels, T, W, bout, Y, M, L, P, standard, want_grad,
-                                  start, stop, w, gb, G, gW, gbo);
-    }
-#undef TF_CASE
-}
 
 int tf_general(const double *R, const double *b, const double *X, const int64_t *labels,
                int64_t N, int64_t M, int64_t L, int64_t Q,
@@ -700,100 +470,6 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
 }
 
 /* ---------------------------------------------------------------- moments -- */
-
-/* Port of _kernels_numba._moments_chunk, point by point in order: v = R_j x
- * (j = label) as v = sum_k x_k (R_j^T)_k, which is the same sum over k in
- * the same order as the dot products of the Numba kernel but vectorises over
- * i; rows with h_i = 0 add exactly nothing (selects, not products, so even an
- * infinite v would leave them untouched).  Same bits as Numba.  Also the
- * cluster sizes and the coordinate-wise extent lo/hi of v. */
-TF_INLINE
-void moments_chunk_impl(const double *restrict RT, const double *restrict b,
-                        const double *restrict X, const int64_t *restrict labels, int64_t M,
-                        int64_t start, int64_t stop, double *restrict v, double *restrict hv,
-                        double *restrict S0, double *restrict S1, double *restrict S2,
-                        double *restrict cnt, double *restrict lo, double *restrict hi)
-{
-    for (int64_t n = start; n < stop; n++) {
-        const int64_t j = labels[n];
-        const double *restrict Rj = RT + j * M * M, *restrict x = X + n * M;
-        const double *restrict bj = b + j * M;
-        double *restrict s0 = S0 + j * M, *restrict loj = lo + j * M, *restrict hij = hi + j * M;
-        cnt[j] += 1.0;
-        for (int64_t i = 0; i < M; i++) v[i] = 0.0;
-        for (int64_t k = 0; k < M; k++) {
-            const double xk = x[k];
-            for (int64_t i = 0; i < M; i++) v[i] += Rj[k * M + i] * xk;
-        }
-        for (int64_t i = 0; i < M; i++) {
-            const double vi = v[i];
-            const int h = vi + bj[i] > 0.0;
-            loj[i] = vi < loj[i] ? vi : loj[i];
-            hij[i] = vi > hij[i] ? vi : hij[i];
-            s0[i] += h ? 1.0 : 0.0;
-            hv[i] = h ? vi : 0.0; /* only read where h = 1 */
-            v[M + i] = h ? 1.0 : 0.0;
-        }
-        for (int64_t i = 0; i < M; i++) {
-            const int h = v[M + i] != 0.0;
-            const double vi = hv[i];
-            double *restrict s1 = S1 + (j * M + i) * M, *restrict s2 = S2 + (j * M + i) * M;
-            for (int64_t k = 0; k < M; k++) {
-                s1[k] += h ? v[k] : 0.0;
-                s2[k] += h ? vi * v[k] : 0.0;
-            }
-        }
-    }
-}
-
-/* moments_chunk_impl for M == VL, one point's row in one vector register:
- * the same operations lane by lane (v as a sum over k in order, selects for
- * h_i = 0), hence the same bits, without the compiler's guesswork. */
-static inline void moments_chunk_vl(const double *restrict RT, const double *restrict b,
-                                    const double *restrict X, const int64_t *restrict labels,
-                                    int64_t start, int64_t stop, double *restrict S0,
-                                    double *restrict S1, double *restrict S2,
-                                    double *restrict cnt, double *restrict lo, double *restrict hi)
-{
-    const vd zero = {0.0}, one = zero + 1.0;
-    for (int64_t n = start; n < stop; n++) {
-        const int64_t j = labels[n];
-        const double *restrict Rj = RT + j * VL * VL, *restrict x = X + n * VL;
-        cnt[j] += 1.0;
-        vd v = zero;
-        for (int k = 0; k < VL; k++) v += VLOAD(Rj + k * VL) * x[k];
-        const vi pos = v + VLOAD(b + j * VL) > zero;
-        VSTORE(lo + j * VL, vselect(v < VLOAD(lo + j * VL), v, VLOAD(lo + j * VL)));
-        VSTORE(hi + j * VL, vselect(v > VLOAD(hi + j * VL), v, VLOAD(hi + j * VL)));
-        VSTORE(S0 + j * VL, VLOAD(S0 + j * VL) + vselect(pos, one, zero));
-        double *restrict s1 = S1 + j * VL * VL, *restrict s2 = S2 + j * VL * VL;
-        for (int i = 0; i < VL; i++) {
-            const vi m = (vi){0} + pos[i];
-            VSTORE(s1 + i * VL, VLOAD(s1 + i * VL) + vselect(m, v, zero));
-            VSTORE(s2 + i * VL, VLOAD(s2 + i * VL) + vselect(m, v[i] * v, zero));
-        }
-    }
-}
-
-/* moments_chunk_impl with M a compile-time constant for the narrow widths. */
-TF_HOT
-static void moments_chunk(const double *restrict RT, const double *restrict b,
-                          const double *restrict X, const int64_t *restrict labels, int64_t M,
-                          int64_t start, int64_t stop, double *restrict v, double *restrict hv,
-                          double *restrict S0, double *restrict S1, double *restrict S2,
-                          double *restrict cnt, double *restrict lo, double *restrict hi)
-{
-    switch (M) {
-#define TF_CASE(m) \
-    case m: moments_chunk_impl(RT, b, X, labels, m, start, stop, v, hv, S0, S1, S2, cnt, lo, hi); break;
-        TF_CASE(2)
-        TF_CASE(4)
-        TF_CASE(16)
-#undef TF_CASE
-    case VL: moments_chunk_vl(RT, b, X, labels, start, stop, S0, S1, S2, cnt, lo, hi); break;
-    default: moments_chunk_impl(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
-    }
-}
 
 int tf_moments_box(const double *R, const double *b, const double *X, const int64_t *labels,
                    int64_t N, int64_t M, int64_t L, int64_t Q, int64_t chunk, int nthreads,
@@ -943,7 +619,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
                 for (int64_t l = 0; l < L; l++) {
                     if (l == j) continue;
                     for (int64_t i = 0; i < M; i++)
-                        if (w.Hm[l * M * B + AT(M, i, p)] == 0.0) {
+                        if (w.Hm[l * M * B + at_vl(kernel_vl(), M, i, p)] == 0.0) {
                             cnt[j * L + l] += 1;
                             break;
                         }

@@ -55,6 +55,11 @@ const char *tf_status_string(int status);
 /* TF_BLOCK_SIZE, as compiled. */
 int tf_block_size(void);
 
+/* Points per register tile of the kernels in use on this CPU: 8 (AVX-512),
+ * 4 (AVX2 + FMA) or 2; TRUNCFAST_C_VL (2, 4, 8) can lower it.  Every width
+ * gives the same bits. */
+int tf_kernel_width(void);
+
 /* 1 if the library was compiled with OpenMP, else 0. */
 int tf_has_openmp(void);
 

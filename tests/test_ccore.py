@@ -340,3 +340,46 @@ print(compiled)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+@needs_c
+@needs_numba
+@pytest.mark.parametrize("M", [4, 8])  # M = 4 also runs the 4-wide moments path at width 4
+def test_every_kernel_width_gives_the_numba_bits(M):
+    """The C kernels are compiled once per vector width (8 AVX-512, 4 AVX2, 2
+    SSE2/NEON) and picked at run time; each width must give Numba's bits.
+    TRUNCFAST_C_VL forces a (narrower) width in a child process."""
+    p = make_problem(np.random.default_rng(5), N=4096 + 77, M=M, L=4, Q=4, P=3, kind="random")
+    nb = _backends.get("numba")
+    ref = nb.general(*_euclid_args(p))
+    ref_t = nb.truncate(p.R, p.b, p.X)
+    ref_m = nb.moments_box(p.R, p.b, p.X, p.labels, 4)
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from truncfast import _backends, _ccore
+        a = np.load(sys.argv[1])
+        cb = _backends.get("c")
+        g = cb.general(a["R"], a["b"], a["X"], a["labels"], a["T"], np.zeros((0, a["X"].shape[1])), np.zeros(0),
+                       np.zeros((4, 0)), False, True)
+        m = cb.moments_box(a["R"], a["b"], a["X"], a["labels"], 4)
+        np.savez(sys.argv[2], width=_ccore.kernel_width(), loss=g[0], gb=g[1], om=g[2],
+                 t=cb.truncate(a["R"], a["b"], a["X"]), *m)
+    """)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        inp = os.path.join(d, "in.npz")
+        np.savez(inp, R=p.R, b=p.b, X=p.X, labels=p.labels, T=p.targets)
+        widths = []
+        for vl in ("8", "4", "2"):
+            out = os.path.join(d, f"out{vl}.npz")
+            subprocess.run([sys.executable, "-c", code, inp, out], check=True,
+                           env={**os.environ, "TRUNCFAST_C_VL": vl})
+            o = np.load(out)
+            widths.append(int(o["width"]))
+            for got, want, what in [(o["loss"], ref[0], "loss"), (o["gb"], ref[1], "grad_b"),
+                                    (o["om"], ref[2], "omega"), (o["t"], ref_t, "truncate")]:
+                _assert_same_bits(got, want, f"width {o['width']}: {what}")
+            for i, want in enumerate(ref_m):
+                _assert_same_bits(o[f"arr_{i}"], want, f"width {o['width']}: moments output {i}")
+        assert widths[-1] == 2 and widths == sorted(widths, reverse=True)

@@ -64,6 +64,11 @@ def max_threads() -> int:
     return int(lib.tf_max_threads())
 
 
+def kernel_width() -> int:
+    """Points per register tile of the C kernels on this CPU (8 AVX-512, 4 AVX2, 2 otherwise)."""
+    return int(lib.tf_kernel_width())
+
+
 def block_size() -> int:
     """Points per SIMD block compiled into the core (must equal ``_config.BLOCK_SIZE`` for equal bits)."""
     return int(lib.tf_block_size())
