@@ -258,8 +258,14 @@ static void forward_any(const double *restrict R, const double *restrict S,
                         int64_t M, int64_t L, int64_t p0, int nb, work_t *w, int want_z)
 {
 #if TF_MULTI
-    if (kernel_vl() == 8) return forward_any_v8(R, S, b, X, M, L, p0, nb, w, want_z);
-    if (kernel_vl() == 4) return forward_any_v4(R, S, b, X, M, L, p0, nb, w, want_z);
+    if (kernel_vl() == 8) {
+        forward_any_v8(R, S, b, X, M, L, p0, nb, w, want_z);
+        return;
+    }
+    if (kernel_vl() == 4) {
+        forward_any_v4(R, S, b, X, M, L, p0, nb, w, want_z);
+        return;
+    }
 #endif
     forward_any_v2(R, S, b, X, M, L, p0, nb, w, want_z);
 }
@@ -292,10 +298,14 @@ static void moments_chunk(const double *restrict RT, const double *restrict b,
                           double *restrict cnt, double *restrict lo, double *restrict hi)
 {
 #if TF_MULTI
-    if (kernel_vl() == 8)
-        return moments_chunk_v8(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
-    if (kernel_vl() == 4)
-        return moments_chunk_v4(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
+    if (kernel_vl() == 8) {
+        moments_chunk_v8(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
+        return;
+    }
+    if (kernel_vl() == 4) {
+        moments_chunk_v4(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
+        return;
+    }
 #endif
     moments_chunk_v2(RT, b, X, labels, M, start, stop, v, hv, S0, S1, S2, cnt, lo, hi);
 }
