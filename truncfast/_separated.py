@@ -145,6 +145,21 @@ def separated_by_boxes(R, b, lo, hi) -> bool:
     return True
 
 
+def _check_one_layer_per_cluster(L: int, Q: int) -> None:
+    if L != Q:
+        raise SeparationShapeError(
+            f"targets: form='separated' needs one layer per cluster (L == Q), got L = {L} layers and Q = {Q} clusters"
+        )
+
+
+def _check_nonempty(counts: np.ndarray) -> None:
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise InputError(
+            f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points; form='separated' needs every cluster non-empty"
+        )
+
+
 def checked_moments(bk, R, b, X, labels, Q: int):
     """``(counts, S0, S1, S2)`` of the separated form, with the assumption verified.
 
@@ -154,17 +169,9 @@ def checked_moments(bk, R, b, X, labels, Q: int):
     (and raises :class:`SeparationError` naming the clusters and layers).
     Raises on L ≠ Q and on empty clusters.
     """
-    L = R.shape[0]
-    if L != Q:
-        raise SeparationShapeError(
-            f"targets: form='separated' needs one layer per cluster (L == Q), got L = {L} layers and Q = {Q} clusters"
-        )
+    _check_one_layer_per_cluster(R.shape[0], Q)
     S0, S1, S2, counts, lo, hi = bk.moments_box(R, b, X, labels, Q)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise InputError(
-            f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points; form='separated' needs every cluster non-empty"
-        )
+    _check_nonempty(counts)
     if not separated_by_boxes(R, b, lo, hi):
         check_separation(bk, R, b, X, labels, Q)
     return counts, S0, S1, S2
@@ -178,17 +185,9 @@ def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
     tried first; only when it is inconclusive does the exact check run the
     full composition over every point.
     """
-    L = R.shape[0]
-    if L != Q:
-        raise SeparationShapeError(
-            f"targets: form='separated' needs one layer per cluster (L == Q), got L = {L} layers and Q = {Q} clusters"
-        )
+    _check_one_layer_per_cluster(R.shape[0], Q)
     counts = np.bincount(labels, minlength=Q)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise InputError(
-            f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points; form='separated' needs every cluster non-empty"
-        )
+    _check_nonempty(counts)
     if separated_by_balls(R, b, *cluster_balls(X, labels, Q)):
         return counts.astype(np.float64)
     bad = np.asarray(bk.violations(R, b, X, labels, Q))
