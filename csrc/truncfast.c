@@ -81,6 +81,8 @@ const char *tf_status_string(int status)
 
 int tf_block_size(void) { return B; }
 
+int tf_acc_lanes(void) { return TF_ACC_LANES; }
+
 int tf_has_openmp(void)
 {
 #ifdef _OPENMP
@@ -95,10 +97,21 @@ int tf_max_threads(void) { return TF_MAXTHREADS(); }
 /* ------------------------------------------------------------- scratch ---- */
 
 /* Per-thread scratch of one chunk: O(L M block), never O(N).
- *   U, Hm, Tt (L, M, B): u_l, h_l (1.0 / 0.0), t_l = h_l . u_l - b_l;
+ *   U, Hm (L, M, B + 16; see LSTR): u_l, h_l (1.0 / 0.0);
+ *   Tt (min(L, 3), M, B + 16): t_l = h_l . u_l - b_l in slot TSLOT(l): only the next
+ *     layer reads t_l, except t_L (loss, z_L), which keeps its own slot;
  *   Z, E, Ra, Rb (M, B): z_L, e, r_l (then h_l . r_l), r_{l-1};  res (P, B): standard residual;
- *   Dacc (L, M, B), Kacc (L, M(M-1)/2, B): per-lane sums of (1 - h) . r and of the
- *   antisymmetric pair terms (only when the gradient is wanted; see general_chunk). */
+ *   Dacc (L, M, KL), Kacc (L, M(M-1)/2, KL): per-lane sums of (1 - h) . r and of the
+ *   antisymmetric pair terms (only when the gradient is wanted; see general_chunk).
+ * Blocks are stored tile-major (AT() in tf_kernels.inc); the accumulators are plain
+ * row-major, KL lanes per row, so they stay in L1 whatever B is. */
+#define KL TF_ACC_LANES
+/* Stride of one layer in U, Hm, Tt: B points plus 16 points of padding, so that a
+ * tile group's rows at consecutive layers fall in different L1 sets (with a
+ * stride of exactly M * B = 4 KiB at M = 8 all layers shared 16 sets, and the
+ * speed swung by 30 % with the placement of the other scratch arrays). */
+#define LSTR(M) ((M) * (B + 16))
+#define TSLOT(l, L) ((l) == (L) - 1 ? ((L) < 3 ? (L) - 1 : 2) : (l) & 1)
 typedef struct {
     double *U, *Hm, *Tt, *Z, *E, *Ra, *Rb, *res, *Dacc, *Kacc;
     int64_t *ntr; /* (L,) 1 if some point of the block is truncated at layer l, else 0 */
@@ -106,23 +119,23 @@ typedef struct {
 
 static size_t work_doubles(int64_t M, int64_t L, int64_t P, int with_grad)
 {
-    const int64_t acc = with_grad ? L * M * B + L * (M * (M - 1) / 2) * B : 0;
-    return (size_t)(3 * L * M * B + 4 * M * B + P * B + acc + L);
+    const int64_t acc = with_grad ? L * M * KL + L * (M * (M - 1) / 2) * KL : 0;
+    return (size_t)((2 * L + min64(L, 3)) * LSTR(M) + 4 * M * B + P * B + acc + L);
 }
 
 static void work_bind(work_t *w, double *base, int64_t M, int64_t L, int64_t P, int with_grad)
 {
     double *q = base;
-    w->U = q; q += L * M * B;
-    w->Hm = q; q += L * M * B;
-    w->Tt = q; q += L * M * B;
+    w->U = q; q += L * LSTR(M);
+    w->Hm = q; q += L * LSTR(M);
+    w->Tt = q; q += min64(L, 3) * LSTR(M);
     w->Z = q; q += M * B;
     w->E = q; q += M * B;
     w->Ra = q; q += M * B;
     w->Rb = q; q += M * B;
     w->res = q; q += P * B;
-    w->Dacc = q; q += with_grad ? L * M * B : 0;
-    w->Kacc = q; q += with_grad ? L * (M * (M - 1) / 2) * B : 0;
+    w->Dacc = q; q += with_grad ? L * M * KL : 0;
+    w->Kacc = q; q += with_grad ? L * (M * (M - 1) / 2) * KL : 0;
     w->ntr = (int64_t *)q; /* L slots, sizeof(int64_t) == sizeof(double) */
 }
 
@@ -187,6 +200,11 @@ static int64_t batch_size(int64_t nchunks, int64_t bytes_per_chunk, int64_t thre
  * interleave and hide the latency of each tile's chain of additions. */
 #ifndef TG
 #define TG 2
+#endif
+/* Layers at most this wide keep a tile's rows in registers (the forward
+ * inputs; h, u, r in the pair sums): 3 * 8 vectors fit AVX-512's 32. */
+#ifndef TF_RMAX
+#define TF_RMAX 8
 #endif
 #if !defined(__GNUC__)
 #error "the C core needs GCC or Clang vector extensions (the Numba backend works without it)"
@@ -324,7 +342,7 @@ static void truncate_chunk(const double *R, const double *S, const double *b, co
                 for (int64_t l = 0; l < L; l++) {
                     uint64_t c = 0;
                     for (int64_t i = 0; i < M; i++)
-                        if (w->Hm[l * M * B + at_vl(kernel_vl(), M, i, p)] > 0.0) c |= (uint64_t)1 << i;
+                        if (w->Hm[l * LSTR(M) + at_vl(kernel_vl(), M, i, p)] > 0.0) c |= (uint64_t)1 << i;
                     codes[(p0 + p) * L + l] = c;
                 }
         } else {
@@ -629,7 +647,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
                 for (int64_t l = 0; l < L; l++) {
                     if (l == j) continue;
                     for (int64_t i = 0; i < M; i++)
-                        if (w.Hm[l * M * B + at_vl(kernel_vl(), M, i, p)] == 0.0) {
+                        if (w.Hm[l * LSTR(M) + at_vl(kernel_vl(), M, i, p)] == 0.0) {
                             cnt[j * L + l] += 1;
                             break;
                         }

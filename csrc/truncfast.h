@@ -46,14 +46,23 @@ extern "C" {
 #define TF_ERR_WIDTH 5    /* sector codes need M <= 64 */
 
 /* Points per SIMD block inside a chunk (must equal truncfast's _config.BLOCK_SIZE
- * for bitwise agreement with the Numba kernels: bias sums are taken per block). */
+ * for bitwise agreement with the Numba kernels: layers where no point of a block
+ * is truncated are skipped, which leaves finite sums unchanged). */
 #define TF_BLOCK_SIZE 64
+
+/* Accumulator lanes of the bias and pair sums of tf_general (must equal
+ * truncfast's _config.ACC_LANES for bitwise agreement): point p of a chunk
+ * adds into lane (p - chunk start) % TF_ACC_LANES; lanes are added in order. */
+#define TF_ACC_LANES 8
 
 /* Human-readable text of a status code (static storage). */
 const char *tf_status_string(int status);
 
 /* TF_BLOCK_SIZE, as compiled. */
 int tf_block_size(void);
+
+/* TF_ACC_LANES, as compiled. */
+int tf_acc_lanes(void);
 
 /* Points per register tile of the kernels in use on this CPU: 8 (AVX-512),
  * 4 (AVX2 + FMA) or 2; TRUNCFAST_C_VL (2, 4, 8) can lower it.  Every width

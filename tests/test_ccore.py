@@ -72,8 +72,11 @@ def test_backends_report_c_status():
 
 @needs_c
 def test_block_size_matches_config():
-    # bias sums are taken per block: equal block sizes are needed for equal bits
+    # blocks set the skipping of untruncated layers and the accumulator lanes
+    # the order of the sums: both must equal Numba's for equal bits
     assert _ccore.block_size() == _config.BLOCK_SIZE
+    assert _ccore.acc_lanes() == _config.ACC_LANES
+    assert _config.BLOCK_SIZE % _config.ACC_LANES == 0
 
 
 @needs_c

@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-__all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size", "moments_box",
+__all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size", "acc_lanes", "moments_box",
            "truncate", "codes", "general", "moments", "violations"]
 
 #: Calls into the C core per function name (lets tests prove the C path ran).
@@ -72,6 +72,11 @@ def kernel_width() -> int:
 def block_size() -> int:
     """Points per SIMD block compiled into the core (must equal ``_config.BLOCK_SIZE`` for equal bits)."""
     return int(lib.tf_block_size())
+
+
+def acc_lanes() -> int:
+    """Accumulator lanes of the bias and pair sums (must equal ``_config.ACC_LANES`` for equal bits)."""
+    return int(lib.tf_acc_lanes())
 
 
 # ------------------------------------------------------------------ helpers ---

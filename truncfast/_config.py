@@ -16,6 +16,15 @@ CHUNK_SIZE: int = 4096
 #: Must divide CHUNK_SIZE.
 BLOCK_SIZE: int = 64
 
+#: Accumulator lanes of the §5 bias and pair sums (Numba and C): point p of a
+#: chunk starting at ``start`` adds into lane ``(p - start) % ACC_LANES``, the
+#: lanes are added in order at the end of the chunk.  One AVX-512 vector of
+#: doubles: the C core's accumulators for all layers then stay in L1 (with one
+#: lane per block point they were 146 kB per chunk at M = L = 8 and came from
+#: L2 each block — the change measured 12–15 % of the C gradient).  Must divide
+#: BLOCK_SIZE; changing it changes the bits of both backends alike.
+ACC_LANES: int = 8
+
 #: Layers at least this wide use the GEMM-blocked kernels (``_kernels_blas``):
 #: their M×M products run in a tuned BLAS instead of hand-written loops.
 GEMM_MIN_WIDTH: int = 32

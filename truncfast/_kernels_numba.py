@@ -42,6 +42,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._config import ACC_LANES
+
 __all__ = [
     "transfer_matrices",
     "truncate_range",
@@ -98,10 +100,11 @@ def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, want_z):
             for p in range(nb):
                 u = V[i, p] + bi
                 V[i, p] = u
-                pos = u > 0.0
-                Hm[l, i, p] = 1.0 if pos else 0.0
-                Tt[l, i, p] = (u - bi) if pos else -bi
-                cnt += 0 if pos else 1
+                h = 1.0 if u > 0.0 else 0.0
+                Hm[l, i, p] = h
+                # h ⊙ u − b: equals (u − b if h else −b) for finite u, in one form with C
+                Tt[l, i, p] = u * h - bi
+                cnt += 1 - int(h)
         ntr[l] = cnt
     if not want_z:
         return
@@ -164,11 +167,12 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
         D = Σ_p (1 − h) ⊙ r = −(∇_b sum),
 
     which follows from G = (h⊙r)((1−h)⊙u)ᵀ − ((1−h)⊙r)(h⊙u)ᵀ + ((1−h)⊙r) bᵀ:
-    i < k pairs only.  Every sum over points runs in ``block`` interleaved
-    partial sums (point p of each block feeds lane p), and the lanes are added
-    in order at the end of the chunk: a fixed reassociation that lets the loop
-    over points vectorise and does not depend on the thread count.  Scratch:
-    O(L·M²·block) for the pair sums (kept per chunk, never per point).
+    i < k pairs only.  Every sum over points runs in ``ACC_LANES`` interleaved
+    partial sums (point p of the chunk feeds lane p mod ACC_LANES), and the
+    lanes are added in order at the end of the chunk: a fixed reassociation
+    that lets the loop over points vectorise and does not depend on the thread
+    count.  Scratch: O(L·M·block) for the forward pass and O(L·M²·ACC_LANES)
+    for the pair sums (kept per chunk, never per point).
     """
     L, M = b.shape
     P = W.shape[0]
@@ -182,7 +186,8 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
     Rb = np.zeros((M, block))
     res = np.empty((P, block))
     ntr = np.empty(L, dtype=np.int64)
-    Dacc = np.zeros((L, M, block))
+    Dacc = np.zeros((L, M, ACC_LANES))
+    term = np.empty(block)
     # ỹ'_j = R_L ỹ_j: the Euclidean targets in the last layer's frame
     Ty = np.zeros((T.shape[0], M))
     if not standard:
@@ -192,7 +197,7 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
                 for k in range(M):
                     s += R[L - 1, i, k] * T[j, k]
                 Ty[j, i] = s
-    Kacc = np.zeros((L, npairs, block))
+    Kacc = np.zeros((L, npairs, ACC_LANES))
     loss = 0.0
     for p0 in range(start, stop, block):
         nb = min(block, stop - p0)
@@ -268,15 +273,24 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
                 H = Hm[l]
                 Ul = U[l]
                 Dl = Dacc[l]
+                Kl = Kacc[l]
+                # point p adds into lane p % ACC_LANES (block is a multiple of
+                # it); the terms of a row are formed over the whole block first
+                # (a loop LLVM vectorises), then added lane by lane in order
                 for i in range(M):
                     for p in range(block):
-                        Dl[i, p] += (1.0 - H[i, p]) * Ra[i, p]
+                        term[p] = (1.0 - H[i, p]) * Ra[i, p]
+                    for p8 in range(0, block, ACC_LANES):
+                        for q in range(ACC_LANES):
+                            Dl[i, q] += term[p8 + q]
                 pair = 0
-                Kl = Kacc[l]
                 for i in range(M):
                     for k in range(i + 1, M):
                         for p in range(block):
-                            Kl[pair, p] += (H[i, p] - H[k, p]) * (Ra[i, p] * Ul[k, p] + Ul[i, p] * Ra[k, p])
+                            term[p] = (H[i, p] - H[k, p]) * (Ra[i, p] * Ul[k, p] + Ul[i, p] * Ra[k, p])
+                        for p8 in range(0, block, ACC_LANES):
+                            for q in range(ACC_LANES):
+                                Kl[pair, q] += term[p8 + q]
                         pair += 1
                 # h ⊙ r: exact (h is 0 or 1), and equal to r where untruncated
                 for i in range(M):
@@ -299,7 +313,7 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
         for l in range(L):
             for i in range(M):
                 s = 0.0
-                for q in range(block):
+                for q in range(ACC_LANES):
                     s += Dacc[l, i, q]
                 Dc[i] = s
                 gb[l, i] -= s
@@ -307,7 +321,7 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
             for i in range(M):
                 for k in range(i + 1, M):
                     s = 0.0
-                    for q in range(block):
+                    for q in range(ACC_LANES):
                         s += Kacc[l, pair, q]
                     G[l, i, k] += s + (Dc[i] * b[l, k] - b[l, i] * Dc[k])
                     pair += 1
