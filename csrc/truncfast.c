@@ -11,7 +11,8 @@
  *     "Determinism").  Chunks are handed out in batches that bound the memory
  *     of the partials; batching never changes the order of the additions.
  *   - Inside a chunk, points are processed in blocks of TF_BLOCK_SIZE points;
- *     sums over points run in one lane per point of the block.  A block is
+ *     sums over points run in TF_ACC_LANES interleaved lanes (point p of the
+ *     chunk feeds lane p % TF_ACC_LANES), added in order.  A block is
  *     walked in register tiles of VL points (TG tiles in lockstep) through all
  *     layers: every matrix-vector product keeps an output row in a vector
  *     register while it sums over k in ascending order -- the same operations
