@@ -91,6 +91,16 @@ class Case:
     call: Callable[[dict, Path], Any]
 
 
+def _with_free_memory(nbytes: int, call: Callable[[], Any]) -> Any:
+    """``call()`` as if psutil reported ``nbytes`` of available memory (a machine-independent table)."""
+    import psutil
+    from unittest import mock
+
+    fake = mock.Mock(wraps=psutil.virtual_memory(), available=nbytes)
+    with mock.patch("psutil.virtual_memory", return_value=fake):
+        return call()
+
+
 def _checkpoint(d, tmp: Path, **kw) -> Path:
     path = tmp / "ck.npz"
     if not path.exists():
@@ -220,6 +230,8 @@ CASES: list[Case] = [
     Case("integrate", "negative steps", "steps", lambda d, t: _integ(d, steps=-1)),
     Case("integrate", "non-integer steps", "steps", lambda d, t: _integ(d, steps=2.5)),
     Case("integrate", "record_every = 0", "record_every", lambda d, t: _integ(d, record_every=0)),
+    Case("integrate", "records that cannot fit in memory (10¹⁵ steps, every one recorded; 16 GiB free)",
+         "record_every", lambda d, t: _with_free_memory(16 * 2**30, lambda: _integ(d, steps=10**15, record_every=1))),
     Case("integrate", "checkpoint_every = 0", "checkpoint_every", lambda d, t: _integ(d, checkpoint_every=0)),
     Case("integrate", "unknown method", "method", lambda d, t: _integ(d, method="rk4")),
     Case("integrate", "unknown backend", "backend", lambda d, t: _integ(d, backend="gpu")),

@@ -441,3 +441,23 @@ def test_separated_form_matches_general_form(rng):
     assert_rel(sep.R, gen.R, 1e-11, "R")
     assert_rel(sep.b, gen.b, 1e-11, "b")
     assert_rel(sep.loss, gen.loss, 1e-11, "loss")
+
+
+def test_records_that_cannot_fit_are_refused_up_front_and_the_suggestion_fits(monkeypatch):
+    """A run whose records exceed half the free memory fails before its first step,
+    and the record_every it suggests is accepted by the same check."""
+    import re
+
+    import psutil
+
+    from truncfast import _integrate
+
+    fake = type("VM", (), {"available": 2**30})()  # 1 GiB free
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
+    L, M, Q, steps = 10, 64, 10, 10**6
+    with pytest.raises(tf.InputError, match=r"^record_every: ") as info:
+        _integrate._check_record_memory(steps, 1, L, M, Q)
+    k = int(re.search(r"record_every ≥ (\d+)", str(info.value)).group(1))
+    _integrate._check_record_memory(steps, k, L, M, Q)  # fits
+    with pytest.raises(tf.InputError):
+        _integrate._check_record_memory(steps, k // 2, L, M, Q)

@@ -246,6 +246,30 @@ def _n_records(steps: int, record_every: int) -> int:
     return steps // record_every + 1 + (1 if steps % record_every else 0)
 
 
+def _check_record_memory(steps: int, record_every: int, L: int, M: int, Q: int) -> None:
+    """Refuse, before the first step, a run whose records cannot fit in memory.
+
+    A :class:`Trajectory` keeps every record (R, b, counts and five scalars) in
+    memory, so ``steps // record_every`` records of ``8·(L·M² + L·M + 3·L·Q + 6)``
+    bytes each must fit; otherwise the run would fail with a ``MemoryError``
+    hours in.  Compared with the memory available now (psutil), keeping half
+    of it for the rest of the run.
+    """
+    import psutil
+
+    per_record = 8 * (L * M * M + L * M + 3 * L * Q + 6)
+    need = _n_records(steps, record_every) * per_record
+    avail = psutil.virtual_memory().available // 2
+    if need > avail:
+        fit = max(1, avail // per_record - 2)
+        k = max(record_every + 1, -(-steps // fit))
+        raise InputError(
+            f"record_every: {steps} steps recorded every {record_every} step(s) keep "
+            f"{_n_records(steps, record_every)} records of {per_record} bytes ({need / 2**30:.1f} GiB) in memory, "
+            f"more than half of the {2 * avail / 2**30:.1f} GiB available; record less often "
+            f"(record_every ≥ {k}) or integrate in shorter runs")
+
+
 def _record_step(i: int, steps: int, record_every: int) -> int:
     """The step of record i (the i-th element of 0, k, 2k, …, steps)."""
     return min(i * record_every, steps)
@@ -304,6 +328,7 @@ class _Run:
         L = R.shape[0]
         Q = targets.shape[0]
         self.record_every = int(settings["record_every"])
+        _check_record_memory(self.steps, self.record_every, L, M, Q)
         self.n_records = _n_records(self.steps, self.record_every)
         # record buffers grow by doubling (a run of 10⁹ steps must not allocate
         # all its records up front); the recorded values never depend on capacity
