@@ -565,8 +565,9 @@ class DaskEngine:
             prev = key
         return prev
 
-    def separation(self, R, b, X, labels, Q: int) -> tuple[np.ndarray, np.ndarray]:
-        """Cluster sizes N_j (Q,) and violation counts (Q, L) of §6 in one map (integers: exact)."""
+    def _exact_map_reduce(self, name: str, map_fn, add_fn, R, b, X, labels, Q: int):
+        """One map task per block with (R, S, b) and a tree of exact (integer) sums;
+        a validation message from a block is raised here."""
         from . import _kernels_numba as k
 
         tag = uuid.uuid4().hex
@@ -575,13 +576,17 @@ class DaskEngine:
         validate = self._take_validation()
         parts = []
         for i, (xk, lk, off) in enumerate(self._blocks(X, labels)):
-            key = (f"truncfast-sep-{tag}", i)
-            dsk[key] = (_map_separation, xk, lk, state, off, Q, validate)
+            key = (f"truncfast-{name}-{tag}", i)
+            dsk[key] = (map_fn, xk, lk, state, off, Q, validate)
             parts.append(key)
-        out = self._run(X, labels, dsk, self._tree(dsk, f"truncfast-stree-{tag}", parts, _add_pairs))
+        out = self._run(X, labels, dsk, self._tree(dsk, f"truncfast-{name}-tree-{tag}", parts, add_fn))
         if isinstance(out, str):
             self._raise(out)
         return out
+
+    def separation(self, R, b, X, labels, Q: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster sizes N_j (Q,) and violation counts (Q, L) of §6 in one map (integers: exact)."""
+        return self._exact_map_reduce("sep", _map_separation, _add_pairs, R, b, X, labels, Q)
 
     def moments(self, R, b, X, labels, Q: int):
         """Raw constrained moments (S0, S1, S2) of §6, summed like ``general`` (same bits when aligned)."""
@@ -598,22 +603,7 @@ class DaskEngine:
 
     def counts(self, R, b, X, labels, Q: int) -> np.ndarray:
         """(L, Q, 3) counts along the composition, summed over blocks (integers: exact)."""
-        from . import _kernels_numba as k
-
-        tag = uuid.uuid4().hex
-        state = f"truncfast-state-{tag}"
-        dsk: dict = {state: _State((R, k.transfer_matrices(R), b))}
-        validate = self._take_validation()
-        parts = []
-        for i, (xk, lk, off) in enumerate(self._blocks(X, labels)):
-            key = (f"truncfast-counts-{tag}", i)
-            dsk[key] = (_map_counts, xk, lk, state, off, Q, validate)
-            parts.append(key)
-        root = self._tree(dsk, f"truncfast-ctree-{tag}", parts, _add_counts)
-        out = self._run(X, labels, dsk, root)
-        if isinstance(out, str):
-            self._raise(out)
-        return out
+        return self._exact_map_reduce("counts", _map_counts, _add_counts, R, b, X, labels, Q)
 
 
 # ------------------------------------------------------------ boundary ---

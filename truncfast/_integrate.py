@@ -44,7 +44,7 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from . import _backends, _config, _expm, _separated
+from . import _backends, _config, _expm, _numba_cache, _separated
 from . import _kernels_numba as _kn
 from ._errors import DivergenceError, InputError, SeparationError
 from ._model import orthonormalize
@@ -176,31 +176,9 @@ def _counts_seq(R, b, X, labels, Q, chunk, block, out):
                 out[l, j, 1] += 1
 
 
-def _stamp_dependencies(*dispatchers) -> None:
-    """Make the on-disk Numba cache of ``dispatchers`` depend on the kernels they call.
-
-    Numba keys a cached function on its own source file only, yet it links the
-    callees (``_kernels_numba.general_chunk``, ``_expm``) into the cached code:
-    after an edit of ``_kernels_numba.py`` the cache would silently keep the old
-    kernel and break the bitwise equality with the Python loop.  Adding the
-    callees' (mtime, size) to the cache stamp makes such a cache stale.
-    """
-    deps = []
-    for mod in (_kn, _expm):
-        try:
-            st = os.stat(mod.__file__)
-            deps.append((st.st_mtime, st.st_size))
-        except (OSError, TypeError):  # pragma: no cover - frozen installs
-            deps.append(None)
-    for d in dispatchers:
-        try:
-            cf = d._cache._cache_file
-            cf._source_stamp = (cf._source_stamp, tuple(deps))
-        except AttributeError:  # pragma: no cover - NUMBA_DISABLE_JIT or another Numba layout
-            pass
-
-
-_stamp_dependencies(_evaluate_seq, _compiled_steps, _counts_seq)
+# the compiled loops link the kernels of _kernels_numba / _expm and the
+# constants of _config into their cached code (see _numba_cache)
+_numba_cache.stamp([_evaluate_seq, _compiled_steps, _counts_seq], [_kn, _expm, _config])
 
 
 # -------------------------------------------------------------- validation ---

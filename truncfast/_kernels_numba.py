@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import _config, _numba_cache
 from ._config import ACC_LANES
 
 __all__ = [
@@ -119,13 +120,19 @@ def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, want_z):
 
 
 @njit(cache=True, nogil=True)
+def _forward_scratch(L, M, block):
+    """Scratch of :func:`_forward_block`: U, Hm, Tt (L, M, block), Z (M, block), ntr (L,).
+
+    Zero-filled, so the padded tail columns of a partial block stay finite.
+    """
+    return (np.zeros((L, M, block)), np.zeros((L, M, block)), np.zeros((L, M, block)),
+            np.zeros((M, block)), np.zeros(L, dtype=np.int64))
+
+
+@njit(cache=True, nogil=True)
 def _truncate_chunk(R, S, b, X, start, stop, block, out, codes, want_codes):
     L, M = b.shape
-    U = np.empty((L, M, block))
-    Hm = np.empty((L, M, block))
-    Tt = np.empty((L, M, block))
-    Z = np.empty((M, block))
-    ntr = np.empty(L, dtype=np.int64)
+    U, Hm, Tt, Z, ntr = _forward_scratch(L, M, block)
     for p0 in range(start, stop, block):
         nb = min(block, stop - p0)
         _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, not want_codes)
@@ -177,15 +184,11 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
     L, M = b.shape
     P = W.shape[0]
     npairs = M * (M - 1) // 2
-    U = np.zeros((L, M, block))  # zero-filled so padded tail columns stay finite
-    Hm = np.zeros((L, M, block))
-    Tt = np.empty((L, M, block))
-    Z = np.empty((M, block))
+    U, Hm, Tt, Z, ntr = _forward_scratch(L, M, block)
     E = np.empty((M, block))
     Ra = np.zeros((M, block))
     Rb = np.zeros((M, block))
     res = np.empty((P, block))
-    ntr = np.empty(L, dtype=np.int64)
     Dacc = np.zeros((L, M, ACC_LANES))
     term = np.empty(block)
     # ỹ'_j = R_L ỹ_j: the Euclidean targets in the last layer's frame
@@ -399,11 +402,7 @@ def moments_range(R, b, X, labels, c_first, c_last, chunk, slot0, p0, p1, p2, pn
 @njit(cache=True, nogil=True)
 def _violations_chunk(R, S, b, X, labels, start, stop, block, counts):
     L, M = b.shape
-    U = np.empty((L, M, block))
-    Hm = np.empty((L, M, block))
-    Tt = np.empty((L, M, block))
-    Z = np.empty((M, block))
-    ntr = np.empty(L, dtype=np.int64)
+    U, Hm, Tt, Z, ntr = _forward_scratch(L, M, block)
     for p0 in range(start, stop, block):
         nb = min(block, stop - p0)
         _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, False)
@@ -455,3 +454,7 @@ def cluster_radius_range(X, labels, centers, c_first, c_last, chunk, rad):
             s += d * d
         if s > rad[j]:
             rad[j] = s
+
+
+# the gradient kernels freeze _config.ACC_LANES into their cached code
+_numba_cache.stamp([general_chunk, general_range], [_config])
