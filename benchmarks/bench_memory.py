@@ -38,11 +38,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _memory import PeakRSS  # noqa: E402
 
 MB = 2.0**20
 OPS = ("gradient", "loss", "integrate", "checkpointed-integrate", "truncate")
@@ -64,17 +66,14 @@ def _malloc_trim() -> None:
         pass
 
 
-class PeakAnon:
+class PeakAnon(PeakRSS):
     """Peak RssAnon growth while active (sampled every ``interval`` s) plus the tracemalloc peak."""
 
     def __init__(self, interval: float = 0.001):
-        self.interval = interval
-        self._stop = threading.Event()
+        super().__init__(interval)
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_anon())
-            time.sleep(self.interval)
+    def sample(self) -> int:
+        return rss_anon()
 
     def __enter__(self):
         # return freed heap memory to the OS first: otherwise an allocation can reuse
@@ -83,21 +82,12 @@ class PeakAnon:
         _malloc_trim()
         tracemalloc.start()
         tracemalloc.reset_peak()
-        self.start = self.peak = rss_anon()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_anon())
+        super().__exit__(*exc)
         self.numpy_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
 
 
 def write_data(folder: str, N: int, M: int, Q: int, seed: int = 0, rows: int = 1 << 18):
