@@ -144,6 +144,22 @@ def make_problem(rng: np.random.Generator, N: int = 12, M: int = 3, L: int = 2, 
     return Problem(R, b, X, labels, targets, W_out, b_out, Y)
 
 
+
+TRAJECTORY_FIELDS = ("R", "b", "times", "steps", "loss", "grad_b_norm", "omega_norm", "ortho_defect", "counts",
+                     "Rs", "bs")
+
+
+def assert_trajectories_bitwise(a, b) -> None:
+    """Two Trajectory objects hold the same bytes in every record and the same state."""
+    for name in TRAJECTORY_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and x.dtype == y.dtype, name
+        assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), f"{name} differs bitwise"
+    assert a.reorthonormalizations == b.reorthonormalizations
+    assert a.last_step == b.last_step
+    np.testing.assert_array_equal(a.collapse_times, b.collapse_times)
+
+
 @pytest.fixture
 def random_problem(rng):
     """Factory: ``random_problem(N=..., M=..., L=..., Q=..., P=..., kind=...)``."""

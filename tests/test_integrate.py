@@ -12,7 +12,8 @@ import pytest
 import scipy.linalg as sla
 
 import truncfast as tf
-from conftest import RTOL, assert_rel, make_problem, random_orthogonal, separated_problem
+from conftest import (RTOL, assert_rel, assert_trajectories_bitwise, make_problem, random_orthogonal,
+                      separated_problem)
 from truncfast import _config, _expm, _integrate
 
 torch = pytest.importorskip("torch")
@@ -40,16 +41,7 @@ def run_both(monkeypatch, *args, **kw):
     return a, b
 
 
-FIELDS = ("R", "b", "times", "steps", "loss", "grad_b_norm", "omega_norm", "ortho_defect", "counts", "Rs", "bs")
-
-
-def assert_bitwise(a, b):
-    for name in FIELDS:
-        x, y = getattr(a, name), getattr(b, name)
-        assert x.shape == y.shape and x.dtype == y.dtype, name
-        assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), f"{name} differs bitwise"
-    assert a.reorthonormalizations == b.reorthonormalizations
-    assert a.last_step == b.last_step
+assert_bitwise = assert_trajectories_bitwise
 
 
 # ----------------------------------------------------------------- expm ---

@@ -11,20 +11,10 @@ import numpy as np
 import pytest
 
 import truncfast as tf
-from conftest import make_problem
+from conftest import TRAJECTORY_FIELDS as FIELDS, assert_trajectories_bitwise, make_problem
 from truncfast import _config, _integrate
 
-FIELDS = ("R", "b", "times", "steps", "loss", "grad_b_norm", "omega_norm", "ortho_defect", "counts", "Rs", "bs")
-
-
-def assert_bitwise(a, b):
-    for name in FIELDS:
-        x, y = getattr(a, name), getattr(b, name)
-        assert x.shape == y.shape and x.dtype == y.dtype, name
-        assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), f"{name} differs bitwise"
-    assert a.reorthonormalizations == b.reorthonormalizations
-    assert a.last_step == b.last_step
-    np.testing.assert_array_equal(a.collapse_times, b.collapse_times)
+assert_bitwise = assert_trajectories_bitwise
 
 
 @pytest.fixture
