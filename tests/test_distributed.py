@@ -179,8 +179,35 @@ def test_integrate_20_steps_same_bits(client, problem):
     for name in ("R", "b", "times", "loss", "grad_b_norm", "omega_norm", "ortho_defect", "counts", "Rs", "bs"):
         assert np.array_equal(getattr(traj, name), getattr(ref, name)), name
     assert traj.settings["distributed"] == "dask" and traj.last_step == 20
-    with pytest.raises(tf.InputError, match="checkpoint"):
-        tf.integrate(R, b, *_dask(X, labels, CH), targets, dt=0.2, steps=2, checkpoint="x.npz")
+
+
+def test_checkpoint_interrupt_and_resume_on_dask_or_in_memory(client, problem, monkeypatch, tmp_path):
+    """A dask run interrupted after step 9 leaves a checkpoint; resuming it on the dask data
+    and on the same data in memory both give the uninterrupted run's bits (aligned chunks)."""
+    R, b, X, labels, targets = problem
+    kw = dict(dt=0.2, steps=15, record_every=4)
+    full = tf.integrate(R, b, X, labels, targets, backend="numba", **kw)
+    ck = tmp_path / "ck.npz"
+
+    def stop(k):
+        if k >= 9:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_integrate, "_after_boundary", stop)
+    with pytest.raises(KeyboardInterrupt):
+        tf.integrate(R, b, *_dask(X, labels, 2 * CH), targets, checkpoint=ck, checkpoint_every=3, **kw)
+    monkeypatch.setattr(_integrate, "_after_boundary", None)
+    part = tf.Trajectory.load(ck)
+    assert 9 <= part.last_step < 15 and part.settings["distributed"] == "dask"
+    mid = ck.read_bytes()
+    for data in (_dask(X, labels, CH), (X, labels)):  # other chunking; in memory
+        ck.write_bytes(mid)
+        done = tf.resume(ck, *data, targets)
+        assert done.complete and done.last_step == 15
+        for name in ("R", "b", "times", "loss", "grad_b_norm", "omega_norm", "counts", "Rs", "bs"):
+            assert np.array_equal(getattr(done, name), getattr(full, name)), name
+    with pytest.raises(tf.InputError, match="sha256"):
+        tf.resume(ck, *_dask(X[::-1].copy(), labels, CH), targets)
 
 
 def test_integrate_survives_killed_workers(client, problem, monkeypatch):

@@ -855,7 +855,9 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     client (the state is O(L M²)).  The step loop is the local one
     (``_integrate._Run``) with this module's engine in place of the backend,
     so progress bars, divergence errors and Ctrl-C behave identically.
-    Not supported with dask data (yet): ``checkpoint``.
+    Checkpoints work as locally; their data digest is the local one (the same
+    data give the same sha256 in memory or in any chunking), computed by one
+    pass over the blocks through the client (:func:`data_digest`).
     """
     from . import _integrate
 
@@ -878,9 +880,9 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
     if SOLVERS[method].needs_moments:
         form = "separated"
-    if checkpoint is not None or checkpoint_every is not None:
-        raise InputError("checkpoint: checkpoints are not supported for dask inputs yet (the data digest would "
-                         "have to be computed on the workers)")
+    if checkpoint_every is not None:
+        checkpoint_every = _integrate._check_int("checkpoint_every", checkpoint_every, 1)
+    _integrate._check_checkpoint_path(checkpoint)
     train_weights = _integrate._check_flag("train_weights", train_weights)
     train_biases = _integrate._check_flag("train_biases", train_biases)
     progress = _integrate._check_flag("progress", progress)
@@ -894,6 +896,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
             f"targets: method={method!r} / form='separated' needs one layer per cluster (L == Q), "
             f"got L = {L} layers and Q = {Q} clusters")
     X, labels = dask.persist(X, labels)  # once per run: every step reads the blocks where they are
+    digest = data_digest(X, labels, targets) if checkpoint is not None else None
     engine = DaskEngine()
     settings = {
         "method": method, "dt": dt, "steps": steps, "record_every": record_every,
@@ -908,11 +911,52 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     if train_weights:
         R, fixed = _integrate._reorthonormalize_initial(R)
         reorth0 = int(fixed)
-    run = _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, reorth0)
+    run = _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, reorth0,
+                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, digest=digest)
     return run.run()
 
 
-def _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, reorth0):
+def data_digest(X, labels, targets) -> str:
+    """``_integrate._data_digest`` of the computed data, block by block in row order.
+
+    Hashes the same bytes as the local digest of ``X.compute()`` (float64 rows),
+    ``labels.compute()`` (int64) and ``targets``, so a checkpoint written from
+    dask data resumes on the same data in memory and the other way round.
+    Reads every block once through the client, one block at a time.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (X, labels):
+        h.update(repr((np.dtype(a.dtype).str, tuple(int(n) for n in a.shape))).encode())
+        for i in range(a.numblocks[0]):
+            h.update(memoryview(np.ascontiguousarray(a.blocks[i].compute())).cast("B"))
+    h.update(repr((targets.dtype.str, targets.shape)).encode())
+    h.update(memoryview(np.ascontiguousarray(targets)).cast("B"))
+    return h.hexdigest()
+
+
+def resume(traj, meta: dict, path, X, labels, targets, *, progress: bool, checkpoint, checkpoint_every):
+    """``truncfast.resume`` on dask data (called by it once the checkpoint is read)."""
+    import dask
+
+    from . import _integrate
+
+    s = dict(traj.settings)
+    R, b, X, labels, targets = prepare(traj.R, traj.b, X, labels, targets)
+    X, labels = dask.persist(X, labels)
+    digest = _integrate._check_resume_data(traj, meta, X, targets, lambda: data_digest(X, labels, targets))
+    engine = DaskEngine()
+    s.update({"backend": "numba", "compiled_loop": False, "distributed": "dask", "reduction": engine.reduction,
+              "blocks": len(X.chunks[0])})
+    run = _make_run(_integrate, s, R.copy(), b.copy(), X, labels, targets, engine, progress, 0,
+                    checkpoint=path if checkpoint is None else checkpoint, checkpoint_every=checkpoint_every,
+                    digest=digest, previous=traj)
+    return run.run()
+
+
+def _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, reorth0, *,
+              checkpoint=None, checkpoint_every=None, digest=None, previous=None):
     """The local step loop (``_integrate._Run``) driving the dask engine instead of a local backend."""
 
     class _DaskRun(_integrate._Run):
@@ -922,7 +966,8 @@ def _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, 
             M = R.shape[1]
             # the base class sizes its buffers from these; the data themselves are the dask arrays below
             super().__init__(settings, R, b, np.zeros((0, M)), np.zeros(0, dtype=np.int64), targets,
-                             checkpoint=None, checkpoint_every=None, progress=progress, reorth0=reorth0)
+                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress,
+                             previous=previous, digest=digest, reorth0=reorth0)
             self.X, self.labels = X, labels
             self.bk = engine
 

@@ -219,6 +219,19 @@ def _data_digest(X: np.ndarray, labels: np.ndarray, targets: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _check_resume_data(traj: Trajectory, meta: dict, X, targets, digest: Callable[[], str]) -> str:
+    """The data digest, after checking that X and targets fit the checkpoint's run and its digest."""
+    s = traj.settings
+    if (X.shape[0], targets.shape[0]) != (s["N"], s["Q"]):
+        raise InputError(f"X: the checkpoint was made with N = {s['N']} points and Q = {s['Q']} clusters, "
+                         f"got N = {X.shape[0]} and Q = {targets.shape[0]}")
+    d = digest()
+    if meta.get("data_sha256") not in (None, d):
+        raise InputError("X: the data (X, labels, targets) differ from those the checkpoint was made with "
+                         "(sha256 mismatch); resume needs the original data")
+    return d
+
+
 def _n_records(steps: int, record_every: int) -> int:
     """Number of recorded steps: 0, every ``record_every`` steps, and the last step."""
     return steps // record_every + 1 + (1 if steps % record_every else 0)
@@ -727,7 +740,8 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     """Continue a checkpointed :func:`integrate` run to its requested number of steps.
 
     ``X, labels, targets`` must be the data of the original run (checked by
-    sha256).  The result is bitwise equal to an uninterrupted run when the same
+    sha256); they may be dask arrays (also for a run that was local, and the
+    other way round: the digest does not depend on where the data live).  The result is bitwise equal to an uninterrupted run when the same
     backend is used (the default: the backend recorded in the checkpoint).
     Checkpoints keep being written to ``checkpoint`` (default: ``path``) every
     ``checkpoint_every`` steps (default: the original setting).
@@ -737,27 +751,30 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     if not isinstance(meta, dict):
         raise InputError(f"path: {os.fspath(path)!r} is a saved trajectory, not a checkpoint "
                          "(write one with integrate(..., checkpoint=PATH))")
-    s = dict(traj.settings)
-    R, b, X, labels, targets = check_problem(traj.R, traj.b, X, labels, targets)
-    if (X.shape[0], targets.shape[0]) != (s["N"], s["Q"]):
-        raise InputError(f"X: the checkpoint was made with N = {s['N']} points and Q = {s['Q']} clusters, "
-                         f"got N = {X.shape[0]} and Q = {targets.shape[0]}")
-    digest = _data_digest(X, labels, targets)
-    if meta.get("data_sha256") not in (None, digest):
-        raise InputError("X: the data (X, labels, targets) differ from those the checkpoint was made with "
-                         "(sha256 mismatch); resume needs the original data")
-    if backend is not None:
-        name = _backends.resolve(backend, N=s["N"], M=s["M"], L=s["L"])
-        s["backend"] = name
-        s["compiled_loop"] = bool(s["compiled_loop"] and name == "numba")
-    else:
-        _backends.resolve(s["backend"])
     if checkpoint_every is None:
         checkpoint_every = meta.get("checkpoint_every")
     else:
         checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
     progress = _check_flag("progress", progress)
     _check_checkpoint_path(path if checkpoint is None else checkpoint)
+    if uses_dask(X, labels):
+        from . import _distributed
+
+        if _distributed.is_dask_array(X):
+            if backend is not None:
+                _distributed._check_backend(backend)
+            return _distributed.resume(traj, meta, path, X, labels, targets, progress=progress,
+                                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        labels = _distributed._local_labels(labels)  # X in memory: run here, as integrate does
+    s = dict(traj.settings)
+    R, b, X, labels, targets = check_problem(traj.R, traj.b, X, labels, targets)
+    digest = _check_resume_data(traj, meta, X, targets, lambda: _data_digest(X, labels, targets))
+    if backend is not None:
+        name = _backends.resolve(backend, N=s["N"], M=s["M"], L=s["L"])
+        s["backend"] = name
+        s["compiled_loop"] = bool(s["compiled_loop"] and name == "numba")
+    else:
+        _backends.resolve(s["backend"])
     run = _Run(s, R.copy(), b.copy(), X, labels, targets, checkpoint=path if checkpoint is None else checkpoint,
                checkpoint_every=checkpoint_every, progress=progress, previous=traj, digest=digest)
     return run.run()
