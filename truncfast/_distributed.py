@@ -724,26 +724,12 @@ def _check_separation(engine: DaskEngine, R, b, X, labels, Q: int) -> np.ndarray
     (The local version first tries a cheap sufficient test on enclosing balls;
     its outcome never changes the result, only the time, so it is skipped here.)
     """
-    from ._errors import SeparationError
-    from ._separated import SeparationShapeError
+    from ._separated import _check_nonempty, _check_one_layer_per_cluster, raise_violations
 
-    L = R.shape[0]
-    if L != Q:
-        raise SeparationShapeError(
-            f"targets: form='separated' needs one layer per cluster (L == Q), got L = {L} layers and Q = {Q} clusters")
+    _check_one_layer_per_cluster(R.shape[0], Q)
     counts, bad = engine.separation(R, b, X, labels, Q)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise InputError(f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points; "
-                         "form='separated' needs every cluster non-empty")
-    if bad.any():
-        viol = [(int(j), int(l), int(bad[j, l])) for j, l in zip(*np.nonzero(bad))]
-        listed = "; ".join(f"cluster {j} truncated by layer {l} ({n} point{'s' if n != 1 else ''})"
-                           for j, l, n in viol[:10])
-        more = f"; and {len(viol) - 10} more pairs" if len(viol) > 10 else ""
-        raise SeparationError(
-            "the truncations are not cluster-separated (THEORY §6: layer ℓ must act as the identity on every "
-            "cluster j ≠ ℓ): " + listed + more + ". Use form='general', which is exact for any data.", viol)
+    _check_nonempty(counts)
+    raise_violations(bad)
     return counts.astype(np.float64)
 
 

@@ -190,7 +190,12 @@ def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
     _check_nonempty(counts)
     if separated_by_balls(R, b, *cluster_balls(X, labels, Q)):
         return counts.astype(np.float64)
-    bad = np.asarray(bk.violations(R, b, X, labels, Q))
+    raise_violations(np.asarray(bk.violations(R, b, X, labels, Q)))
+    return counts.astype(np.float64)
+
+
+def raise_violations(bad: np.ndarray) -> None:
+    """Raise :class:`SeparationError` if some ``bad[j, ℓ]`` (points of cluster j truncated by layer ℓ ≠ j) > 0."""
     if bad.any():
         viol = [(int(j), int(l), int(bad[j, l])) for j, l in zip(*np.nonzero(bad))]
         listed = "; ".join(f"cluster {j} truncated by layer {l} ({n} point{'s' if n != 1 else ''})" for j, l, n in viol[:10])
@@ -200,7 +205,6 @@ def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
             + listed + more + ". Use form='general', which is exact for any data.",
             viol,
         )
-    return counts.astype(np.float64)
 
 
 def assemble(R, b, targets, counts, S0, S1, S2, N: int):
