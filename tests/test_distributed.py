@@ -272,12 +272,21 @@ def _two_clusters(n=9000):
     return R, b, X, labels, T
 
 
-def test_separated_form_and_exp_euler_same_bits(client):
+def test_separated_form_and_exp_euler_same_bits(client, monkeypatch):
     R, b, X, labels, T = _two_clusters()
     Xd, ld = _dask(X, labels, 2 * CH)
+    exact_checks = []
+    real = _distributed.DaskEngine.separation
+    monkeypatch.setattr(_distributed.DaskEngine, "separation",
+                        lambda self, *a: exact_checks.append(1) or real(self, *a))
     ref = tf.gradient(R, b, X, labels, T, form="separated", backend="numba")
     got = tf.gradient(R, b, Xd, ld, T, form="separated")
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    assert not exact_checks  # the clusters' boxes proved the separation in the moments' map
+    bad = X.copy()
+    bad[2 * CH + 5, 1] = np.inf  # the moments' map is the first map over the data: it validates
+    with pytest.raises(tf.InputError, match=rf"X: contains inf at index \[{2 * CH + 5}, 1\]"):
+        tf.gradient(R, b, *_dask(bad, labels, 2 * CH), T, form="separated")
     tref = tf.integrate(R, b, X, labels, T, dt=0.5, steps=20, record_every=5, method="exp-euler", backend="numba")
     traj = tf.integrate(R, b, Xd, ld, T, dt=0.5, steps=20, record_every=5, method="exp-euler")
     for name in ("R", "b", "loss", "counts", "Rs", "bs"):
@@ -286,3 +295,4 @@ def test_separated_form_and_exp_euler_same_bits(client):
     bad_b[1] = [-10.0, -10.0]  # layer 1 now truncates cluster 0 as well
     with pytest.raises(tf.SeparationError, match="cluster 0 truncated by layer 1"):
         tf.gradient(R, bad_b, Xd, ld, T, form="separated")
+    assert exact_checks  # boxes inconclusive: the exact per-point check decided

@@ -274,27 +274,47 @@ def _block_counts(X, labels, state, offset: int, Q: int, validate: bool):
     return out
 
 
-def _map_moments(X, labels, state, offset: int, Q: int, fold_block: bool) -> "_Partials":
-    """Per-chunk raw constrained moments (S0, S1, S2) of §6 for one block (values already validated)."""
+def _map_moments(X, labels, state, offset: int, Q: int, fold_block: bool, validate: bool):
+    """Per-chunk raw constrained moments (S0, S1, S2) of §6 for one block, and the block's
+    cluster sizes and boxes ``(counts (Q,), lo (Q, M), hi (Q, M))`` (exact: sums of integers,
+    minima, maxima).  With ``validate`` a bad block gives its error (in both parts) instead."""
     from . import _kernels_numba as k
 
     R, b = state.arrays
     X = np.ascontiguousarray(X, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     R, b, X, labels = _ro(R, b, X, labels)
+    if validate:
+        err = _block_error(X, labels, offset, Q)
+        if err is not None:
+            return _Partials(None, 0, err), err
     M = X.shape[1]
     chunk = _config.CHUNK_SIZE
     nch = (X.shape[0] + chunk - 1) // chunk
     p0, p1, p2 = np.empty((nch, Q, M)), np.empty((nch, Q, M, M)), np.empty((nch, Q, M, M))
-    pn, plo, phi = np.empty((nch, Q)), np.empty((nch, Q, M)), np.empty((nch, Q, M))  # unused here
+    pn, plo, phi = np.empty((nch, Q)), np.empty((nch, Q, M)), np.empty((nch, Q, M))
     _over_chunks(lambda a, c, _: k.moments_range(R, b, X, labels, a, c, chunk, 0, p0, p1, p2, pn, plo, phi), nch)
+    box = (pn.sum(axis=0), plo.min(axis=0, initial=np.inf), phi.max(axis=0, initial=-np.inf))
     parts = (p0, p1, p2)
     if fold_block:
         sums = tuple(np.zeros(p.shape[1:]) for p in parts)
         for tot, p in zip(sums, parts):
             k.add_slots(tot, p, nch)
-        return _Partials(sums, 0)
-    return _Partials(parts, nch)
+        return _Partials(sums, 0), box
+    return _Partials(parts, nch), box
+
+
+def _combine_boxes(a, b):
+    """Cluster sizes added, boxes joined (exact in any order); a string is an error (first one wins)."""
+    if isinstance(a, str):
+        return a
+    if isinstance(b, str):
+        return b
+    return a[0] + b[0], np.minimum(a[1], b[1]), np.maximum(a[2], b[2])
+
+
+def _pair(a, b):
+    return a, b
 
 
 def _map_separation(X, labels, state, offset: int, Q: int, validate: bool):
@@ -588,18 +608,31 @@ class DaskEngine:
         """Cluster sizes N_j (Q,) and violation counts (Q, L) of §6 in one map (integers: exact)."""
         return self._exact_map_reduce("sep", _map_separation, _add_pairs, R, b, X, labels, Q)
 
-    def moments(self, R, b, X, labels, Q: int):
-        """Raw constrained moments (S0, S1, S2) of §6, summed like ``general`` (same bits when aligned)."""
+    def moments_box(self, R, b, X, labels, Q: int):
+        """``(S0, S1, S2, counts, lo, hi)`` of §6 in one map, as ``_backends`` returns them: the raw
+        moments summed like ``general`` (same bits when aligned), the cluster sizes and boxes exactly."""
+        import operator
+
         tag = uuid.uuid4().hex
         state = f"truncfast-state-{tag}"
         dsk: dict = {state: _State((R, b))}
         tree = self.reduction == "tree"
-        parts = []
+        validate = self._take_validation()
+        parts, boxes = [], []
         for i, (xk, lk, off) in enumerate(self._blocks(X, labels)):
-            key = (f"truncfast-mom-{tag}", i)
-            dsk[key] = (_map_moments, xk, lk, state, off, Q, tree)
-            parts.append(key)
-        return self._run(X, labels, dsk, self._reduce_partials(dsk, tag, parts, X)).arrays
+            key = (f"truncfast-mombox-{tag}", i)
+            dsk[key] = (_map_moments, xk, lk, state, off, Q, tree, validate)
+            dsk[(f"truncfast-mom-{tag}", i)] = (operator.getitem, key, 0)
+            dsk[(f"truncfast-box-{tag}", i)] = (operator.getitem, key, 1)
+            parts.append((f"truncfast-mom-{tag}", i))
+            boxes.append((f"truncfast-box-{tag}", i))
+        root = f"truncfast-momroot-{tag}"
+        dsk[root] = (_pair, self._reduce_partials(dsk, tag, parts, X),
+                     self._tree(dsk, f"truncfast-boxtree-{tag}", boxes, _combine_boxes))
+        mom, box = self._run(X, labels, dsk, root)
+        if mom.error is not None:
+            self._raise(mom.error)
+        return (*mom.arrays, *box)
 
     def counts(self, R, b, X, labels, Q: int) -> np.ndarray:
         """(L, Q, 3) counts along the composition, summed over blocks (integers: exact)."""
@@ -721,8 +754,10 @@ def loss(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "a
 def _check_separation(engine: DaskEngine, R, b, X, labels, Q: int) -> np.ndarray:
     """``_separated.check_separation`` for dask data: same errors, always the exact per-point check.
 
-    (The local version first tries a cheap sufficient test on enclosing balls;
-    its outcome never changes the result, only the time, so it is skipped here.)
+    The fallback of ``_separated.checked_moments`` when the boxes are
+    inconclusive.  (The local version first tries a cheap sufficient test on
+    enclosing balls; its outcome never changes the result, only the time, so
+    it is skipped here.)
     """
     from ._separated import _check_nonempty, _check_one_layer_per_cluster, raise_violations
 
@@ -745,12 +780,11 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
     _check_backend(backend)
     R, b, X, labels, targets = prepare(R, b, X, labels, targets)
     if form == "separated":
-        from ._separated import assemble
+        from ._separated import assemble, checked_moments
 
-        Q = targets.shape[0]
         engine = DaskEngine()
-        counts = _check_separation(engine, R, b, X, labels, Q)
-        S0, S1, S2 = engine.moments(R, b, X, labels, Q)
+        counts, S0, S1, S2 = checked_moments(engine, R, b, X, labels, targets.shape[0],
+                                             fallback=_check_separation)
         return assemble(R, b, targets, counts, S0, S1, S2, X.shape[0])
     _, gb, omega, _, _ = _euclid(R, b, X, labels, targets, True)
     return gb, omega
@@ -961,13 +995,13 @@ def _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, 
             """The right-hand side; the separated form (§6) through the engine's moments and checks."""
             if self.form == "general":
                 return super().evaluate(R_, b_)
-            from ._separated import assemble
+            from ._separated import assemble, checked_moments
             from ._solvers import RHS
 
             T = self.targets
             Q, N = T.shape[0], self.X.shape[0]
-            counts = _check_separation(engine, R_, b_, self.X, self.labels, Q)
-            S0, S1, S2 = engine.moments(R_, b_, self.X, self.labels, Q)
+            counts, S0, S1, S2 = checked_moments(engine, R_, b_, self.X, self.labels, Q,
+                                                 fallback=_check_separation)
             gb, om = assemble(R_, b_, T, counts, S0, S1, S2, N)
             loss = float(engine.general(R_, b_, self.X, self.labels, T, self._W0, self._bo0, self._Y0,
                                         False, False)[0])

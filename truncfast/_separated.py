@@ -160,20 +160,21 @@ def _check_nonempty(counts: np.ndarray) -> None:
         )
 
 
-def checked_moments(bk, R, b, X, labels, Q: int):
+def checked_moments(bk, R, b, X, labels, Q: int, *, fallback=None):
     """``(counts, S0, S1, S2)`` of the separated form, with the assumption verified.
 
     One pass over the data (``bk.moments_box``) gives the moments, the cluster
     sizes and each cluster's box; the boxes usually prove separation
-    (:func:`separated_by_boxes`).  Otherwise :func:`check_separation` decides
-    (and raises :class:`SeparationError` naming the clusters and layers).
+    (:func:`separated_by_boxes`).  Otherwise ``fallback(bk, R, b, X, labels, Q)``
+    decides (default :func:`check_separation`; the dask engine passes its own)
+    and raises :class:`SeparationError` naming the clusters and layers.
     Raises on L ≠ Q and on empty clusters.
     """
     _check_one_layer_per_cluster(R.shape[0], Q)
     S0, S1, S2, counts, lo, hi = bk.moments_box(R, b, X, labels, Q)
     _check_nonempty(counts)
     if not separated_by_boxes(R, b, lo, hi):
-        check_separation(bk, R, b, X, labels, Q)
+        (check_separation if fallback is None else fallback)(bk, R, b, X, labels, Q)
     return counts, S0, S1, S2
 
 
