@@ -109,6 +109,8 @@ PROBLEMS = [  # N spans several chunks and ends in a partial block
     dict(N=4096 + 13, M=8, L=8, Q=8, P=3, kind="random"),
     dict(N=4096 + 3, M=16, L=3, Q=3, P=2, kind="random"),
     dict(N=300, M=2, L=2, Q=2, P=1, kind="boundary"),
+    # wider than the register rows (TF_RMAX = 8) and not specialised
+    dict(N=700, M=20, L=3, Q=3, P=2, kind="random"),
 ]
 
 
