@@ -944,16 +944,13 @@ def data_digest(X, labels, targets) -> str:
     dask data resumes on the same data in memory and the other way round.
     Reads every block once through the client, one block at a time.
     """
-    import hashlib
+    from ._integrate import _digest
 
-    h = hashlib.sha256()
-    for a in (X, labels):
-        h.update(repr((np.dtype(a.dtype).str, tuple(int(n) for n in a.shape))).encode())
-        for i in range(a.numblocks[0]):
-            h.update(memoryview(np.ascontiguousarray(a.blocks[i].compute())).cast("B"))
-    h.update(repr((targets.dtype.str, targets.shape)).encode())
-    h.update(memoryview(np.ascontiguousarray(targets)).cast("B"))
-    return h.hexdigest()
+    def blocks(a):
+        return (a.blocks[i].compute() for i in range(a.numblocks[0]))
+
+    return _digest([(np.dtype(X.dtype).str, X.shape, blocks(X)), (np.dtype(labels.dtype).str, labels.shape,
+                    blocks(labels)), (targets.dtype.str, targets.shape, [targets])])
 
 
 def resume(traj, meta: dict, path, X, labels, targets, *, progress: bool, checkpoint, checkpoint_every):

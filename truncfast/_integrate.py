@@ -212,10 +212,18 @@ def _check_flag(name: str, value: Any) -> bool:
 
 def _data_digest(X: np.ndarray, labels: np.ndarray, targets: np.ndarray) -> str:
     """sha256 of the validated data; a checkpoint only resumes on the same data."""
+    return _digest((a.dtype.str, a.shape, [a]) for a in (X, labels, targets))
+
+
+def _digest(arrays) -> str:
+    """sha256 over ``(dtype str, shape, pieces)`` per array: the header, then the
+    bytes of its row pieces in order (one piece locally, the blocks of a dask
+    array in ``_distributed.data_digest``: the same digest for the same data)."""
     h = hashlib.sha256()
-    for a in (X, labels, targets):
-        h.update(repr((a.dtype.str, a.shape)).encode())
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    for dtype, shape, pieces in arrays:
+        h.update(repr((dtype, tuple(shape))).encode())
+        for piece in pieces:
+            h.update(memoryview(np.ascontiguousarray(piece)).cast("B"))
     return h.hexdigest()
 
 
@@ -249,14 +257,15 @@ def _check_record_memory(steps: int, record_every: int, L: int, M: int, Q: int) 
     import psutil
 
     per_record = 8 * (L * M * M + L * M + 3 * L * Q + 6)
-    need = _n_records(steps, record_every) * per_record
+    n = _n_records(steps, record_every)
+    need = n * per_record
     avail = psutil.virtual_memory().available // 2
     if need > avail:
         fit = max(1, avail // per_record - 2)
         k = max(record_every + 1, -(-steps // fit))
         raise InputError(
             f"record_every: {steps} steps recorded every {record_every} step(s) keep "
-            f"{_n_records(steps, record_every)} records of {per_record} bytes ({need / 2**30:.1f} GiB) in memory, "
+            f"{n} records of {per_record} bytes ({need / 2**30:.1f} GiB) in memory, "
             f"more than half of the {2 * avail / 2**30:.1f} GiB available; record less often "
             f"(record_every ≥ {k}) or integrate in shorter runs")
 
@@ -741,8 +750,9 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
 
     ``X, labels, targets`` must be the data of the original run (checked by
     sha256); they may be dask arrays (also for a run that was local, and the
-    other way round: the digest does not depend on where the data live).  The result is bitwise equal to an uninterrupted run when the same
-    backend is used (the default: the backend recorded in the checkpoint).
+    other way round: the digest does not depend on where the data live).  The
+    result is bitwise equal to an uninterrupted run when the same backend is
+    used (the default: the backend recorded in the checkpoint).
     Checkpoints keep being written to ``checkpoint`` (default: ``path``) every
     ``checkpoint_every`` steps (default: the original setting).
     """

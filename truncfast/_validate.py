@@ -78,16 +78,8 @@ def check_finite(name: str, arr: np.ndarray) -> None:
     makes it non-finite).  Only then are rows scanned in bounded chunks to
     locate the culprit (an overflowing but finite array passes).
     """
-    if arr.size == 0:
+    if arr.size == 0 or not _maybe_nonfinite(arr):
         return
-    if arr.size >= _PARALLEL_FINITE and arr.flags.c_contiguous and arr.dtype == np.float64:
-        if not _any_nonfinite_large(arr.reshape(-1)):
-            return
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = np.add.reduce(arr.reshape(-1))
-        if np.isfinite(total):
-            return
     flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
     for start in range(0, flat.shape[0], _CHUNK_ROWS):
         block = flat[start : start + _CHUNK_ROWS]
@@ -108,21 +100,24 @@ def check_finite(name: str, arr: np.ndarray) -> None:
 _PARALLEL_FINITE = 1 << 18  # elements; below this one NumPy sum is cheaper than a thread hand-off
 
 
-def _any_nonfinite_large(flat: np.ndarray) -> bool:
-    """Scan a large flat float64 array with the C core's threads (X of 10⁶ × 8: 7.6 → 4.4 ms).
+def _maybe_nonfinite(arr: np.ndarray) -> bool:
+    """False only if ``arr`` is certainly all finite, in one pass.
 
-    Uses the C core only: going through Numba here would load the JIT (~60 MB
-    and ~0.5 s on first use) into processes that only use the C backend.
-    Without the C core, one NumPy sum (a NaN or inf makes it non-finite).
+    Large C-contiguous float64 arrays are scanned by the C core's threads
+    (X of 10⁶ × 8: 7.6 → 4.4 ms); going through Numba here would load the JIT
+    (~60 MB and ~0.5 s on first use) into processes that only use the C
+    backend.  Otherwise one NumPy sum: a NaN or inf makes it non-finite, and
+    so does an overflow (a false alarm the caller's row scan clears).
     """
-    from . import _ccore
+    if arr.size >= _PARALLEL_FINITE and arr.flags.c_contiguous and arr.dtype == np.float64:
+        from . import _ccore
 
-    if _ccore.available():
-        from ._parallel import get_num_threads
+        if _ccore.available():
+            from ._parallel import get_num_threads
 
-        return _ccore.any_nonfinite(flat, get_num_threads())
+            return _ccore.any_nonfinite(arr.reshape(-1), get_num_threads())
     with np.errstate(over="ignore", invalid="ignore"):
-        return not np.isfinite(np.add.reduce(flat))
+        return not np.isfinite(np.add.reduce(arr.reshape(-1)))
 
 
 def square_matrices(name: str, a: Any) -> np.ndarray:
