@@ -1,4 +1,4 @@
-"""Build script: lists the optional cffi C core (see csrc/ and truncfast/_build_ccore.py).
+"""Build script: lists the optional cffi C core (see csrc/ and truncfast/_kernels/build_ccore.py).
 
 The C core is optional and its build is *fallible*: without a C compiler (or
 with ``CC=/bin/false``), when compilation fails, or when the environment
@@ -78,6 +78,6 @@ if NO_CEXT:
     setup()
 else:
     setup(
-        cffi_modules=["truncfast/_build_ccore.py:ffibuilder"],
+        cffi_modules=["truncfast/_kernels/build_ccore.py:ffibuilder"],
         cmdclass={"build_ext": FallibleBuildExt},
     )

@@ -61,7 +61,8 @@ def _problem(N: int, M: int, L: int, Q: int, rows: int, seed: int = 0):
 
 def bench_steps(client, N: int, M: int, L: int, Q: int, rows: int, rounds: int, workers: int) -> dict:
     import truncfast as tf
-    from truncfast import _config, _distributed
+    from truncfast import _config
+    from truncfast._backends import dask_backend as _distributed
 
     R, b, Xd, ld, targets = _problem(N, M, L, Q, rows)
     Xd, ld = Xd.persist(), ld.persist()
@@ -93,8 +94,8 @@ def bench_steps(client, N: int, M: int, L: int, Q: int, rows: int, rounds: int, 
 
 def bench_kernel(M: int, L: int, Q: int, rows: int, rounds: int) -> dict:
     """θ: points per second of the per-block map (one block, one thread, in this process)."""
-    from truncfast import _distributed
-    from truncfast import _kernels_numba as k
+    from truncfast._backends import dask_backend as _distributed
+    from truncfast._kernels import numba_kernels as k
 
     rng = np.random.default_rng(1)
     A = rng.standard_normal((L, M, M))
@@ -110,7 +111,7 @@ def bench_kernel(M: int, L: int, Q: int, rows: int, rounds: int) -> dict:
 
 def bench_reduction(M: int, L: int, Q: int, rounds: int, blocks=(2, 8, 32, 128)) -> dict:
     """Step time on tiny blocks (one chunk of 64 rows each) against the number of blocks B."""
-    from truncfast import _distributed
+    from truncfast._backends import dask_backend as _distributed
 
     rows = 64
     res: dict = {"blocks": list(blocks)}
@@ -148,7 +149,7 @@ def main() -> None:
     results: dict = {"workers": args.workers, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, memory_limit=args.memory,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("truncfast._kernels_numba"))
+        client.run(lambda: __import__("truncfast._kernels.numba_kernels"))
         results["kernel"] = bench_kernel(args.M, args.L, args.Q, args.rows, args.rounds)
         print("kernel", results["kernel"], flush=True)
         results["reduction"] = bench_reduction(args.M, args.L, args.Q, args.rounds)

@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("torch")
 
 import truncfast as tf  # noqa: E402
-from truncfast import backprop as bp  # noqa: E402
-from truncfast import data  # noqa: E402
+from truncfast import backprop as bp
+from truncfast import data
 
 from conftest import RTOL_COMPOSED  # noqa: E402
 
@@ -144,7 +144,7 @@ def test_missing_torch_message(tmp_path):
     """Without PyTorch: importing the module works, using it names the install command, compare exits 1."""
     code = ("import sys; sys.modules['torch'] = None\n"
             "import truncfast.backprop as bp\n"
-            "from truncfast.cli import main\n"
+            "from truncfast._app.cli import main\n"
             "try:\n    bp.require_torch()\nexcept ImportError as e:\n    print('MSG', e)\n"
             f"sys.exit(main(['compare', '--out', {str(tmp_path / 'o')!r}, '-q']))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""The C core (csrc/, truncfast/_ccore.py): same bits as Numba, really runs, builds.
+"""The C core (csrc/, truncfast/_kernels/ccore.py): same bits as Numba, really runs, builds.
 
 The generic core tests (test_core_*.py) already run on ``backend="c"`` through
 the ``backend`` fixture as soon as ``tf.backends()["c"] == "available"``; this
@@ -30,7 +30,9 @@ import pytest
 from conftest import make_problem, separated_problem
 
 import truncfast as tf
-from truncfast import _backends, _ccore, _config
+from truncfast._backends import registry as _backends
+from truncfast._kernels import ccore as _ccore
+from truncfast import _config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,7 +170,7 @@ _THREAD_SCRIPT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     from conftest import make_problem
-    from truncfast import _ccore
+    from truncfast._kernels import ccore as _ccore
     rng = np.random.default_rng(7)
     p = make_problem(rng, N=5 * 4096 + 3, M=6, L=3, Q=3, P=4, kind="boundary")
     q = make_problem(rng, N=5 * 4096 + 3, M=6, L=3, Q=3, P=4, kind="random")
@@ -185,7 +187,7 @@ _THREAD_SCRIPT = textwrap.dedent("""
         ):
             for a in out:
                 h.update(np.asarray(a).tobytes())
-    from truncfast._parallel import get_num_threads
+    from truncfast._kernels.parallel import get_num_threads
     print(get_num_threads(), h.hexdigest())
 """)
 
@@ -307,7 +309,7 @@ def test_install_without_compiler_succeeds(tmp_path, env):
     assert out.returncode == 0, out.stdout + out.stderr
     (wheel,) = glob.glob(str(wheels / "truncfast-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "truncfast/_ccore.py" in names
+    assert "truncfast/_kernels/ccore.py" in names
     assert not [n for n in names if n.endswith((".so", ".pyd"))], names
     assert "installing without the C core" in out.stderr + out.stdout
 
@@ -333,7 +335,7 @@ def test_c_backend_never_loads_a_numba_kernel():
     code = """
 import numpy as np, truncfast as tf
 from numba.core.registry import CPUDispatcher
-from truncfast import _kernels_numba as k
+from truncfast._kernels import numba_kernels as k
 rng = np.random.default_rng(0); M, L, N = 4, 3, 70000  # N*M >= 2**18: the threaded finiteness scan
 R = np.array([np.linalg.qr(rng.standard_normal((M, M)))[0] for _ in range(L)])
 b = rng.standard_normal((L, M)); X = rng.standard_normal((N, M))
@@ -361,7 +363,8 @@ def test_every_kernel_width_gives_the_numba_bits(M):
     ref_m = nb.moments_box(p.R, p.b, p.X, p.labels, 4)
     code = textwrap.dedent("""
         import sys, numpy as np
-        from truncfast import _backends, _ccore
+        from truncfast._backends import registry as _backends
+        from truncfast._kernels import ccore as _ccore
         a = np.load(sys.argv[1])
         cb = _backends.get("c")
         g = cb.general(a["R"], a["b"], a["X"], a["labels"], a["T"], np.zeros((0, a["X"].shape[1])), np.zeros(0),

@@ -23,8 +23,8 @@ except ModuleNotFoundError:  # Python 3.10: the back-port truncfast depends on t
 import numpy as np
 import pytest
 
-from truncfast import _config_file
-from truncfast._trajectory import Trajectory
+from truncfast._app import config_file as _config_file
+from truncfast._integrate.trajectory import Trajectory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ snapshots = 3
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "truncfast.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "truncfast", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
 
@@ -160,7 +160,7 @@ BAD = [
 @pytest.mark.parametrize("text,key,what", BAD, ids=[b[1] for b in BAD])
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path, capsys, text: str, key: str, what: str):
     """In-process (``cli.main``) to stay fast; the first two cases also run as subprocesses."""
-    from truncfast.cli import main
+    from truncfast._app.cli import main
 
     cfg = write_config(tmp_path / "bad.toml", text)
     out = tmp_path / "out"
@@ -246,7 +246,7 @@ def test_readme_commands_and_api_block():
 
 def test_failed_forced_rerun_leaves_no_stale_results(tmp_path: Path, capsys):
     """--force clears the previous run's outputs first; a run that then fails exits 1."""
-    from truncfast.cli import main
+    from truncfast._app.cli import main
 
     out = tmp_path / "run"
     ok = write_config(tmp_path / "ok.toml", SMALL.replace("[output]", "[output]\nfigures = false\nanimation = false"))

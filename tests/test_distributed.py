@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 import truncfast as tf
-from truncfast import _config, _distributed, _integrate
+from truncfast import _config
+from truncfast._backends import dask_backend as _distributed
+from truncfast._integrate import api as _integrate
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
@@ -37,7 +39,7 @@ def client():
                                        dashboard_address=":0", silence_logs=50)
     cl = distributed.Client(cluster)
     # compile / load the cached kernels in the workers once, outside the timed checks
-    cl.run(lambda: __import__("truncfast._kernels_numba"))
+    cl.run(lambda: __import__("truncfast._kernels.numba_kernels"))
     yield cl
     cl.close()
     cluster.close()

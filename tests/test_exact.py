@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import truncfast as tf
-from truncfast._exact import solve_bias_component
+from truncfast._flow.exact import solve_bias_component
 
 
 # ------------------------------------------------------------ brute force ---

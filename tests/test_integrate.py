@@ -14,7 +14,9 @@ import scipy.linalg as sla
 import truncfast as tf
 from conftest import (RTOL, assert_rel, assert_trajectories_bitwise, make_problem, random_orthogonal,
                       separated_problem)
-from truncfast import _config, _expm, _integrate
+from truncfast import _config
+from truncfast._kernels import expm as _expm
+from truncfast._integrate import api as _integrate
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -442,7 +444,7 @@ def test_records_that_cannot_fit_are_refused_up_front_and_the_suggestion_fits(mo
 
     import psutil
 
-    from truncfast import _integrate
+    from truncfast._integrate import api as _integrate
 
     fake = type("VM", (), {"available": 2**30})()  # 1 GiB free
     monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)

@@ -43,7 +43,8 @@ _DIGEST_SCRIPT = textwrap.dedent(r"""
     import hashlib, json, sys
     import numpy as np
     import truncfast as tf
-    from truncfast import _config, _parallel
+    from truncfast import _config
+    from truncfast._kernels import parallel as _parallel
 
     def problem(N, M, L, Q, seed):
         rng = np.random.default_rng(seed)
@@ -73,7 +74,7 @@ _DIGEST_SCRIPT = textwrap.dedent(r"""
     N = int(sys.argv[2])
     res = {"threads": tf.get_num_threads()}
     try:
-        from truncfast import _ccore
+        from truncfast._kernels import ccore as _ccore
         res["c_threads"] = _ccore.max_threads() if _ccore.available() else None
     except Exception:
         res["c_threads"] = None
@@ -132,7 +133,7 @@ _KILL_SCRIPT = textwrap.dedent(r"""
     import sys, time
     import numpy as np
     import truncfast as tf
-    from truncfast import _integrate
+    from truncfast._integrate import api as _integrate
 
     data, ck, backend, compiled, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
     with np.load(data) as z:

@@ -14,7 +14,9 @@ import pytest
 
 import truncfast as tf
 from conftest import separated_problem
-from truncfast import _backends, _reference, _separated
+from truncfast._backends import registry as _backends
+from truncfast._kernels import reference as _reference
+from truncfast._flow import separated as _separated
 
 
 def _box(p, Q):

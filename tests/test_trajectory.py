@@ -12,7 +12,8 @@ import pytest
 
 import truncfast as tf
 from conftest import TRAJECTORY_FIELDS as FIELDS, assert_trajectories_bitwise, make_problem
-from truncfast import _config, _integrate
+from truncfast import _config
+from truncfast._integrate import api as _integrate
 
 assert_bitwise = assert_trajectories_bitwise
 

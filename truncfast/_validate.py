@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _config
-from ._errors import InputError
+from truncfast import _config
+from truncfast._errors import InputError
 
 __all__ = [
     "as_float_array",
@@ -110,10 +110,10 @@ def _maybe_nonfinite(arr: np.ndarray) -> bool:
     so does an overflow (a false alarm the caller's row scan clears).
     """
     if arr.size >= _PARALLEL_FINITE and arr.flags.c_contiguous and arr.dtype == np.float64:
-        from . import _ccore
+        from truncfast._kernels import ccore as _ccore
 
         if _ccore.available():
-            from ._parallel import get_num_threads
+            from truncfast._kernels.parallel import get_num_threads
 
             return _ccore.any_nonfinite(arr.reshape(-1), get_num_threads())
     with np.errstate(over="ignore", invalid="ignore"):

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ._model import cumulative_to_layers
-from ._validate import check_problem
+from truncfast._flow.model import cumulative_to_layers
+from truncfast._validate import check_problem
 
 __all__ = [
     "TORCH_INSTALL",
@@ -124,7 +124,7 @@ class ReLUNetwork:
 
     def cumulative(self) -> tuple[np.ndarray, np.ndarray]:
         """Cumulative hidden weights and biases W^(ℓ), b^(ℓ) (THEORY §1)."""
-        from ._model import layers_to_cumulative
+        from truncfast._flow.model import layers_to_cumulative
 
         return layers_to_cumulative(self.Ws, self.bs)
 
@@ -237,7 +237,7 @@ def cumulative_gd(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: floa
     ``reorthonormalize_tol`` (default ``_config.REORTHONORMALIZE_TOL``).
     """
     torch = require_torch()
-    from . import _config
+    from truncfast import _config
 
     R, b, X, labels, targets = check_problem(R, b, X, labels, targets)
     tol = _config.REORTHONORMALIZE_TOL if reorthonormalize_tol is None else reorthonormalize_tol

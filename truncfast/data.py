@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InputError
-from ._model import pullback_targets
+from truncfast._errors import InputError
+from truncfast._flow.model import pullback_targets
 
 __all__ = [
     "Problem",

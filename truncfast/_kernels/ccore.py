@@ -38,7 +38,7 @@ if os.environ.get("TRUNCFAST_NO_CEXT", "").strip().lower() not in ("", "0", "fal
     _reason = "disabled by the environment variable TRUNCFAST_NO_CEXT"
 else:
     try:
-        from ._ccore_cffi import ffi, lib  # type: ignore[import-not-found]
+        from truncfast._ccore_cffi import ffi, lib  # type: ignore[import-not-found]
     except ImportError as exc:  # not built: no compiler, or installed without the C core
         _reason = (f"the C extension truncfast._ccore_cffi is not built ({exc}); reinstall with a "
                    "C compiler and without TRUNCFAST_NO_CEXT to get it")
@@ -104,7 +104,7 @@ def _threads(threads: int | None) -> int:
     """OpenMP threads of a call: ``threads`` or truncfast's setting (``tf.set_num_threads``,
     ``TRUNCFAST_NUM_THREADS``, ``OMP_NUM_THREADS``, ...), shared with the Numba backend."""
     if threads is None:
-        from ._parallel import get_num_threads
+        from truncfast._kernels.parallel import get_num_threads
 
         threads = get_num_threads()
     return int(threads)

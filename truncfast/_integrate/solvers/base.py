@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _expm
+from truncfast._kernels import expm as _expm
 
 __all__ = ["RHS", "Solver", "LieEuler", "Cayley", "ExpEuler", "SOLVERS"]
 

@@ -41,7 +41,7 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Set the number of worker threads (≥ 1) for the Numba backend."""
     global _requested
-    from ._errors import InputError
+    from truncfast._errors import InputError
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"n: number of threads must be a positive integer, got {n!r}")

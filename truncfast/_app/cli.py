@@ -30,7 +30,7 @@ def _out_args(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from truncfast._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="truncfast",
@@ -86,7 +86,8 @@ def _log(quiet: bool):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import _config_file, _runs
+    from truncfast._app import config_file as _config_file
+    from truncfast._app import runs as _runs
 
     cfg = _config_file.load(args.config)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
@@ -97,7 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import _config_file, _plots, _runs
+    from truncfast._app import config_file as _config_file
+    from truncfast._app import plots as _plots
+    from truncfast._app import runs as _runs
 
     log = _log(args.quiet)
     configs = {}
@@ -122,14 +125,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load_traj(run_dir: str):
-    from ._trajectory import Trajectory
+    from truncfast._integrate.trajectory import Trajectory
 
     return Trajectory.load(os.path.join(run_dir, "trajectory.npz"))
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from . import _plots
-    from ._runs import RunDirError
+    from truncfast._app import plots as _plots
+    from truncfast._app.runs import RunDirError
 
     d = args.run_dir
     if not os.path.isdir(d):
@@ -160,22 +163,22 @@ def _numba_cache_report() -> list[str]:
     import importlib
     import pkgutil
 
-    import truncfast
-
     lines = []
-    pkg_dir = os.path.dirname(truncfast.__file__)
-    for info in sorted(pkgutil.iter_modules([pkg_dir]), key=lambda m: m.name):
-        source = os.path.join(pkg_dir, info.name + ".py")
+    pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for info in sorted(pkgutil.walk_packages([pkg_dir], prefix="truncfast."), key=lambda m: m.name):
+        if info.ispkg:
+            continue
+        source = os.path.join(pkg_dir, *info.name.split(".")[1:]) + ".py"
         if not os.path.isfile(source):
             continue  # compiled extensions (the cffi core) hold no Numba kernels
         try:
             with open(source, encoding="utf-8") as fh:
                 if "njit" not in fh.read():
                     continue  # only modules that define Numba kernels (importing is not free)
-            modname = f"truncfast.{info.name}"
+            modname = info.name
             mod = importlib.import_module(modname)
         except Exception as exc:  # noqa: BLE001 - report, do not fail
-            lines.append(f"  truncfast.{info.name}: not importable ({type(exc).__name__}: {exc})")
+            lines.append(f"  {info.name}: not importable ({type(exc).__name__}: {exc})")
             continue
         kernels = {k: v for k, v in vars(mod).items()
                    if hasattr(v, "py_func") and hasattr(v, "signatures") and getattr(v, "__module__", "") == modname}
@@ -209,7 +212,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, status in tf.backends().items():
         print(f"  {name:6s} {status}")
     try:
-        from . import _backends
+        from truncfast._backends import registry as _backends
 
         print(f"  auto   -> {_backends.resolve('auto')}")
     except Exception as exc:  # noqa: BLE001
@@ -245,7 +248,7 @@ def _threading_layer_set() -> bool:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import _compare
+    from truncfast._app import compare as _compare
 
     _compare.run_compare(args.out, source=args.source, n=args.n, dim=args.dim, clusters=args.clusters,
                          spread=args.spread, seed=args.seed, steps=args.steps, dt=args.dt, lr=args.lr,
@@ -259,8 +262,8 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "plot": cmd_plot, "info": cmd_info
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``truncfast`` console script; returns the exit status."""
-    from ._config_file import ConfigError
-    from ._runs import RunDirError
+    from truncfast._app.config_file import ConfigError
+    from truncfast._app.runs import RunDirError
 
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments

@@ -37,7 +37,7 @@ def colour(j: int) -> str:
 
 
 def _save(fig: Figure, path: str, dpi: int) -> str:
-    from ._runs import atomic_write
+    from truncfast._app.runs import atomic_write
 
     FigureCanvasAgg(fig)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
@@ -75,7 +75,7 @@ def cluster_losses(traj, fd: dict, max_records: int = 400) -> tuple[np.ndarray, 
     unbiased estimate scaled by N_j) at up to ``max_records`` recorded states.
     Returns ``(times, C (K', Q), exact)``.
     """
-    import truncfast as tf
+    from truncfast._flow.truncation import truncate
 
     t = np.asarray(traj.times, dtype=float)
     pick = np.unique(np.linspace(0, len(t) - 1, min(len(t), max_records)).astype(int))
@@ -87,7 +87,7 @@ def cluster_losses(traj, fd: dict, max_records: int = 400) -> tuple[np.ndarray, 
     Rs, bs = np.asarray(traj.Rs), np.asarray(traj.bs)
     out = np.empty((len(pick), Q))
     for r, k in enumerate(pick):
-        sq = ((tf.truncate(Rs[k], bs[k], X) - targets[labels]) ** 2).sum(axis=1)
+        sq = ((truncate(Rs[k], bs[k], X) - targets[labels]) ** 2).sum(axis=1)
         out[r] = np.bincount(labels, weights=sq, minlength=Q) * weight
     return t[pick], out, bool(np.all(in_sample == sizes))
 
@@ -280,9 +280,9 @@ class _StateDrawing:
         ax.set_ylabel(view.ylabel)
 
     def update(self, R: np.ndarray, b: np.ndarray) -> None:
-        import truncfast as tf
+        from truncfast._flow.truncation import truncate
 
-        Zp = self.view.project(tf.truncate(R, b, self.fd["X"]))
+        Zp = self.view.project(truncate(R, b, self.fd["X"]))
         for j, pts in enumerate(self.points):
             pts.set_offsets(Zp[self.sel[j]])
         length = 0.35 * (self.view.xlim[1] - self.view.xlim[0])
@@ -371,7 +371,7 @@ def animation(traj, fd: dict, path: str, frames: int = 40, dpi: int = 80) -> str
     """GIF of τ^(L) applied to the data at the recorded states: the clusters collapsing."""
     from PIL import Image  # Pillow: a dependency of matplotlib
 
-    from ._runs import atomic_write
+    from truncfast._app.runs import atomic_write
 
     Rs, bs, t = np.asarray(traj.Rs), np.asarray(traj.bs), np.asarray(traj.times)
     view = _View(fd["X"], fd["targets"], fd.get("axis_names", ()))
@@ -430,8 +430,8 @@ def load_figdata(path: str) -> dict:
 
 def draw_run(run_dir: str, *, traj=None, fig: dict | None = None, cfg: dict | None = None) -> list[str]:
     """Draw every figure of a run directory (loading what is not passed in)."""
-    from . import _config_file
-    from ._trajectory import Trajectory
+    from truncfast._app import config_file as _config_file
+    from truncfast._integrate.trajectory import Trajectory
 
     if cfg is None:
         cfg = _config_file.load(os.path.join(run_dir, "config.toml"))

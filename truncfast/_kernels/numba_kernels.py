@@ -42,8 +42,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import _config, _numba_cache
-from ._config import ACC_LANES
+from truncfast import _config
+from truncfast._kernels import numba_cache as _numba_cache
+from truncfast._config import ACC_LANES
 
 __all__ = [
     "transfer_matrices",

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._errors import InputError
-from ._validate import as_float_array, as_labels, check_finite
+from truncfast._errors import InputError
+from truncfast._validate import as_float_array, as_labels, check_finite
 
 __all__ = [
     "OutputFlow",

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _backends, _config
-from ._distributed import uses_dask
-from ._errors import InputError
-from ._validate import check_problem
+from truncfast._backends import registry as _backends
+from truncfast import _config
+from truncfast._backends.dask_backend import uses_dask
+from truncfast._errors import InputError
+from truncfast._validate import check_problem
 
 __all__ = ["truncate", "sector_codes"]
 
@@ -31,7 +32,7 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
     X is a dask array (docs/distributed.md).
     """
     if uses_dask(X):
-        from . import _distributed
+        from truncfast._backends import dask_backend as _distributed
 
         return _distributed.truncate(R, b, X, backend=backend)
     R, b, X = check_problem(R, b, X)
@@ -47,7 +48,7 @@ def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray
     truncated.  Needs M ≤ 64.  A dask X gives a lazy dask array (docs/distributed.md).
     """
     if uses_dask(X):
-        from . import _distributed
+        from truncfast._backends import dask_backend as _distributed
 
         return _distributed.sector_codes(R, b, X, backend=backend)
     R, b, X = check_problem(R, b, X)

@@ -23,8 +23,8 @@ import importlib
 
 import numpy as np
 
-from . import _config
-from ._errors import BackendUnavailable, InputError
+from truncfast import _config
+from truncfast._errors import BackendUnavailable, InputError
 
 __all__ = ["BACKENDS", "available", "backends", "get", "resolve"]
 
@@ -43,7 +43,7 @@ def _batch(nchunks: int, bytes_per_chunk: int) -> int:
 
     The batch size never changes the result (slots are added in chunk order).
     """
-    from ._parallel import get_num_threads
+    from truncfast._kernels.parallel import get_num_threads
 
     threads = get_num_threads()
     cap = _config.PARTIALS_BUDGET_BYTES // max(1, bytes_per_chunk)
@@ -63,12 +63,12 @@ def general_chunk_kernel(M: int):
     local and distributed runs share their bits.
     """
     if M >= _config.GEMM_MIN_WIDTH:
-        from ._kernels_blas import blas_single_threaded, general_range_gemm
+        from truncfast._kernels.blas_kernels import blas_single_threaded, general_range_gemm
 
         return general_range_gemm, _config.GEMM_BLOCK, blas_single_threaded
     from contextlib import nullcontext
 
-    from . import _kernels_numba
+    from truncfast._kernels import numba_kernels as _kernels_numba
 
     return _kernels_numba.general_range, _config.BLOCK_SIZE, nullcontext
 
@@ -77,7 +77,7 @@ class NumpyBackend:
     name = "numpy"
 
     def __init__(self):
-        from . import _reference
+        from truncfast._kernels import reference as _reference
 
         self._ref = _reference
 
@@ -126,7 +126,8 @@ class NumbaBackend:
     name = "numba"
 
     def __init__(self):
-        from . import _kernels_numba, _parallel
+        from truncfast._kernels import numba_kernels as _kernels_numba
+        from truncfast._kernels import parallel as _parallel
 
         self._k = _kernels_numba
         self._par = _parallel
@@ -214,7 +215,7 @@ class NumbaBackend:
         (S,) = _readonly(k.transfer_matrices(R))
         chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
         nchunks = (N + chunk - 1) // chunk
-        from ._parallel import get_num_threads
+        from truncfast._kernels.parallel import get_num_threads
 
         # integer counts: any summation order gives the same result
         parts = np.zeros((max(1, min(get_num_threads(), nchunks)), Q, L), dtype=np.int64)
@@ -229,7 +230,7 @@ class CBackend:
     name = "c"
 
     def __init__(self):
-        self._c = importlib.import_module("truncfast._ccore")
+        self._c = importlib.import_module("truncfast._kernels.ccore")
         if not self._c.available():
             raise ImportError(self._c.unavailable_reason())
 

@@ -44,14 +44,18 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from . import _backends, _config, _expm, _numba_cache, _separated
-from . import _kernels_numba as _kn
-from ._errors import DivergenceError, InputError, SeparationError
-from ._model import orthonormalize
-from ._solvers import RHS, SOLVERS, Solver
-from ._distributed import uses_dask
-from ._trajectory import FULL, PARTIAL, UNTRUNCATED, Trajectory
-from ._validate import check_problem
+from truncfast._backends import registry as _backends
+from truncfast import _config
+from truncfast._kernels import expm as _expm
+from truncfast._kernels import numba_cache as _numba_cache
+from truncfast._flow import separated as _separated
+from truncfast._kernels import numba_kernels as _kn
+from truncfast._errors import DivergenceError, InputError, SeparationError
+from truncfast._flow.model import orthonormalize
+from truncfast._integrate.solvers.base import RHS, SOLVERS, Solver
+from truncfast._backends.dask_backend import uses_dask
+from truncfast._integrate.trajectory import FULL, PARTIAL, UNTRUNCATED, Trajectory
+from truncfast._validate import check_problem
 
 __all__ = ["integrate", "resume"]
 
@@ -292,7 +296,7 @@ def _check_checkpoint_path(checkpoint: Any) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from truncfast._version import __version__
 
     return __version__
 
@@ -680,7 +684,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     docs/distributed.md).
     """
     if uses_dask(X, labels):
-        from ._distributed import integrate as integrate_dask
+        from truncfast._backends.dask_backend import integrate as integrate_dask
 
         return integrate_dask(R, b, X, labels, targets, dt=dt, steps=steps, method=method,
                               train_weights=train_weights, train_biases=train_biases, record_every=record_every,
@@ -768,7 +772,7 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     progress = _check_flag("progress", progress)
     _check_checkpoint_path(path if checkpoint is None else checkpoint)
     if uses_dask(X, labels):
-        from . import _distributed
+        from truncfast._backends import dask_backend as _distributed
 
         if _distributed.is_dask_array(X):
             if backend is not None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InputError
-from ._validate import as_float_array, check_finite, square_matrices
+from truncfast._errors import InputError
+from truncfast._validate import as_float_array, check_finite, square_matrices
 
 __all__ = [
     "layers_to_cumulative",

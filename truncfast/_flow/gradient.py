@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from . import _backends, _separated
-from ._distributed import uses_dask
-from ._errors import InputError
-from ._validate import as_labels, check_output_layer, check_problem
+from truncfast._backends import registry as _backends
+from truncfast._flow import separated as _separated
+from truncfast._backends.dask_backend import uses_dask
+from truncfast._errors import InputError
+from truncfast._validate import as_labels, check_output_layer, check_problem
 
 __all__ = ["loss", "gradient", "standard_loss", "standard_gradient", "cluster_moments"]
 
@@ -35,7 +36,7 @@ def loss(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "a
     Dask arrays for X / labels run on the dask cluster (docs/distributed.md).
     """
     if uses_dask(X, labels):
-        from . import _distributed
+        from truncfast._backends import dask_backend as _distributed
 
         return _distributed.loss(R, b, X, labels, targets, backend=backend)
     R, b, X, labels, targets = check_problem(R, b, X, labels, targets)
@@ -57,7 +58,7 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
     Dask arrays for X / labels run on the dask cluster (docs/distributed.md).
     """
     if uses_dask(X, labels):
-        from . import _distributed
+        from truncfast._backends import dask_backend as _distributed
 
         return _distributed.gradient(R, b, X, labels, targets, form=form, backend=backend)
     R, b, X, labels, targets = check_problem(R, b, X, labels, targets)
@@ -109,7 +110,7 @@ def standard_loss(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y
     W^(L+1), b^(L+1); ``Y`` (Q, P) holds the reference outputs.
     """
     if uses_dask(X, labels):
-        from . import _distributed
+        from truncfast._backends import dask_backend as _distributed
 
         return _distributed.standard_loss(R, b, X, labels, W_out, b_out, Y, backend=backend)
     args = _check_output_layer(R, b, X, labels, W_out, b_out, Y)
@@ -126,7 +127,7 @@ def standard_gradient(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: An
     ``ρ_n = W_out z_n + b_out − y_{j(n)}`` and ``z_n = τ^(L)(x_n)``.
     """
     if uses_dask(X, labels):
-        from . import _distributed
+        from truncfast._backends import dask_backend as _distributed
 
         return _distributed.standard_gradient(R, b, X, labels, W_out, b_out, Y, backend=backend)
     args = _check_output_layer(R, b, X, labels, W_out, b_out, Y)

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_write
-from ._errors import InputError
+from truncfast._atomic import atomic_write
+from truncfast._errors import InputError
 
 __all__ = ["Trajectory", "FORMAT_VERSION"]
 

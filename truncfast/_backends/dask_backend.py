@@ -59,8 +59,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _backends, _config
-from ._errors import InputError
+from truncfast._backends import registry as _backends
+from truncfast import _config
+from truncfast._errors import InputError
 
 __all__ = ["uses_dask", "is_dask_array", "DaskEngine", "loss", "gradient", "truncate", "sector_codes",
            "standard_loss", "standard_gradient", "integrate"]
@@ -142,7 +143,7 @@ def _over_chunks(fn, nchunks: int) -> None:
     if _task_threads() <= 1 or nchunks <= 1:
         fn(0, nchunks, 0)
         return
-    from . import _parallel
+    from truncfast._kernels import parallel as _parallel
 
     _parallel.run_ranges(fn, 0, nchunks)
 
@@ -154,7 +155,7 @@ def _ro(*arrays):
     same kind as the local engine reuses its cached machine code (no extra
     compile on every worker) — the code, hence the bits, are the same.
     """
-    from ._backends import _readonly
+    from truncfast._backends.registry import _readonly
 
     return _readonly(*arrays)
 
@@ -178,7 +179,7 @@ class _Partials:
 def _partials_general(X, labels, state, offset: int, standard: bool, want_grad: bool, validate: bool,
                       fold_block: bool) -> _Partials:
     """Map step of one block: per-chunk partials of the §5 sums (raw, not divided by N)."""
-    from . import _kernels_numba as k
+    from truncfast._kernels import numba_kernels as k
 
     R, S, b, T, W, bout, Y = state
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -215,7 +216,7 @@ def _fold(total: _Partials | None, part: _Partials) -> _Partials:
     ``total`` is None for the first block (the sum starts from zeros, as the
     local engine's does).  The first validation error in row order wins.
     """
-    from . import _kernels_numba as k
+    from truncfast._kernels import numba_kernels as k
 
     if total is not None and total.error is not None:
         return total
@@ -248,8 +249,8 @@ def _combine(a: _Partials, b: _Partials) -> _Partials:
 
 def _block_counts(X, labels, state, offset: int, Q: int, validate: bool):
     """Per-block (L, Q, 3) counts of untruncated / partially / fully truncated points (THEORY §2)."""
-    from . import _kernels_numba as k
-    from ._trajectory import FULL, PARTIAL, UNTRUNCATED
+    from truncfast._kernels import numba_kernels as k
+    from truncfast._integrate.trajectory import FULL, PARTIAL, UNTRUNCATED
 
     R, S, b = state
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -278,7 +279,7 @@ def _map_moments(X, labels, state, offset: int, Q: int, fold_block: bool, valida
     """Per-chunk raw constrained moments (S0, S1, S2) of §6 for one block, and the block's
     cluster sizes and boxes ``(counts (Q,), lo (Q, M), hi (Q, M))`` (exact: sums of integers,
     minima, maxima).  With ``validate`` a bad block gives its error (in both parts) instead."""
-    from . import _kernels_numba as k
+    from truncfast._kernels import numba_kernels as k
 
     R, b = state.arrays
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -319,7 +320,7 @@ def _pair(a, b):
 
 def _map_separation(X, labels, state, offset: int, Q: int, validate: bool):
     """Cluster sizes (Q,) and separation violations (Q, L) of one block (integers), or an error string."""
-    from . import _kernels_numba as k
+    from truncfast._kernels import numba_kernels as k
 
     R, S, b = state.arrays
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -358,7 +359,7 @@ def _block_forward(X, R, S, b, want_codes, block_info=None):
 
     Per point, so the chunking never changes a bit.
     """
-    from . import _kernels_numba as k
+    from truncfast._kernels import numba_kernels as k
 
     X = np.ascontiguousarray(X, dtype=np.float64)
     R, S, b, X = _ro(R, S, b, X)
@@ -521,8 +522,8 @@ class DaskEngine:
 
     def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
         """``(loss, grad_b, omega, grad_W, grad_bout)`` divided by N, as ``_backends`` returns them."""
-        from . import _backends
-        from . import _kernels_numba as k
+        from truncfast._backends import registry as _backends
+        from truncfast._kernels import numba_kernels as k
 
         S = k.transfer_matrices(R)  # the same function as the local engine: same bits
         tag = uuid.uuid4().hex
@@ -588,7 +589,7 @@ class DaskEngine:
     def _exact_map_reduce(self, name: str, map_fn, add_fn, R, b, X, labels, Q: int):
         """One map task per block with (R, S, b) and a tree of exact (integer) sums;
         a validation message from a block is raised here."""
-        from . import _kernels_numba as k
+        from truncfast._kernels import numba_kernels as k
 
         tag = uuid.uuid4().hex
         state = f"truncfast-state-{tag}"
@@ -685,7 +686,7 @@ def _prepare_labels(labels, X, Q: int, Q_name: str = "targets"):
         if labels.dtype != np.int64:
             labels = labels.astype(np.int64)
         return labels
-    from ._validate import as_labels
+    from truncfast._validate import as_labels
 
     # a NumPy labels array is small next to X: check it here, ship it with the blocks
     lab = as_labels(labels, N, Q, Q_name=Q_name)
@@ -694,12 +695,12 @@ def _prepare_labels(labels, X, Q: int, Q_name: str = "targets"):
 
 def _check_backend(backend: str) -> None:
     if backend not in ("auto", "numba"):
-        from ._backends import resolve
+        from truncfast._backends.registry import resolve
 
         resolve(backend)  # unknown names raise the usual InputError
         raise InputError(f"backend: dask inputs run the Numba chunk kernels on the workers; use 'auto' or "
                          f"'numba', got {backend!r}")
-    from ._backends import resolve
+    from truncfast._backends.registry import resolve
 
     if resolve("numba") != "numba":  # pragma: no cover - numba is a hard dependency
         raise InputError("backend: dask inputs need the numba backend")
@@ -712,7 +713,7 @@ def prepare(R, b, X, labels=None, targets=None):
     prepared dask arrays.  Values of X and labels are checked by the first map.
     """
     _require_dask()
-    from ._validate import check_state, check_targets
+    from truncfast._validate import check_state, check_targets
 
     R, b = check_state(R, b)
     M = R.shape[1]
@@ -743,7 +744,7 @@ def _euclid(R, b, X, labels, targets, want_grad):
 def loss(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "auto") -> float:
     """``truncfast.loss`` on dask data: C_E with the map + ordered reduction (module docstring)."""
     if not is_dask_array(X):
-        from . import _gradient
+        from truncfast._flow import gradient as _gradient
 
         return _gradient.loss(R, b, X, _local_labels(labels), targets, backend=backend)
     _check_backend(backend)
@@ -759,7 +760,7 @@ def _check_separation(engine: DaskEngine, R, b, X, labels, Q: int) -> np.ndarray
     enclosing balls; its outcome never changes the result, only the time, so
     it is skipped here.)
     """
-    from ._separated import _check_nonempty, _check_one_layer_per_cluster, raise_violations
+    from truncfast._flow.separated import _check_nonempty, _check_one_layer_per_cluster, raise_violations
 
     _check_one_layer_per_cluster(R.shape[0], Q)
     counts, bad = engine.separation(R, b, X, labels, Q)
@@ -772,7 +773,7 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
              backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """``truncfast.gradient`` on dask data (``form="general"`` only; see docs/distributed.md)."""
     if not is_dask_array(X):
-        from . import _gradient
+        from truncfast._flow import gradient as _gradient
 
         return _gradient.gradient(R, b, X, _local_labels(labels), targets, form=form, backend=backend)
     if form not in ("general", "separated"):
@@ -780,7 +781,7 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
     _check_backend(backend)
     R, b, X, labels, targets = prepare(R, b, X, labels, targets)
     if form == "separated":
-        from ._separated import assemble, checked_moments
+        from truncfast._flow.separated import assemble, checked_moments
 
         engine = DaskEngine()
         counts, S0, S1, S2 = checked_moments(engine, R, b, X, labels, targets.shape[0],
@@ -792,7 +793,7 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
 
 def _prepare_output_layer(R, b, X, labels, W_out, b_out, Y):
     """Validation of the standard-loss arguments (as ``_gradient._check_output_layer``) for a dask X."""
-    from ._validate import check_output_layer
+    from truncfast._validate import check_output_layer
 
     R, b, X = prepare(R, b, X)
     W_out, b_out, Y = check_output_layer(R.shape[1], W_out, b_out, Y)
@@ -812,7 +813,7 @@ def standard_loss(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y
                   backend: str = "auto") -> float:
     """``truncfast.standard_loss`` on dask data (the general kernel with the output layer)."""
     if not is_dask_array(X):
-        from . import _gradient
+        from truncfast._flow import gradient as _gradient
 
         return _gradient.standard_loss(R, b, X, _local_labels(labels), W_out, b_out, Y, backend=backend)
     return float(_standard(R, b, X, labels, W_out, b_out, Y, backend, False)[0])
@@ -822,7 +823,7 @@ def standard_gradient(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: An
                       backend: str = "auto"):
     """``truncfast.standard_gradient`` on dask data: ``(grad_b, omega, grad_W_out, grad_b_out)``."""
     if not is_dask_array(X):
-        from . import _gradient
+        from truncfast._flow import gradient as _gradient
 
         return _gradient.standard_gradient(R, b, X, _local_labels(labels), W_out, b_out, Y, backend=backend)
     _, gb, omega, gW, gbo = _standard(R, b, X, labels, W_out, b_out, Y, backend, True)
@@ -835,7 +836,7 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto"):
     Non-finite values of X raise :class:`InputError` (naming X and the global
     index) when the result is computed.
     """
-    from . import _kernels_numba as k
+    from truncfast._kernels import numba_kernels as k
 
     _check_backend(backend)
     R, b, X = prepare(R, b, X)
@@ -846,7 +847,7 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto"):
 
 def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto"):
     """``truncfast.sector_codes`` on a dask ``X``: a lazy (N, L) uint64 dask array, chunked like X's rows."""
-    from . import _kernels_numba as k
+    from truncfast._kernels import numba_kernels as k
 
     _check_backend(backend)
     R, b, X = prepare(R, b, X)
@@ -879,7 +880,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     data give the same sha256 in memory or in any chunking), computed by one
     pass over the blocks through the client (:func:`data_digest`).
     """
-    from . import _integrate
+    from truncfast._integrate import api as _integrate
 
     if not is_dask_array(X):
         return _integrate.integrate(R, b, X, _local_labels(labels), targets, dt=dt, steps=steps, method=method,
@@ -888,7 +889,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
                                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, form=form)
     import dask
 
-    from ._solvers import SOLVERS
+    from truncfast._integrate.solvers.base import SOLVERS
 
     R, b, X, labels, targets = prepare(R, b, X, labels, targets)
     dt = _integrate._check_dt(dt)
@@ -910,7 +911,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     N, M = X.shape
     L, Q = R.shape[0], targets.shape[0]
     if form == "separated" and L != Q:
-        from ._separated import SeparationShapeError
+        from truncfast._flow.separated import SeparationShapeError
 
         raise SeparationShapeError(
             f"targets: method={method!r} / form='separated' needs one layer per cluster (L == Q), "
@@ -944,7 +945,7 @@ def data_digest(X, labels, targets) -> str:
     dask data resumes on the same data in memory and the other way round.
     Reads every block once through the client, one block at a time.
     """
-    from ._integrate import _digest
+    from truncfast._integrate.api import _digest
 
     def blocks(a):
         return (a.blocks[i].compute() for i in range(a.numblocks[0]))
@@ -957,7 +958,7 @@ def resume(traj, meta: dict, path, X, labels, targets, *, progress: bool, checkp
     """``truncfast.resume`` on dask data (called by it once the checkpoint is read)."""
     import dask
 
-    from . import _integrate
+    from truncfast._integrate import api as _integrate
 
     s = dict(traj.settings)
     R, b, X, labels, targets = prepare(traj.R, traj.b, X, labels, targets)
@@ -992,8 +993,8 @@ def _make_run(_integrate, settings, R, b, X, labels, targets, engine, progress, 
             """The right-hand side; the separated form (§6) through the engine's moments and checks."""
             if self.form == "general":
                 return super().evaluate(R_, b_)
-            from ._separated import assemble, checked_moments
-            from ._solvers import RHS
+            from truncfast._flow.separated import assemble, checked_moments
+            from truncfast._integrate.solvers.base import RHS
 
             T = self.targets
             Q, N = T.shape[0], self.X.shape[0]

@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _config_file
-from ._atomic import atomic_write, file_mode
-from ._config_file import ConfigError
-from ._errors import InputError
+from truncfast._app import config_file as _config_file
+from truncfast._atomic import atomic_write, file_mode
+from truncfast._app.config_file import ConfigError
+from truncfast._errors import InputError
 
 __all__ = ["RunDirError", "prepare_dir", "atomic_write", "build_problem", "execute", "figure_data", "summary"]
 
@@ -93,7 +93,7 @@ def build_problem(cfg: dict[str, dict[str, Any]]):
     message starts with the argument name) become :class:`ConfigError` naming
     the config key.
     """
-    from . import data
+    from truncfast import data
 
     d, m = cfg["data"], cfg["model"]
     kwargs = dict(
@@ -125,7 +125,7 @@ def _nan_to_none(a: Any) -> Any:
 
 def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
     """The ``summary.json`` record of a run (sizes, timing, losses, collapse, counts)."""
-    from . import __version__
+    from truncfast._version import __version__
 
     s = traj.settings
     counts = np.asarray(traj.counts)
@@ -170,7 +170,7 @@ def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
 
 def figure_data(problem, max_points: int) -> dict[str, np.ndarray]:
     """Arrays the figures need besides the trajectory (subsampled data, targets, names)."""
-    from .data import subsample
+    from truncfast.data import subsample
 
     idx = subsample(problem.labels, max_points)
     X = np.asarray(problem.X[idx], dtype=np.float64)
@@ -195,7 +195,7 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     anything is written), write ``config.toml``, integrate, then the trajectory,
     summary, figure data and figures.
     """
-    import truncfast as tf
+    from truncfast._integrate.api import integrate
 
     out_dir = prepare_dir(out_dir, force)
     problem = build_problem(cfg)
@@ -206,7 +206,7 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
             f"Q = {problem.Q}; {ic['steps']} steps of {ic['method']} (dt = {ic['dt']:g}, "
             f"weights {'trained' if ic['train_weights'] else 'frozen'})")
     t0 = time.perf_counter()
-    traj = tf.integrate(
+    traj = integrate(
         problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
         dt=ic["dt"], steps=ic["steps"], method=ic["method"], train_weights=ic["train_weights"],
         train_biases=ic["train_biases"], record_every=ic["record_every"], backend=ic["backend"],
@@ -225,7 +225,7 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
         log(f"done in {wall:.2f} s on backend {summ['backend']}: loss {summ['initial_loss']:.4g} → "
             f"{summ['final_loss']:.4g}; collapse times: {ct}")
     if cfg["output"]["figures"] or cfg["output"]["animation"]:
-        from . import _plots
+        from truncfast._app import plots as _plots
 
         written = _plots.draw_run(out_dir, traj=traj, fig=fd, cfg=cfg)
         if not quiet:
@@ -241,16 +241,17 @@ def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:
     its loss at the recorded times is drawn under the integrated one.  Skipped
     (silently: it is a figure overlay, not a result) when the assumptions fail.
     """
-    import truncfast as tf
+    from truncfast._flow.exact import exact_bias_flow
+    from truncfast._flow.gradient import loss
 
     ic = cfg["integrate"]
-    if ic["train_weights"] or problem.L != problem.Q or not hasattr(tf, "exact_bias_flow") or problem.N > 2_000_000:
+    if ic["train_weights"] or problem.L != problem.Q or problem.N > 2_000_000:
         return {}
     try:
         times = np.asarray(traj.times)
         pick = np.unique(np.linspace(0, len(times) - 1, min(len(times), 200)).astype(int))
-        bex = tf.exact_bias_flow(problem.R0, problem.b0, problem.X, problem.labels, problem.targets, times[pick])
-        lex = np.array([tf.loss(problem.R0, bk, problem.X, problem.labels, problem.targets) for bk in bex])
+        bex = exact_bias_flow(problem.R0, problem.b0, problem.X, problem.labels, problem.targets, times[pick])
+        lex = np.array([loss(problem.R0, bk, problem.X, problem.labels, problem.targets) for bk in bex])
         return {"exact_times": times[pick], "exact_loss": lex}
     except Exception:  # noqa: BLE001 - an optional overlay never fails a run
         return {}

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._config_file import ConfigError
+from truncfast._app.config_file import ConfigError
 
 __all__ = ["COMPARE_FILES", "run_compare", "compare_figure", "time_to_threshold"]
 
@@ -74,11 +74,11 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
     _check("n", n >= 2, f"must be ≥ 2, got {n}")
     _check("record_every", record_every >= 1, f"must be ≥ 1, got {record_every}")
     _check("threshold", threshold is None or threshold >= 0, f"must be ≥ 0, got {threshold}")
-    from . import _backends
-    from . import backprop as bp
-    from . import data
-    from ._errors import InputError
-    from ._runs import prepare_dir, write_npz, write_text
+    from truncfast._backends import registry as _backends
+    from truncfast import backprop as bp
+    from truncfast import data
+    from truncfast._errors import InputError
+    from truncfast._app.runs import prepare_dir, write_npz, write_text
 
     bp.require_torch()  # fail before any work when PyTorch is missing
     try:
@@ -103,7 +103,7 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
     R0, b0, X, labels, T = p.R0, p.b0, p.X, p.labels, p.targets
     log(f"{p.description}: N = {p.N}, M = {p.M}, L = {p.L}; {steps} steps of dt = {dt:g} (backprop lr = {lr:g})")
 
-    from . import integrate
+    from truncfast._integrate.api import integrate
 
     integrate(R0, b0, X[:64], labels[:64], T, dt=dt, steps=2, backend=backend_name)  # JIT / cache load
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def compare_figure(path: str, curves: dict[str, dict[str, Any]], summary: dict, 
     """Loss vs step, loss vs wall time, and truncated points per layer (flow | backprop)."""
     from matplotlib.figure import Figure
 
-    from ._plots import LOSS_FLOOR, _save, colour
+    from truncfast._app.plots import LOSS_FLOOR, _save, colour
 
     fig = Figure(figsize=(15, 8.4), layout="constrained")
     axs = fig.subplot_mosaic([["loss", "wall"], ["flowc", "backc"]])

@@ -51,9 +51,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _backends, _separated
-from ._errors import InputError, SeparationError
-from ._validate import check_problem
+from truncfast._backends import registry as _backends
+from truncfast._flow import separated as _separated
+from truncfast._errors import InputError, SeparationError
+from truncfast._validate import check_problem
 
 __all__ = ["BiasComponentSolution", "exact_bias_flow", "exact_bias_events", "solve_bias_component"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._errors import InputError, SeparationError
+from truncfast._errors import InputError, SeparationError
 
 __all__ = [
     "SeparationShapeError",
@@ -54,8 +54,8 @@ def cluster_balls(X, labels, Q: int) -> tuple[np.ndarray, np.ndarray]:
     N, M = X.shape
     counts = np.bincount(labels, minlength=Q).astype(np.float64)
     try:
-        from . import _kernels_numba as k
-        from . import _parallel
+        from truncfast._kernels import numba_kernels as k
+        from truncfast._kernels import parallel as _parallel
     except ImportError:  # pragma: no cover - numba missing: plain NumPy, chunked
         k = None
     chunk = 1 << 16
