@@ -5,7 +5,8 @@ Generic on purpose: any test module may use them.
 * Tolerances live here and only here (``RTOL`` is the 1e-12 relative agreement
   that CONTRACT.md promises between backends and oracles).
 * ``backend`` runs a test once per backend that ``tf.backends()`` reports
-  available ("numpy", "numba", and "c" as soon as the C core is built).
+  available ("numpy", "numba", "c" as soon as the C core is built, and "dask"
+  on a LocalCluster started once per session).
 * ``rng`` is a NumPy generator seeded from the test's node id (reproducible).
 * ``make_problem`` / ``random_problem`` build random problems, optionally with
   points exactly on sector boundaries (signed-permutation R, integer data).
@@ -51,10 +52,32 @@ def seed_of(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A dask.distributed LocalCluster (in-process workers, 2 × 1 thread) for the whole session.
+
+    Started on first use by the ``backend`` fixture's "dask" parameter; every
+    dask computation of those tests runs on it (it is the default client).
+    """
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                       dashboard_address=":0", silence_logs=50)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
 @pytest.fixture(params=AVAILABLE_BACKENDS)
 def backend(request) -> str:
-    """Every backend available here (the C core is picked up once it is built)."""
-    return request.param
+    """Every backend available here: numpy, numba, the C core once it is built, and dask
+    (in-memory data cut into blocks and run on a LocalCluster, ``dask_cluster``)."""
+    if request.param == "dask":
+        client = request.getfixturevalue("dask_cluster")
+        with client.as_current():
+            yield request.param
+        return
+    yield request.param
 
 
 @pytest.fixture

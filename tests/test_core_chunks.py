@@ -74,10 +74,10 @@ def test_numba_caches_depend_on_the_modules_they_freeze():
     """A cached gradient kernel holds _config.ACC_LANES and the compiled integrator
     loop holds the kernels: their cache stamps must include those files, or an
     edit would leave stale code (and break C == Numba) until the cache is cleared."""
-    from truncfast._integrate import api as _integrate
     from truncfast._kernels import numba_kernels as _kernels_numba
+    from truncfast._kernels import step_loop
 
     for fn, n_deps in [(_kernels_numba.general_chunk, 1), (_kernels_numba.general_range, 1),
-                       (_integrate._compiled_steps, 3)]:
+                       (step_loop.compiled_steps, 3)]:
         own, deps = fn._cache._cache_file._source_stamp
         assert len(deps) == n_deps and all(d is not None for d in deps)

@@ -66,10 +66,18 @@ def test_untruncated_points_add_nothing(backend, rng):
 def test_fully_truncated_points_collapse(backend, rng):
     """Points with h_ℓ = 0…0 land on −R_ℓᵀ b_ℓ and add nothing to layers < ℓ (§5)."""
     M, L = 3, 3
-    p = make_problem(rng, N=25, M=M, L=L, Q=2)
     allbits = np.uint64(2**M - 1)
-    # fully truncated at layer 1 (0-based), partially truncated at layer 0
-    Xf = _sample_points(rng, p, lambda c: c[1] == 0 and 0 < c[0] < allbits, 5)
+    # fully truncated at layer 1 (0-based), partially truncated at layer 0; a random
+    # problem can make that region tiny, so draw problems until it is reachable
+    for _ in range(20):
+        p = make_problem(rng, N=25, M=M, L=L, Q=2)
+        try:
+            Xf = _sample_points(rng, p, lambda c: c[1] == 0 and 0 < c[0] < allbits, 5)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("no random problem with a reachable fully truncated region")
     z1 = tf.truncate(p.R[:2], p.b[:2], Xf, backend=backend)
     assert_rel(z1, np.tile(-p.R[1].T @ p.b[1], (5, 1)), RTOL)
     out = tf.truncate(p.R, p.b, Xf, backend=backend)

@@ -23,7 +23,9 @@ import pytest
 import truncfast as tf
 from truncfast import _config
 from truncfast._backends import dask_backend as _distributed
+from truncfast._backends import dask_tasks as _dask_tasks
 from truncfast._integrate import api as _integrate
+from truncfast._integrate import run as _run
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
@@ -195,10 +197,10 @@ def test_checkpoint_interrupt_and_resume_on_dask_or_in_memory(client, problem, m
         if k >= 9:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_integrate, "_after_boundary", stop)
+    monkeypatch.setattr(_run, "_after_boundary", stop)
     with pytest.raises(KeyboardInterrupt):
         tf.integrate(R, b, *_dask(X, labels, 2 * CH), targets, checkpoint=ck, checkpoint_every=3, **kw)
-    monkeypatch.setattr(_integrate, "_after_boundary", None)
+    monkeypatch.setattr(_run, "_after_boundary", None)
     part = tf.Trajectory.load(ck)
     assert 9 <= part.last_step < 15 and part.settings["distributed"] == "dask"
     mid = ck.read_bytes()
@@ -232,7 +234,7 @@ def test_integrate_survives_killed_workers(client, problem, monkeypatch):
         if k == 5:  # most likely while step 6 runs: its tasks and the lost persisted blocks are redone
             threading.Timer(0.01, kill, args=(pids[0],)).start()
 
-    monkeypatch.setattr(_integrate, "_after_boundary", hook)
+    monkeypatch.setattr(_run, "_after_boundary", hook)
     traj = tf.integrate(R, b, *_dask(X, labels, CH), targets, dt=0.2, steps=20, method="cayley")
     assert killed == [pids[0]]
     for name in ("R", "b", "loss", "counts", "Rs", "bs"):
@@ -252,7 +254,7 @@ def test_lost_connection_is_retried_with_same_bits(problem, monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(dask, "compute", flaky)
-    monkeypatch.setattr(_distributed.time, "sleep", lambda s: None)
+    monkeypatch.setattr(_dask_tasks.time, "sleep", lambda s: None)
     with dask.config.set(scheduler="threads"):
         gb, om = tf.gradient(R, b, *_dask(X, labels, 2 * CH), targets)
     assert len(calls) == 2
@@ -278,8 +280,8 @@ def test_separated_form_and_exp_euler_same_bits(client, monkeypatch):
     R, b, X, labels, T = _two_clusters()
     Xd, ld = _dask(X, labels, 2 * CH)
     exact_checks = []
-    real = _distributed.DaskEngine.separation
-    monkeypatch.setattr(_distributed.DaskEngine, "separation",
+    real = _distributed.DaskBackend.separation
+    monkeypatch.setattr(_distributed.DaskBackend, "separation",
                         lambda self, *a: exact_checks.append(1) or real(self, *a))
     ref = tf.gradient(R, b, X, labels, T, form="separated", backend="numba")
     got = tf.gradient(R, b, Xd, ld, T, form="separated")

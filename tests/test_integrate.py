@@ -17,6 +17,7 @@ from conftest import (RTOL, assert_rel, assert_trajectories_bitwise, make_proble
 from truncfast import _config
 from truncfast._kernels import expm as _expm
 from truncfast._integrate import api as _integrate
+from truncfast._integrate import checks as _checks
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
@@ -450,8 +451,8 @@ def test_records_that_cannot_fit_are_refused_up_front_and_the_suggestion_fits(mo
     monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)
     L, M, Q, steps = 10, 64, 10, 10**6
     with pytest.raises(tf.InputError, match=r"^record_every: ") as info:
-        _integrate._check_record_memory(steps, 1, L, M, Q)
+        _checks.check_record_memory(steps, 1, L, M, Q)
     k = int(re.search(r"record_every ≥ (\d+)", str(info.value)).group(1))
-    _integrate._check_record_memory(steps, k, L, M, Q)  # fits
+    _checks.check_record_memory(steps, k, L, M, Q)  # fits
     with pytest.raises(tf.InputError):
-        _integrate._check_record_memory(steps, k // 2, L, M, Q)
+        _checks.check_record_memory(steps, k // 2, L, M, Q)

@@ -133,7 +133,7 @@ _KILL_SCRIPT = textwrap.dedent(r"""
     import sys, time
     import numpy as np
     import truncfast as tf
-    from truncfast._integrate import api as _integrate
+    from truncfast._integrate import run as _run
 
     data, ck, backend, compiled, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
     with np.load(data) as z:
@@ -143,7 +143,7 @@ _KILL_SCRIPT = textwrap.dedent(r"""
         _config.COMPILED_LOOP_MAX_N = -1
     # slow the run down between chunks (results do not depend on timing) so that
     # the parent can kill it mid-run
-    _integrate._after_boundary = lambda k: time.sleep(0.01)
+    _run._after_boundary = lambda k: time.sleep(0.01)
     print("started", flush=True)
     tf.integrate(R, b, X, labels, T, dt=0.02, steps=steps, record_every=7, backend=backend,
                  checkpoint=ck, checkpoint_every=5)

@@ -107,8 +107,10 @@ def test_inconclusive_boxes_fall_back_to_the_exact_check(monkeypatch):
     assert not _separated.separated_by_boxes(R, b, lo, hi)
     assert not _reference.separation_violations(R, b, X, labels, 2).any()
     called = []
-    real = _separated.check_separation
-    monkeypatch.setattr(_separated, "check_separation", lambda *a: called.append(1) or real(*a))
+    from truncfast._backends.local import LocalBackend
+
+    real = LocalBackend.separation
+    monkeypatch.setattr(LocalBackend, "separation", lambda *a: called.append(1) or real(*a))
     for backend in ("numpy", "numba"):
         gb, om = tf.gradient(R, b, X, labels, targets, form="separated", backend=backend)
         gbg, omg = tf.gradient(R, b, X, labels, targets, form="general", backend="numpy")

@@ -14,6 +14,7 @@ import truncfast as tf
 from conftest import TRAJECTORY_FIELDS as FIELDS, assert_trajectories_bitwise, make_problem
 from truncfast import _config
 from truncfast._integrate import api as _integrate
+from truncfast._integrate import run as _run
 
 assert_bitwise = assert_trajectories_bitwise
 
@@ -141,7 +142,7 @@ def interrupt_at(monkeypatch, step):
         if k >= step:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_integrate, "_after_boundary", hook)
+    monkeypatch.setattr(_run, "_after_boundary", hook)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -159,7 +160,7 @@ def test_interrupted_then_resumed_run_is_bitwise_equal(monkeypatch, problem, tmp
     part = info.value.trajectory
     assert not part.complete and part.last_step >= stop_at and part.steps[-1] <= part.last_step
     assert ck.exists()
-    monkeypatch.setattr(_integrate, "_after_boundary", None)
+    monkeypatch.setattr(_run, "_after_boundary", None)
     resumed = tf.resume(ck, *problem.euclid[2:])
     assert resumed.complete
     assert_bitwise(resumed, full)
@@ -179,9 +180,9 @@ def test_periodic_checkpoint_can_be_resumed(monkeypatch, problem, tmp_path):
         if k == 20:
             snapshots[k] = ck.read_bytes()
 
-    monkeypatch.setattr(_integrate, "_after_boundary", hook)
+    monkeypatch.setattr(_run, "_after_boundary", hook)
     tf.integrate(*problem.euclid, checkpoint=ck, checkpoint_every=10, **kw)
-    monkeypatch.setattr(_integrate, "_after_boundary", None)
+    monkeypatch.setattr(_run, "_after_boundary", None)
     mid = tmp_path / "mid.npz"
     mid.write_bytes(snapshots[20])
     assert tf.Trajectory.load(mid).last_step == 20

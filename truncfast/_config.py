@@ -1,9 +1,14 @@
 """Every numeric threshold and tuning constant of truncfast, in one place.
 
 Kernels and the API read these names; nothing else hard-codes a tolerance.
+Every environment variable truncfast reads is read through the ``env_*``
+functions at the end of this module (at call time, so a change in the
+environment of a running process is seen where it matters).
 """
 
 from __future__ import annotations
+
+import os
 
 #: Points per reduction chunk.  Every parallel reduction (Numba and C) sums the
 #: points of one chunk sequentially, then adds the chunk partial sums in chunk
@@ -91,6 +96,10 @@ MAX_CODE_WIDTH: int = 64
 #: a fixed binary tree by block index (deterministic, log depth, within 1e-12).
 DISTRIBUTED_REDUCTION: str = "ordered"
 
+#: Rows per block when in-memory data run on the dask backend (``backend="dask"``):
+#: a multiple of CHUNK_SIZE, so the ordered reduction gives the numba backend's bits.
+DASK_BLOCK_ROWS: int = 64 * CHUNK_SIZE
+
 #: A distributed step whose computation fails because a worker or connection was
 #: lost is recomputed (tasks are pure: same bits) at most this many times.
 DISTRIBUTED_RETRIES: int = 3
@@ -98,3 +107,81 @@ DISTRIBUTED_RETRIES: int = 3
 #: Fan-in of the ``"tree"`` reduction of dask inputs (children added left to
 #: right, by block index): fewer tasks than a binary tree, depth log_k(blocks).
 DISTRIBUTED_TREE_FANIN: int = 8
+
+#: Rounding margin (relative to the magnitudes involved) of the sufficient
+#: separation tests on balls and boxes (docs/theory.md §6): a pre-activation
+#: must exceed it to count as provably untruncated; otherwise the exact
+#: per-point check decides.
+SEPARATION_MARGIN: float = 1e-9
+
+#: The enclosing ball of a cluster gets its radius enlarged by this relative
+#: amount, so that rounding in the distance computation can only enlarge it.
+BALL_RADIUS_SLACK: float = 1e-12
+
+#: Rows per chunk of the enclosing-ball passes (cluster sums and radii).
+BALL_CHUNK_ROWS: int = 1 << 16
+
+
+# ----------------------------------------------------------- environment ---
+#: The environment variables truncfast reads (``truncfast info`` lists them).
+ENV_VARIABLES = (
+    "TRUNCFAST_NUM_THREADS",            # worker threads of the kernels (after tf.set_num_threads)
+    "TRUNCFAST_NO_CEXT",                # 1: build and run without the C core
+    "TRUNCFAST_DISTRIBUTED_REDUCTION",  # 'ordered' or 'tree' for dask inputs
+    "TRUNCFAST_NUMBA_WIDE_VECTORS",     # 0: keep Numba's default vector width
+    "TRUNCFAST_DEBUG",                  # 1: the CLI prints tracebacks
+    "TRUNCFAST_C_VL",                   # force a narrower C kernel width (read by the C core itself)
+)
+
+
+def env_raw(name: str) -> str:
+    """The stripped value of an environment variable ('' when unset)."""
+    return os.environ.get(name, "").strip()
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """A boolean environment variable: '', '0', 'false', 'no' (any case) are false."""
+    val = env_raw(name)
+    if not val:
+        return default
+    return val.lower() not in ("0", "false", "no", "off")
+
+
+def env_positive_int(name: str) -> int | None:
+    """A positive integer from the environment, or None when unset or not a positive integer."""
+    val = env_raw(name)
+    return int(val) if val.isdigit() and int(val) > 0 else None
+
+
+def env_num_threads() -> int | None:
+    """``TRUNCFAST_NUM_THREADS`` when set to a positive integer."""
+    return env_positive_int("TRUNCFAST_NUM_THREADS")
+
+
+def env_default_threads() -> int | None:
+    """The first positive integer among TRUNCFAST_NUM_THREADS, NUMBA_NUM_THREADS, OMP_NUM_THREADS."""
+    for var in ("TRUNCFAST_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        n = env_positive_int(var)
+        if n is not None:
+            return n
+    return None
+
+
+def env_no_cext() -> bool:
+    """``TRUNCFAST_NO_CEXT`` set: run without the C core."""
+    return env_flag("TRUNCFAST_NO_CEXT")
+
+
+def env_distributed_reduction() -> str:
+    """``TRUNCFAST_DISTRIBUTED_REDUCTION`` or :data:`DISTRIBUTED_REDUCTION`."""
+    return env_raw("TRUNCFAST_DISTRIBUTED_REDUCTION") or DISTRIBUTED_REDUCTION
+
+
+def env_numba_wide_vectors() -> bool:
+    """``TRUNCFAST_NUMBA_WIDE_VECTORS`` (default on): let Numba use 512-bit vectors on AVX-512 hosts."""
+    return env_raw("TRUNCFAST_NUMBA_WIDE_VECTORS") != "0"
+
+
+def env_debug() -> bool:
+    """``TRUNCFAST_DEBUG`` set: the CLI prints full tracebacks."""
+    return env_flag("TRUNCFAST_DEBUG")

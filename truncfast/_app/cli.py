@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Sequence
 
+from truncfast import _config
+
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -230,7 +232,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  numba: not available ({exc})")
     for var in ("TRUNCFAST_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS",
                 "OPENBLAS_NUM_THREADS"):
-        print(f"  {var:25s} {os.environ.get(var, '(unset)')}")
+        print(f"  {var:25s} {_config.env_raw(var) or '(unset)'}")
     print("numba kernels:")
     for line in _numba_cache_report():
         print(line)
@@ -276,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - one line for the user; TRUNCFAST_DEBUG=1 for the traceback
-        if os.environ.get("TRUNCFAST_DEBUG"):
+        if _config.env_debug():
             raise
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE

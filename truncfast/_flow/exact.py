@@ -51,10 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from truncfast._backends import registry as _backends
-from truncfast._flow import separated as _separated
 from truncfast._errors import InputError, SeparationError
-from truncfast._validate import check_problem
+from truncfast._flow import separated as _separated
+from truncfast._flow.problem import euclid_args
 
 __all__ = ["BiasComponentSolution", "exact_bias_flow", "exact_bias_events", "solve_bias_component"]
 
@@ -159,24 +158,18 @@ def solve_bias_component(z: Any, beta0: float, beta_star: float, N: int) -> Bias
 
 
 def _prepare(R, b, X, labels, targets, check_separation: bool, backend: str):
-    R, b, X, labels, targets = check_problem(R, b, X, labels, targets)
-    L, M, _ = R.shape
-    Q = targets.shape[0]
+    """The validated problem (``problem.Euclid``), with L == Q, non-empty clusters and, if asked, separation."""
+    p = euclid_args(R, b, X, labels, targets, backend)
+    L = p.R.shape[0]
+    Q = p.targets.shape[0]
     if L != Q:
         raise _separated.SeparationShapeError(
             f"targets: exact_bias_flow solves the separated flow, which needs one layer per cluster"
             f" (L == Q), got L = {L} layers and Q = {Q} clusters"
         )
-    counts = np.bincount(labels, minlength=Q)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise InputError(
-            f"labels: cluster(s) {', '.join(map(str, empty.tolist()))} have no points;"
-            " the separated flow needs every cluster non-empty"
-        )
     if check_separation:
-        _separated.check_separation(_backends.get(backend), R, b, X, labels, Q)
-    return R, b, X, labels, targets
+        _separated.check_separation(p.bk, p.R, p.b, p.X, p.labels, Q)
+    return p
 
 
 def exact_bias_events(R: Any, b: Any, X: Any, labels: Any, targets: Any, *,
@@ -187,12 +180,20 @@ def exact_bias_events(R: Any, b: Any, X: Any, labels: Any, targets: Any, *,
     :class:`BiasComponentSolution` (event times, thresholds, truncated counts,
     rates), callable at any times.
     """
-    R, b, X, labels, targets = _prepare(R, b, X, labels, targets, check_separation, backend)
-    N = X.shape[0]
+    p = _prepare(R, b, X, labels, targets, _flag("check_separation", check_separation), backend)
+    return _events(p)
+
+
+def _events(p) -> list[list[BiasComponentSolution]]:
+    """:func:`exact_bias_events` of a prepared problem."""
+    R, b, targets = p.R, p.b, p.targets
+    N = p.X.shape[0]
     L, M, _ = R.shape
+    rows = [p.bk.rows_of(p.X, p.labels, j) for j in range(L)]  # one cluster in memory at a time would do too
+    _separated.check_nonempty(np.array([r.shape[0] for r in rows]))
     out = []
     for j in range(L):
-        V = X[labels == j] @ R[j].T  # v = R_j x for the points of cluster j
+        V = rows[j] @ R[j].T  # v = R_j x for the points of cluster j
         beta_star = -(R[j] @ targets[j])  # β* = −ỹ' = −R_j ỹ_j
         out.append([solve_bias_component(V[:, i], b[j, i], beta_star[i], N) for i in range(M)])
     return out
@@ -241,18 +242,24 @@ def exact_bias_flow(R: Any, b: Any, X: Any, labels: Any, targets: Any, times: An
     if np.any(t < 0):
         k = int(np.flatnonzero(t < 0)[0])
         raise InputError(f"times: contains the negative time {float(t[k])!r} at index {k}; times must be ≥ 0")
-    sols = exact_bias_events(R, b, X, labels, targets, check_separation=check_separation, backend=backend)
+    check_separation = _flag("check_separation", check_separation)
+    p = _prepare(R, b, X, labels, targets, check_separation, backend)
+    sols = _events(p)
     L, M = len(sols), len(sols[0])
     out = np.empty((t.shape[0], L, M))
     for j in range(L):
         for i in range(M):
             out[:, j, i] = sols[j][i](t)
     if check_separation:
-        R_, _, X_, labels_, _ = check_problem(R, b, X, labels, targets)
-        bk = _backends.get(backend)
         for q in np.argsort(t, kind="stable"):
             try:
-                _separated.check_separation(bk, R_, out[q], X_, labels_, L)
+                _separated.check_separation(p.bk, p.R, out[q], p.X, p.labels, L)
             except SeparationError as exc:
                 raise SeparationError(f"at time s = {float(t[q]):g} (times[{q}]): {exc}", exc.violations) from None
     return out
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)

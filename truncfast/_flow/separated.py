@@ -15,20 +15,20 @@ into (grad_b, omega) in O(Q M²).  :func:`checked_moments` gets them in one
 pass over the data together with each cluster's bounding box in its own
 frame, and proves the separation assumption on the boxes
 (:func:`separated_by_boxes`, no further pass); only when that test is
-inconclusive does :func:`check_separation` look at the data again (enclosing
-balls, then the full composition per point).
+inconclusive does :func:`check_separation` look at the data again
+(``Backend.separation``: the local backends try enclosing balls first, then
+the full composition per point).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from truncfast import _config
 from truncfast._errors import InputError, SeparationError
 
 __all__ = [
     "SeparationShapeError",
-    "cluster_balls",
-    "separated_by_balls",
     "check_separation",
     "checked_moments",
     "separated_by_boxes",
@@ -44,72 +44,6 @@ class SeparationShapeError(SeparationError, InputError):
         SeparationError.__init__(self, message, [])
 
 
-def cluster_balls(X, labels, Q: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centre (Q, M) and radius (Q,) of a ball containing each cluster.
-
-    The centre is the cluster mean; the radius the largest distance to it,
-    enlarged by a relative 1e-12 so that rounding can only make it larger.
-    Two passes over X, O(N M), no N-sized temporaries (Numba when available).
-    """
-    N, M = X.shape
-    counts = np.bincount(labels, minlength=Q).astype(np.float64)
-    try:
-        from truncfast._kernels import numba_kernels as k
-        from truncfast._kernels import parallel as _parallel
-    except ImportError:  # pragma: no cover - numba missing: plain NumPy, chunked
-        k = None
-    chunk = 1 << 16
-    nchunks = (N + chunk - 1) // chunk
-    if k is not None:
-        parts = np.zeros((max(1, min(_parallel.get_num_threads(), nchunks)), Q, M))
-        n = _parallel.run_ranges(lambda a, c, i: k.cluster_sums_range(X, labels, a, c, chunk, parts[i]), 0, nchunks)
-        sums = np.zeros((Q, M))
-        k.add_slots(sums, parts, n)
-    else:
-        sums = np.zeros((Q, M))
-        for s in range(0, N, chunk):
-            np.add.at(sums, labels[s : s + chunk], X[s : s + chunk])
-    centers = sums / np.maximum(counts, 1.0)[:, None]
-    if k is not None:
-        rparts = np.zeros((max(1, min(_parallel.get_num_threads(), nchunks)), Q))
-        _parallel.run_ranges(lambda a, c, i: k.cluster_radius_range(X, labels, centers, a, c, chunk, rparts[i]),
-                             0, nchunks)
-        rad2 = rparts.max(axis=0)  # a max is exact in any order
-    else:
-        rad2 = np.zeros(Q)
-        for s in range(0, N, chunk):
-            d2 = ((X[s : s + chunk] - centers[labels[s : s + chunk]]) ** 2).sum(axis=1)
-            np.maximum.at(rad2, labels[s : s + chunk], d2)
-    radius = np.sqrt(rad2) * (1.0 + 1e-12) + 1e-300
-    return centers, radius
-
-
-def separated_by_balls(R, b, centers, radius) -> bool:
-    """Sufficient condition for cluster separation, O(Q L M²), no pass over the data.
-
-    Cluster j lies in the ball B(c_j, r_j).  For ℓ < j the points reach layer ℓ
-    unchanged, for ℓ > j as τ_j(x) with |τ_j(x) − τ_j(c_j)| ≤ r_j because τ_j is a
-    projection onto a convex set (1-Lipschitz, THEORY §4).  So if every
-    coordinate of R_ℓ z + b_ℓ at the centre z exceeds r_j (plus a rounding
-    margin) the whole cluster is untruncated by τ_ℓ.  Returns False when the
-    test is inconclusive (the exact per-point check must then decide).
-    """
-    L = R.shape[0]
-    eps = 1e-9
-    for j in range(L):
-        z = centers[j]
-        r = radius[j]
-        for l in range(L):
-            u = R[l] @ z + b[l]
-            if l == j:
-                z = z - R[l].T @ np.minimum(u, 0.0)  # τ_j(c_j)
-                continue
-            margin = eps * (np.abs(u).max() + np.abs(b[l]).max() + r + 1.0)
-            if u.min() <= r + margin:
-                return False
-    return True
-
-
 def separated_by_boxes(R, b, lo, hi) -> bool:
     """Sufficient condition for cluster separation from each cluster's box, O(L² M³), no pass over the data.
 
@@ -121,7 +55,7 @@ def separated_by_boxes(R, b, lo, hi) -> bool:
     v, so t lies in the box [max(lo + b_j, 0) − b_j, max(hi + b_j, 0) − b_j] —
     exactly.  The minimum of a linear function over a box is attained at a
     corner: min_i u = Σ_k min(A_ik lo_k, A_ik hi_k) + b_ℓi.  If it exceeds a
-    rounding margin for every layer ℓ ≠ j and direction i, layer ℓ is the
+    rounding margin (``_config.SEPARATION_MARGIN``) for every layer ℓ ≠ j and direction i, layer ℓ is the
     identity on cluster j (THEORY §6, Def. 3.1).  Returns False when the test
     is inconclusive (a slower check must then decide).
     """
@@ -140,19 +74,19 @@ def separated_by_boxes(R, b, lo, hi) -> bool:
             blo, bhi = (lo[j], hi[j]) if l < j else (t_lo, t_hi)
             umin = pos[j, l] @ blo + neg[j, l] @ bhi + b[l]
             scale = np.abs(A[j, l]) @ np.maximum(np.abs(blo), np.abs(bhi)) + np.abs(b[l]) + np.abs(b[j]).max()
-            if (umin <= 1e-9 * (scale + 1.0)).any():
+            if (umin <= _config.SEPARATION_MARGIN * (scale + 1.0)).any():
                 return False
     return True
 
 
-def _check_one_layer_per_cluster(L: int, Q: int) -> None:
+def check_one_layer_per_cluster(L: int, Q: int) -> None:
     if L != Q:
         raise SeparationShapeError(
             f"targets: form='separated' needs one layer per cluster (L == Q), got L = {L} layers and Q = {Q} clusters"
         )
 
 
-def _check_nonempty(counts: np.ndarray) -> None:
+def check_nonempty(counts: np.ndarray) -> None:
     empty = np.flatnonzero(counts == 0)
     if empty.size:
         raise InputError(
@@ -160,39 +94,34 @@ def _check_nonempty(counts: np.ndarray) -> None:
         )
 
 
-def checked_moments(bk, R, b, X, labels, Q: int, *, fallback=None):
+def checked_moments(bk, R, b, X, labels, Q: int):
     """``(counts, S0, S1, S2)`` of the separated form, with the assumption verified.
 
     One pass over the data (``bk.moments_box``) gives the moments, the cluster
     sizes and each cluster's box; the boxes usually prove separation
-    (:func:`separated_by_boxes`).  Otherwise ``fallback(bk, R, b, X, labels, Q)``
-    decides (default :func:`check_separation`; the dask engine passes its own)
-    and raises :class:`SeparationError` naming the clusters and layers.
-    Raises on L ≠ Q and on empty clusters.
+    (:func:`separated_by_boxes`).  Otherwise the backend's exact check
+    (``bk.separation``) decides and :class:`SeparationError` names the
+    clusters and layers.  Raises on L ≠ Q and on empty clusters.
     """
-    _check_one_layer_per_cluster(R.shape[0], Q)
+    check_one_layer_per_cluster(R.shape[0], Q)
     S0, S1, S2, counts, lo, hi = bk.moments_box(R, b, X, labels, Q)
-    _check_nonempty(counts)
+    check_nonempty(counts)
     if not separated_by_boxes(R, b, lo, hi):
-        (check_separation if fallback is None else fallback)(bk, R, b, X, labels, Q)
+        raise_violations(bk.separation(R, b, X, labels, Q)[1])
     return counts, S0, S1, S2
 
 
 def check_separation(bk, R, b, X, labels, Q: int) -> np.ndarray:
     """Raise :class:`SeparationError` unless layer ℓ ≠ j leaves cluster j untruncated.
 
-    Returns the cluster sizes N_j.  Also rejects L ≠ Q and empty clusters.  A
-    cheap sufficient test on enclosing balls (:func:`separated_by_balls`) is
-    tried first; only when it is inconclusive does the exact check run the
-    full composition over every point.
+    Returns the cluster sizes N_j.  Also rejects L ≠ Q and empty clusters
+    (before any violation: an empty cluster is the clearer error).
     """
-    _check_one_layer_per_cluster(R.shape[0], Q)
-    counts = np.bincount(labels, minlength=Q)
-    _check_nonempty(counts)
-    if separated_by_balls(R, b, *cluster_balls(X, labels, Q)):
-        return counts.astype(np.float64)
-    raise_violations(np.asarray(bk.violations(R, b, X, labels, Q)))
-    return counts.astype(np.float64)
+    check_one_layer_per_cluster(R.shape[0], Q)
+    sizes, bad = bk.separation(R, b, X, labels, Q)
+    check_nonempty(sizes)
+    raise_violations(np.asarray(bad))
+    return sizes
 
 
 def raise_violations(bad: np.ndarray) -> None:

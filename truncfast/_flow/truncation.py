@@ -1,4 +1,4 @@
-"""Truncation maps and sector codes (THEORY §§2, 4)."""
+"""Truncation maps and sector codes (docs/theory.md §§2, 4)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from truncfast._backends import registry as _backends
 from truncfast import _config
-from truncfast._backends.dask_backend import uses_dask
 from truncfast._errors import InputError
-from truncfast._validate import check_problem
+from truncfast._flow.problem import state_and_data
 
 __all__ = ["truncate", "sector_codes"]
 
@@ -18,7 +16,7 @@ __all__ = ["truncate", "sector_codes"]
 def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
     """Apply the composed truncation map τ^(L) to every row of X.
 
-    ``τ_ℓ(z) = z − R_ℓᵀ min(R_ℓ z + b_ℓ, 0)`` (THEORY §4) is the Euclidean
+    ``τ_ℓ(z) = z − R_ℓᵀ min(R_ℓ z + b_ℓ, 0)`` (docs/theory.md §4) is the Euclidean
     projection onto the cone ``{R_ℓ z + b_ℓ ≥ 0}``; ``τ^(L) = τ_L ∘ ⋯ ∘ τ_1``.
 
     Parameters
@@ -31,28 +29,20 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
     (N, M) float64, a new array; a lazy dask array, chunked like X's rows, when
     X is a dask array (docs/distributed.md).
     """
-    if uses_dask(X):
-        from truncfast._backends import dask_backend as _distributed
-
-        return _distributed.truncate(R, b, X, backend=backend)
-    R, b, X = check_problem(R, b, X)
-    return _backends.get(backend, M=R.shape[1]).truncate(R, b, X)
+    bk, R, b, X = state_and_data(R, b, X, backend)
+    return bk.truncate(R, b, X)
 
 
 def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
-    """Sector code of every point at every layer, along the composition (THEORY §2).
+    """Sector code of every point at every layer, along the composition (docs/theory.md §2).
 
     Entry ``[n, ℓ]`` is a uint64 whose bit i is ``h_ℓ,i = H((R_ℓ z_{ℓ-1} + b_ℓ)_i)``
     with ``z_{ℓ-1} = τ^(ℓ-1)(x_n)`` and ``H(0) = 0``: the activation pattern of
     the point in hidden layer ℓ.  All bits set = untruncated, none = fully
     truncated.  Needs M ≤ 64.  A dask X gives a lazy dask array (docs/distributed.md).
     """
-    if uses_dask(X):
-        from truncfast._backends import dask_backend as _distributed
-
-        return _distributed.sector_codes(R, b, X, backend=backend)
-    R, b, X = check_problem(R, b, X)
+    bk, R, b, X = state_and_data(R, b, X, backend)
     M = R.shape[1]
     if M > _config.MAX_CODE_WIDTH:
         raise InputError(f"R: sector codes are uint64 bitmasks and need M ≤ {_config.MAX_CODE_WIDTH}, got M = {M}")
-    return _backends.get(backend, M=R.shape[1]).codes(R, b, X)
+    return bk.codes(R, b, X)

@@ -47,7 +47,7 @@ _RECORDED = {
 }
 
 # counts[..., c]: untruncated, partially truncated, fully truncated
-UNTRUNCATED, PARTIAL, FULL = 0, 1, 2
+from truncfast._backends.protocol import FULL, PARTIAL, UNTRUNCATED  # noqa: E402 - the categories are the backends'
 
 
 def _checksum(header_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:

@@ -22,9 +22,10 @@ time, :func:`available` is False and :func:`unavailable_reason` says why.
 from __future__ import annotations
 
 import collections
-import os
 
 import numpy as np
+
+from truncfast import _config
 
 __all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size", "acc_lanes", "moments_box",
            "truncate", "codes", "general", "moments", "violations"]
@@ -34,7 +35,7 @@ calls: collections.Counter = collections.Counter()
 
 _reason = ""
 ffi = lib = None
-if os.environ.get("TRUNCFAST_NO_CEXT", "").strip().lower() not in ("", "0", "false", "no"):
+if _config.env_no_cext():
     _reason = "disabled by the environment variable TRUNCFAST_NO_CEXT"
 else:
     try:

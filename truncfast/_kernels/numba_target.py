@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 
+from truncfast import _config
+
 __all__ = ["prefer_wide_vectors"]
 
 
@@ -30,12 +32,12 @@ def prefer_wide_vectors() -> bool:
     """Apply the setting if it applies; return whether it is in effect."""
     import sys
 
-    current = os.environ.get("NUMBA_CPU_FEATURES", "")
+    current = _config.env_raw("NUMBA_CPU_FEATURES")
     if "-prefer-256-bit" in current:
         return True
-    if os.environ.get("TRUNCFAST_NUMBA_WIDE_VECTORS", "1").strip() == "0":
+    if not _config.env_numba_wide_vectors():
         return False
-    if current or os.environ.get("NUMBA_CPU_NAME") or "numba" in sys.modules:
+    if current or _config.env_raw("NUMBA_CPU_NAME") or "numba" in sys.modules:
         return False
     try:
         import llvmlite.binding as ll  # does not import numba

@@ -14,6 +14,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from truncfast import _config
+
 __all__ = ["get_num_threads", "set_num_threads", "run_ranges"]
 
 _lock = threading.Lock()
@@ -23,10 +25,9 @@ _requested: int | None = None
 
 
 def _default_threads() -> int:
-    for var in ("TRUNCFAST_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
-        val = os.environ.get(var, "").strip()
-        if val.isdigit() and int(val) > 0:
-            return int(val)
+    n = _config.env_default_threads()
+    if n is not None:
+        return n
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux

@@ -1,0 +1,37 @@
+"""The C core through cffi (``truncfast._kernels.ccore``): same algorithm and bits as Numba,
+no JIT latency; optional (``BackendUnavailable`` when it was not built)."""
+
+from __future__ import annotations
+
+from truncfast import _config
+from truncfast._backends.local import LocalBackend, normalise
+from truncfast._kernels import ccore as _c
+
+__all__ = ["CBackend"]
+
+
+class CBackend(LocalBackend):
+    name = "c"
+
+    def __init__(self):
+        if not _c.available():
+            raise ImportError(_c.unavailable_reason())
+
+    def truncate(self, R, b, X):
+        return _c.truncate(R, b, X, _config.CHUNK_SIZE)
+
+    def codes(self, R, b, X):
+        return _c.codes(R, b, X, _config.CHUNK_SIZE)
+
+    def general(self, R, b, X, labels, T, W, bout, Y, standard, want_grad):
+        out = _c.general(R, b, X, labels, T, W, bout, Y, standard, want_grad, _config.CHUNK_SIZE)
+        return normalise(X.shape[0], *out, standard)
+
+    def moments(self, R, b, X, labels, Q):
+        return _c.moments(R, b, X, labels, Q, _config.CHUNK_SIZE)
+
+    def moments_box(self, R, b, X, labels, Q):
+        return _c.moments_box(R, b, X, labels, Q, _config.CHUNK_SIZE)
+
+    def violations(self, R, b, X, labels, Q):
+        return _c.violations(R, b, X, labels, Q, _config.CHUNK_SIZE)

@@ -1,0 +1,92 @@
+"""The right-hand side of the flow at a state, on prepared data: what integrators call.
+
+An :class:`Evaluator` holds the validated data and the backend that runs them
+and returns, for a state (R, b), the loss and (grad_b, omega) in the
+requested form (docs/theory.md §5 general, §6 separated), plus the truncation
+counts that trajectories record (§2).  The same object serves every backend
+(dask included) and every solver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from truncfast import _config
+from truncfast._backends.protocol import Backend
+from truncfast._flow import separated as _separated
+from truncfast._flow.gradient import euclid_general
+
+__all__ = ["RHS", "Evaluator"]
+
+
+@dataclass
+class RHS:
+    """The right-hand side of the flow at one state (docs/theory.md §§5, 6).
+
+    ``rate`` (L, M) = π_j (1 − m0_j) and ``target_rot`` (L, M) = ỹ'_j = R_j ỹ_j
+    are filled only for solvers that need the separated moments.
+    """
+
+    loss: float
+    grad_b: np.ndarray
+    omega: np.ndarray
+    rate: np.ndarray | None = None
+    target_rot: np.ndarray | None = None
+
+    def finite(self) -> bool:
+        """True when the loss and every entry of the gradient are finite."""
+        return bool(np.isfinite(self.loss) and np.isfinite(self.grad_b).all() and np.isfinite(self.omega).all())
+
+
+class Evaluator:
+    """Right-hand side of the Euclidean flow on data prepared by ``problem.euclid_args``.
+
+    ``form="general"`` runs the per-point kernel of §5; ``"separated"`` the
+    moment form of §6 (with the separation assumption proved at every
+    evaluation), with ``needs_moments`` also filling ``RHS.rate`` and
+    ``RHS.target_rot`` for the exponential bias step.
+    """
+
+    def __init__(self, bk: Backend, X: Any, labels: Any, targets: np.ndarray, *, form: str = "general",
+                 needs_moments: bool = False):
+        self.bk, self.X, self.labels, self.targets = bk, X, labels, targets
+        self.form = form
+        self.needs_moments = needs_moments
+
+    @property
+    def N(self) -> int:
+        return int(self.X.shape[0])
+
+    def rhs(self, R: np.ndarray, b: np.ndarray) -> RHS:
+        """Loss and (grad_b, omega) at (R, b); non-finite values are returned, not raised
+        (the caller decides: the integrator raises DivergenceError)."""
+        # a diverging state makes inf − inf in the kernels: no RuntimeWarning noise
+        with np.errstate(all="ignore"):
+            return self._rhs(R, b)
+
+    def _rhs(self, R, b) -> RHS:
+        X, labels, T = self.X, self.labels, self.targets
+        if self.form == "general":
+            loss, gb, om, _, _ = euclid_general(self.bk, R, b, X, labels, T, True)
+            return RHS(float(loss), gb, om)
+        Q = T.shape[0]
+        counts, S0, S1, S2 = _separated.checked_moments(self.bk, R, b, X, labels, Q)
+        gb, om = _separated.assemble(R, b, T, counts, S0, S1, S2, self.N)
+        loss = float(euclid_general(self.bk, R, b, X, labels, T, False)[0])
+        rhs = RHS(loss, gb, om)
+        if self.needs_moments:
+            rhs.rate = (counts[:, None] - S0) / self.N  # π_j (1 − m0_j)
+            rhs.target_rot = np.einsum("jik,jk->ji", R, T)  # ỹ'_j
+        return rhs
+
+    def counts(self, R: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(L, Q, 3) untruncated / partial / full counts along the composition (docs/theory.md §2);
+        −1 everywhere when M > 64 (sector codes need a uint64 bitmask)."""
+        L, M = b.shape
+        Q = self.targets.shape[0]
+        if M > _config.MAX_CODE_WIDTH:
+            return np.full((L, Q, 3), -1, dtype=np.int64)
+        return self.bk.counts(R, b, self.X, self.labels, Q)
