@@ -8,11 +8,11 @@
   apex at the centre of cluster ℓ (the other clusters are untruncated by it).
 * **Methods.** ``numpy`` / ``numba`` / ``c``: :func:`truncfast.gradient`;
   ``torch``: PyTorch eager autograd of the same C_E with the truncation maps
-  written as tensor ops (THEORY §4 form), ω = P_A(∇_R C Rᵀ);
+  written as tensor ops (docs/theory.md §4 form), ω = P_A(∇_R C Rᵀ);
   ``torch.compile``: the same loss function through ``torch.compile`` (inductor,
   N marked dynamic so each (M, L) compiles once).  On cluster data the engine
-  backends are also timed with ``form="separated"`` (THEORY §6).
-* **Cost model** (THEORY §10): ``10·L·M²·N`` flops and ``8·N·M`` bytes (X read
+  backends are also timed with ``form="separated"`` (docs/theory.md §6).
+* **Cost model** (docs/theory.md §10): ``10·L·M²·N`` flops and ``8·N·M`` bytes (X read
   once in float64) per evaluation — the model's count, not the kernel's own.
 * **Sizes.** The grid N ∈ {10⁴, 10⁵, 10⁶, 10⁷} × (M, L) ∈ {(2,2), (8,8), (64,10)},
   plus the issue's target sizes (2·10⁵, 64, 10) and (10⁷, 4, 4).  ``TRUNCFAST_BENCH_QUICK=1``
@@ -53,7 +53,7 @@ TORCH_MAX_BYTES = 6e9
 
 
 def flops(N: int, M: int, L: int) -> float:
-    """THEORY §10's cost model of one general right-hand side."""
+    """docs/theory.md §10's cost model of one general right-hand side."""
     return 10.0 * L * M * M * N
 
 

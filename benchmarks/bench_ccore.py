@@ -10,7 +10,7 @@ or only the first-call latencies:
     python benchmarks/bench_ccore.py
 
 Measured: one evaluation of the general effective flow (loss + grad_b + omega,
-THEORY §5) on the Euclidean loss at N = 10⁶, M = 8, L = 8 and at
+docs/theory.md §5) on the Euclidean loss at N = 10⁶, M = 8, L = 8 and at
 N = 2·10⁵, M = 64, L = 10 (Gaussian data, Haar rotations, biases of scale 0.5:
 most points partially truncated, so skipping rarely helps); the truncation map
 alone at the first size; and the first-call latency of each backend in a fresh

@@ -73,10 +73,12 @@ def bench_steps(client, N: int, M: int, L: int, Q: int, rows: int, rounds: int, 
     tf.set_num_threads(workers)
     out = {"N": N, "M": M, "L": L, "rows_per_block": rows, "blocks": len(Xd.chunks[0])}
     out["local_gradient_s"] = _median_time(lambda: tf.gradient(R, b, X, labels, targets, backend="numba"), rounds)
-    _, _, Xp, lp, T = _distributed.prepare(R, b, Xd, ld, targets)
     W0, bo0, Y0 = np.zeros((0, M)), np.zeros(0), np.zeros((Q, 0))
+    T = targets
     for red in ("ordered", "tree"):
-        eng = _distributed.DaskEngine(red)
+        eng = _distributed.DaskBackend(red)
+        Xp = eng.prepare_X(Xd, M)
+        lp = eng.prepare_labels(ld, Xp, Q)
         out[f"dask_{red}_gradient_s"] = _median_time(
             lambda: eng.general(R, b, Xp, lp, T, W0, bo0, Y0, False, True), rounds)
     steps = 3
@@ -94,7 +96,7 @@ def bench_steps(client, N: int, M: int, L: int, Q: int, rows: int, rounds: int, 
 
 def bench_kernel(M: int, L: int, Q: int, rows: int, rounds: int) -> dict:
     """θ: points per second of the per-block map (one block, one thread, in this process)."""
-    from truncfast._backends import dask_backend as _distributed
+    from truncfast._backends import dask_tasks as _tasks
     from truncfast._kernels import numba_kernels as k
 
     rng = np.random.default_rng(1)
@@ -105,7 +107,7 @@ def bench_kernel(M: int, L: int, Q: int, rows: int, rounds: int) -> dict:
     X = rng.standard_normal((rows, M))
     labels = rng.integers(0, Q, rows)
     state = (R, k.transfer_matrices(R), b, T, np.zeros((0, M)), np.zeros(0), np.zeros((Q, 0)))
-    t = _median_time(lambda: _distributed._partials_general(X, labels, state, 0, False, True, False, False), rounds)
+    t = _median_time(lambda: _tasks._partials_general(X, labels, state, 0, False, True, False, False), rounds)
     return {"kernel_points_per_s_per_core": rows / t, "kernel_block_s": t, "rows": rows}
 
 
@@ -119,8 +121,9 @@ def bench_reduction(M: int, L: int, Q: int, rounds: int, blocks=(2, 8, 32, 128))
         ts = []
         for B in blocks:
             R, b, Xd, ld, T = _problem(B * rows, M, L, Q, rows, seed=2)
-            _, _, Xp, lp, T = _distributed.prepare(R, b, Xd, ld, T)
-            eng = _distributed.DaskEngine(red)
+            eng = _distributed.DaskBackend(red)
+            Xp = eng.prepare_X(Xd, M)
+            lp = eng.prepare_labels(ld, Xp, Q)
             W0, bo0, Y0 = np.zeros((0, M)), np.zeros(0), np.zeros((Q, 0))
             ts.append(_median_time(lambda: eng.general(R, b, Xp, lp, T, W0, bo0, Y0, False, True), rounds))
         # on tiny blocks everything is overhead: the slope is the cost of one more block

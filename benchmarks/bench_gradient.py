@@ -2,7 +2,7 @@
 
 Run:  pytest benchmarks/bench_gradient.py --benchmark-enable --benchmark-columns=min,median,mean,rounds
 
-The PyTorch baseline evaluates the same Euclidean loss C_E (THEORY §3) with the
+The PyTorch baseline evaluates the same Euclidean loss C_E (docs/theory.md §3) with the
 truncation maps written as tensor ops on R and b and differentiates it with
 autograd; omega = P_A(∇_R C · Rᵀ).  Peak RSS growth during the timed calls is
 stored in ``benchmark.extra_info['rss_growth_MB']``.

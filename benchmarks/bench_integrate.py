@@ -17,7 +17,6 @@ per-step times (median and min over rounds, divided by ``steps``) are in
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import truncfast as tf

@@ -17,7 +17,7 @@ autograd) / torch.compile, on random and cluster-separated data, form general
 timed rounds minus RSS before them, psutil sampling every 2 ms; the allocator
 reuses what the warm-up freed, so report.py measures the target sizes again in
 fresh interpreters), and the
-cost-model throughput (GFLOP/s, GB/s; THEORY §10).  ``test_threads`` times
+cost-model throughput (GFLOP/s, GB/s; docs/theory.md §10).  ``test_threads`` times
 numba and c on 1 and 2 threads (``tf.set_num_threads``).
 """
 

@@ -212,7 +212,7 @@ def build(res: dict) -> tuple[str, list[str]]:
         w(f"| {th} | {roof[th]['gflops']:.1f} | {roof[th]['read_GBs']:.1f} |")
     w("")
     w(f"{roof['method']}, best of a measurement at the start and one at the end of the run; single-thread copy {roof['copy_GBs']:.1f} GB/s (read + write). Cost model "
-      "(THEORY §10, the model's count, not the kernel's): 10·L·M²·N flops and 8·N·M bytes per evaluation, "
+      "(docs/theory.md §10, the model's count, not the kernel's): 10·L·M²·N flops and 8·N·M bytes per evaluation, "
       "arithmetic intensity 1.25·L·M flop/byte; roof = min(peak, intensity × read bandwidth), each the best of "
       "1 and 2 threads. A fraction above 100 % means other load depressed the roof measurement.")
     w("")

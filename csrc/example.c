@@ -3,7 +3,7 @@
  *
  * Builds a random problem (Haar-like orthogonal R_l by Gram-Schmidt, Gaussian
  * biases and data), calls the library and checks known identities of
- * THEORY.md:
+ * docs/theory.md:
  *   1. an untruncated configuration (every pre-activation > 0) leaves the data
  *      fixed (tau = id, [2.14]) and gives an exactly zero gradient (section 5);
  *   2. the gradient of the Euclidean loss matches central finite differences
@@ -77,7 +77,7 @@ static void must(int status, const char *call)
     }
 }
 
-/* Euclidean loss C_E = loss_sum / N (THEORY 3). */
+/* Euclidean loss C_E = loss_sum / N (docs/theory.md §3). */
 static double loss_E(void)
 {
     double s;

@@ -1,5 +1,5 @@
 /*
- * truncfast.c -- C99 + OpenMP port of truncfast/_kernels_numba.py.
+ * truncfast.c -- C99 + OpenMP port of truncfast/_kernels/numba_kernels.py.
  *
  * The algorithm and the order of every floating-point operation are those of
  * the Numba kernels, so that both give the same bits (the loop structure and
@@ -7,7 +7,7 @@
  *
  *   - The N points are split into fixed chunks of `chunk` points; a chunk is
  *     processed sequentially by one thread into its own partial sums, and the
- *     partials are added to the totals in chunk order (THEORY 5, DESIGN.md
+ *     partials are added to the totals in chunk order (docs/theory.md §5, DESIGN.md
  *     "Determinism").  Chunks are handed out in batches that bound the memory
  *     of the partials; batching never changes the order of the additions.
  *   - Inside a chunk, points are processed in blocks of TF_BLOCK_SIZE points;
@@ -20,10 +20,10 @@
  *     sum.  Scratch is stored tile-major (AT() below).
  *   - The forward pass uses transfer matrices S_l = R_{l+1} R_l^T:
  *       v_1 = R_1 x,  v_{l+1} = S_l t_l,  z_L = R_L^T t_L,
- *     and the backward pass r_{l-1} = S_{l-1}^T (h_l . r_l) (THEORY 5).
+ *     and the backward pass r_{l-1} = S_{l-1}^T (h_l . r_l) (docs/theory.md §5).
  *   - Layers at which no point of a block is truncated add nothing to the
  *     gradient and are skipped, as is everything below the lowest truncating
- *     layer of the block (THEORY 5, structural facts).
+ *     layer of the block (docs/theory.md §5, structural facts).
  *
  * Must be compiled without floating-point contraction (-ffp-contract=off) and
  * without -ffast-math: an FMA or a reassociated sum changes the bits.
@@ -433,7 +433,7 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
     const int64_t batch = batch_size(nchunks, 8 * rec, nthreads);
     const size_t wsz = work_doubles(M, L, P, want_grad);
     /* Euclidean loss: targets in the last layer's frame, y'_j = R_L y_j (same
-     * operation order as _kernels_numba.general_chunk) */
+     * operation order as numba_kernels.general_chunk) */
     double *Ty = NULL;
     if (!standard) {
         Ty = (double *)malloc((size_t)(Q * M) * sizeof(double));

@@ -1,6 +1,6 @@
 /*
  * truncfast.h -- the C core of truncfast: truncation maps and the effective
- * gradient flow of deep ReLU networks in input space (docs: THEORY.md).
+ * gradient flow of deep ReLU networks in input space (docs: docs/theory.md).
  *
  * Stable C API.  Conventions shared by every function:
  *
@@ -21,7 +21,7 @@
  *     bits as truncfast's Numba kernels.
  *   - Gradient sums are returned raw (not divided by N, G not antisymmetrised):
  *     the effective flow is grad_b = gb / N, omega_l = (G_l - G_l^T) / (2 N),
- *     loss = loss_sum / N (THEORY.md section 5).
+ *     loss = loss_sum / N (docs/theory.md section 5).
  *
  * Thread safety: every function is reentrant (no global state).
  */
@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 /* BEGIN CDEF: from here to END CDEF, only integer #defines and prototypes
- * (truncfast/_build_ccore.py feeds this region to cffi). */
+ * (truncfast/_kernels/build_ccore.py feeds this region to cffi). */
 
 /* ------------------------------------------------------------------ status */
 #define TF_OK 0
@@ -76,7 +76,7 @@ int tf_has_openmp(void);
 int tf_max_threads(void);
 
 /*
- * Truncation map tau^(L) = tau_L o ... o tau_1 of every row of X (THEORY 2, 4):
+ * Truncation map tau^(L) = tau_L o ... o tau_1 of every row of X (docs/theory.md §2, 4):
  *   tau_l(z) = R_l^T ( max(R_l z + b_l, 0) - b_l ).
  * out: (N, M).
  */
@@ -84,16 +84,16 @@ int tf_truncate(const double *R, const double *b, const double *X,
                 int64_t N, int64_t M, int64_t L, int64_t chunk, int nthreads, double *out);
 
 /*
- * Sector codes along the composition (THEORY 2): bit i of codes[n*L + l] is
+ * Sector codes along the composition (docs/theory.md §2): bit i of codes[n*L + l] is
  * H((R_l tau^(l-1)(x_n) + b_l)_i).  Needs M <= 64.  codes: (N, L).
  */
 int tf_codes(const double *R, const double *b, const double *X,
              int64_t N, int64_t M, int64_t L, int64_t chunk, int nthreads, uint64_t *codes);
 
 /*
- * Loss and gradient sums of the general effective flow (THEORY 5).
+ * Loss and gradient sums of the general effective flow (docs/theory.md §5).
  *
- * standard == 0 (Euclidean loss, THEORY 3): residual z_L - T[labels[n]],
+ * standard == 0 (Euclidean loss, docs/theory.md §3): residual z_L - T[labels[n]],
  *   T is (Q, M); W, bout, Y are ignored (may be NULL, P may be 0).
  * standard != 0 (standard loss): residual W z_L + bout - Y[labels[n]],
  *   W (P, M), bout (P,), Y (Q, P); error vector e = W^T residual; T ignored.
@@ -115,7 +115,7 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
                double *loss, double *gb, double *G, double *gW, double *gbo);
 
 /*
- * Raw constrained moments of the separated form (THEORY 6): cluster j is
+ * Raw constrained moments of the separated form (docs/theory.md §6): cluster j is
  * rotated by layer j (needs Q <= L), v = R_j x, h = H(v + b_j):
  *   S0[j, i] = sum h_i,  S1[j, i, k] = sum h_i v_k,  S2[j, i, k] = sum h_i v_i v_k.
  * S0 (Q, M), S1 and S2 (Q, M, M).
@@ -135,7 +135,7 @@ int tf_moments_box(const double *R, const double *b, const double *X, const int6
                    double *S0, double *S1, double *S2, double *counts, double *lo, double *hi);
 
 /*
- * Separation check (THEORY 6): counts[j, l] = number of points of cluster j
+ * Separation check (docs/theory.md §6): counts[j, l] = number of points of cluster j
  * truncated in some direction at a layer l != j (along the composition).
  * counts: (Q, L).
  */

@@ -270,7 +270,7 @@ CASES: list[Case] = [
          lambda d, t: tf.exact_bias_flow(d["R"], d["b"], d["X"], d["labels"], np.zeros((3, 3)), [0.0])),
     Case("exact_bias_flow", "empty cluster", "labels",
          lambda d, t: tf.exact_bias_flow(d["R"], d["b"], d["X"], np.ones(6, dtype=int), d["targets"], [0.0])),
-    # --- output-layer flows (THEORY §8)
+    # --- output-layer flows (docs/theory.md §8)
     Case("collapsed_output_loss", "Xc of the wrong width", "Xc",
          lambda d, t: tf.collapsed_output_loss(d["W_out"], np.zeros((2, 4)), d["Y"], d["pi"])),
     Case("collapsed_output_loss", "Y of the wrong shape", "Y",

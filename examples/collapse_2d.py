@@ -1,4 +1,4 @@
-"""Dynamical truncation and collapse of a 2-D cluster (paper Prop. 4.2, THEORY §7).
+"""Dynamical truncation and collapse of a 2-D cluster (paper Prop. 4.2, docs/theory.md §7).
 
 Writes two PNGs into the directory given on the command line (default
 ``examples/out/``):
@@ -15,7 +15,7 @@ Writes two PNGs into the directory given on the command line (default
     at rate π = 1 after the collapse time s₀.
 
 ``partial_collapse.png``
-    The two-cluster scenario of THEORY §7 (centres (0,0), (10,10), R = (I, −I)):
+    The two-cluster scenario of docs/theory.md §7 (centres (0,0), (10,10), R = (I, −I)):
     the biases-only flow collapses both clusters; the full flow turns R_2 by
     ≈ 45° and stalls on an exact equilibrium with cluster 2 on a segment.
 
@@ -154,7 +154,7 @@ def partial_collapse_figure(path: str) -> dict:
     a.plot(*targets[1], marker="*", ms=12, color="tab:red", ls="none", label="ỹ₂")
     a.set(aspect="equal", xlabel="x₁", ylabel="x₂", title="(c) cluster 2 at s = 100")
     a.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Partial collapse (THEORY §7): training R stalls the collapse on an exact equilibrium")
+    fig.suptitle("Partial collapse (docs/theory.md §7): training R stalls the collapse on an exact equilibrium")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -2,7 +2,7 @@
 
     python examples/measure_paper_differences.py
 
-Prints, for the data sets of THEORY §7: the post-collapse weight flow and rates
+Prints, for the data sets of docs/theory.md §7: the post-collapse weight flow and rates
 (§1 of the document), the size of the m2 term of the exact weight flow (§2), and
 the partial-collapse scenario with its variants (§3).
 """

@@ -3,7 +3,7 @@
 Generic on purpose: any test module may use them.
 
 * Tolerances live here and only here (``RTOL`` is the 1e-12 relative agreement
-  that CONTRACT.md promises between backends and oracles).
+  that docs/api.md promises between backends and oracles).
 * ``backend`` runs a test once per backend that ``tf.backends()`` reports
   available ("numpy", "numba", "c" as soon as the C core is built, and "dask"
   on a LocalCluster started once per session).
@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - hypothesis is a test dependency
     pass
 
 #: Relative agreement of backends with the oracles (naive loop, PyTorch), in
-#: the norm of the compared quantity (CONTRACT.md: "agree to 1e-12 relative").
+#: the norm of the compared quantity (docs/api.md: "agree to 1e-12 relative").
 RTOL = 1e-12
 #: For quantities that go through matrix inverses or products of layers
 #: (layers ↔ cumulative maps, layer-by-layer networks, pseudo-inverses).
@@ -195,7 +195,7 @@ def random_problem(rng):
 
 def separated_problem(rng: np.random.Generator, M: int, Q: int, n_per: int = 12,
                       spread: float = 0.1, scale: float = 10.0) -> Problem:
-    """Cluster-separated data with L = Q ≤ M (THEORY §6).
+    """Cluster-separated data with L = Q ≤ M (docs/theory.md §6).
 
     Cluster j is centred at c_j = scale·e_j; layer j's cone K_j has its apex
     near c_j (so it truncates cluster j partially) and a frame R_j that maps

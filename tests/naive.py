@@ -1,4 +1,4 @@
-"""Slow, obviously-correct oracles written straight from THEORY.md §§1–6.
+"""Slow, obviously-correct oracles written straight from docs/theory.md §§1–6.
 
 One point at a time, one layer at a time, plain NumPy on vectors.  Nothing
 here imports truncfast: the engine is compared against these loops, never the
@@ -12,7 +12,7 @@ import numpy as np
 
 
 def heaviside(u):
-    """H(u) with H(0) = 0, componentwise (THEORY §0)."""
+    """H(u) with H(0) = 0, componentwise (docs/theory.md §0)."""
     return np.array([1.0 if ui > 0.0 else 0.0 for ui in u])
 
 
@@ -24,7 +24,7 @@ def antisym(A):
 # ---------------------------------------------------------------- §§2, 4 ---
 
 def tau_layer(Rl, bl, z):
-    """τ_ℓ(z) = z − R_ℓᵀ min(R_ℓ z + b_ℓ, 0) (THEORY §4, first form)."""
+    """τ_ℓ(z) = z − R_ℓᵀ min(R_ℓ z + b_ℓ, 0) (docs/theory.md §4, first form)."""
     return z - Rl.T @ np.minimum(Rl @ z + bl, 0.0)
 
 
@@ -85,7 +85,7 @@ def standard_loss(R, b, X, labels, W_out, b_out, Y):
 # ------------------------------------------------------------------- §5 ---
 
 def _point_gradient(R, b, x, error_of):
-    """Forward and backward pass of THEORY §5 for one point.
+    """Forward and backward pass of docs/theory.md §5 for one point.
 
     ``error_of(z_L)`` returns the error vector e.  Returns (grad_b, G) of this
     point, not yet divided by N, G not yet antisymmetrised.
@@ -113,7 +113,7 @@ def _point_gradient(R, b, x, error_of):
 
 
 def gradient(R, b, X, labels, targets):
-    """(grad_b, omega) of the Euclidean loss, THEORY §5."""
+    """(grad_b, omega) of the Euclidean loss, docs/theory.md §5."""
     N = len(X)
     L, M = np.shape(b)
     gb = np.zeros((L, M))
@@ -147,7 +147,7 @@ def standard_gradient(R, b, X, labels, W_out, b_out, Y):
 # ------------------------------------------------------------------- §6 ---
 
 def moments(R, b, X, labels, targets):
-    """Constrained moments of THEORY §6, cluster j at layer j (L == Q)."""
+    """Constrained moments of docs/theory.md §6, cluster j at layer j (L == Q)."""
     N = len(X)
     Q, M = np.shape(targets)
     out = {k: [] for k in ("pi", "m0", "m1", "m2", "tbar", "target_rotated")}
@@ -176,7 +176,7 @@ def moments(R, b, X, labels, targets):
 
 
 def separated_gradient(R, b, X, labels, targets):
-    """(grad_b, omega) from the moment formulas [3.39–3.41] of THEORY §6."""
+    """(grad_b, omega) from the moment formulas [3.39–3.41] of docs/theory.md §6."""
     mom = moments(R, b, X, labels, targets)
     Q, M = np.shape(targets)
     gb = np.zeros((Q, M))

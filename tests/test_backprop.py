@@ -1,7 +1,7 @@
 """PyTorch references of :mod:`truncfast.backprop` and ``truncfast compare`` (issue 6).
 
 * (a) autograd gradient descent in (R, b) with the exponential retraction has
-  the iterates of ``integrate(method="lie-euler")`` (CONTRACT.md) to rounding;
+  the iterates of ``integrate(method="lie-euler")`` (docs/api.md) to rounding;
 * the layer-weight network built from (R, b) — for any positive diagonal D —
   reproduces ``truncate``, ``sector_codes`` and ``standard_loss``;
 * (b) backprop in layer weights lowers the standard loss;

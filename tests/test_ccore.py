@@ -4,11 +4,11 @@ The generic core tests (test_core_*.py) already run on ``backend="c"`` through
 the ``backend`` fixture as soon as ``tf.backends()["c"] == "available"``; this
 module checks what is specific to the C path:
 
-* the C path really ran (call counter of ``_ccore``);
+* the C path really ran (call counter of ``truncfast._kernels.ccore``);
 * C and Numba agree bitwise on random problems with points exactly on sector
-  boundaries (same chunks, same per-point operation order; THEORY §5, §6);
+  boundaries (same chunks, same per-point operation order; docs/theory.md §5, §6);
 * results do not depend on the number of OpenMP threads (same bytes);
-* ``_ccore`` refuses non-contiguous arrays instead of copying, and reports C
+* ``truncfast._kernels.ccore`` refuses non-contiguous arrays instead of copying, and reports C
   status codes as Python errors;
 * ``csrc/example`` builds with plain ``make`` and its checks pass;
 * installation without a compiler (``CC=/bin/false``) or with

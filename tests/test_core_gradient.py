@@ -1,4 +1,4 @@
-"""THEORY §5: the gradient of the effective flow, against the naive loop,
+"""docs/theory.md §5: the gradient of the effective flow, against the naive loop,
 against PyTorch autograd of the same loss, and against finite differences of
 ``loss`` along the flow directions."""
 
@@ -237,7 +237,7 @@ def test_finite_differences_standard(backend, rng, P):
 
 
 def test_small_flow_step_decreases_loss(backend, rng):
-    """One Lie–Euler step with a small step decreases C (THEORY §5, monotonicity)."""
+    """One Lie–Euler step with a small step decreases C (docs/theory.md §5, monotonicity)."""
     p = make_problem(rng, N=40, M=3, L=3, Q=2)
     C0 = tf.loss(*p.euclid, backend=backend)
     gb, om = tf.gradient(*p.euclid, backend=backend)

@@ -1,4 +1,4 @@
-"""THEORY §§1–4: truncation maps, sector codes, the identities with the
+"""docs/theory.md §§1–4: truncation maps, sector codes, the identities with the
 layer-by-layer ReLU network, and the losses built on them."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_sector_codes_width_64(backend, rng):
 
 
 def test_truncate_is_projection_onto_the_cone(backend, rng):
-    """τ_ℓ is the Euclidean projection onto K = {Rz + b ≥ 0} (THEORY §4)."""
+    """τ_ℓ is the Euclidean projection onto K = {Rz + b ≥ 0} (docs/theory.md §4)."""
     M = 4
     R = random_orthogonal(rng, M)[None]
     b = rng.standard_normal((1, M))
@@ -133,7 +133,7 @@ def _aligned_network(rng, L, M, P):
 
 @pytest.mark.parametrize("L,M,P", [(1, 1, 1), (1, 3, 2), (3, 2, 2), (3, 4, 6), (4, 3, 1)])
 def test_network_identities(backend, rng, L, M, P):
-    """x⁽ℓ⁾ = a_ℓ(τ^(ℓ)(x)) and x⁽ᴸ⁺¹⁾ = W^(L+1) τ^(L)(x) + b^(L+1) (THEORY §2, §4)."""
+    """x⁽ℓ⁾ = a_ℓ(τ^(ℓ)(x)) and x⁽ᴸ⁺¹⁾ = W^(L+1) τ^(L)(x) + b^(L+1) (docs/theory.md §2, §4)."""
     R, d, Wc, bc, Ws, bs, W_last, b_last, W_out, b_out = _aligned_network(rng, L, M, P)
     R2, beta, d2 = tf.aligned_from_cumulative(Wc, bc)
     assert_rel(R2, R, RTOL_COMPOSED)

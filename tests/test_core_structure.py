@@ -1,4 +1,4 @@
-"""Structural facts of THEORY §5, the cluster-separated form of §6 and the
+"""Structural facts of docs/theory.md §5, the cluster-separated form of §6 and the
 closed forms of §7 (equilibria, collapse)."""
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_fully_truncated_points_collapse(backend, rng):
 
 
 def test_fully_truncated_cluster_closed_form(backend, rng):
-    """Collapse [Prop. 4.2]: ∇_b = π(b + ỹ'), Ω = (π/2)(b ỹ'ᵀ − ỹ' bᵀ) (THEORY §7)."""
+    """Collapse [Prop. 4.2]: ∇_b = π(b + ỹ'), Ω = (π/2)(b ỹ'ᵀ − ỹ' bᵀ) (docs/theory.md §7)."""
     M = 3
     R = random_orthogonal(rng, M)[None]
     b = np.array([[0.3, -0.2, 0.5]])
@@ -136,7 +136,7 @@ def test_equilibria(backend, rng):
 # ------------------------------------------------------ §6 separated form ---
 
 def _plane_problem(rng, n=60):
-    """THEORY §7 'Partial collapse': two clusters in the plane, R = (I, −I)."""
+    """docs/theory.md §7 'Partial collapse': two clusters in the plane, R = (I, −I)."""
     R = np.array([np.eye(2), -np.eye(2)])
     b = np.array([[0.0, 0.0], [10.0, 10.0]])
     centres = np.array([[0.0, 0.0], [10.0, 10.0]])

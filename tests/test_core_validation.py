@@ -1,4 +1,4 @@
-"""API-boundary validation (CONTRACT.md "Bad input"), accepted input layouts,
+"""API-boundary validation (docs/api.md "Bad input"), accepted input layouts,
 inputs never modified, results new float64 arrays, and determinism."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The public API on dask arrays against the local engine (issue 8, ``truncfast._distributed``).
+"""The public API on dask arrays against the local engine (issue 8, ``truncfast._backends.dask_backend``).
 
 One real ``LocalCluster`` (2 worker processes, 1 thread each) serves the whole
 module.  Data chunked in multiples of ``_config.CHUNK_SIZE`` must give the
@@ -24,7 +24,6 @@ import truncfast as tf
 from truncfast import _config
 from truncfast._backends import dask_backend as _distributed
 from truncfast._backends import dask_tasks as _dask_tasks
-from truncfast._integrate import api as _integrate
 from truncfast._integrate import run as _run
 
 da = pytest.importorskip("dask.array")
@@ -266,7 +265,7 @@ def test_lost_connection_is_retried_with_same_bits(problem, monkeypatch):
 
 
 def _two_clusters(n=9000):
-    """THEORY §7's two clusters with opposite frames: cluster-separated truncations (L = Q = 2)."""
+    """docs/theory.md §7's two clusters with opposite frames: cluster-separated truncations (L = Q = 2)."""
     rng = np.random.default_rng(5)
     X = np.concatenate([rng.normal(0.0, 0.1, (n, 2)), rng.normal(10.0, 0.1, (n, 2))])
     labels = np.repeat([0, 1], n)

@@ -1,4 +1,4 @@
-"""The exact bias flow at fixed R (THEORY §7, paper [4.38–4.50]) as an oracle.
+"""The exact bias flow at fixed R (docs/theory.md §7, paper [4.38–4.50]) as an oracle.
 
 * ``tf.exact_bias_flow`` against an independent brute-force fine-step Euler
   integration of ∂_s β = −(n(β)/N)(β − β*) (both directions, ties, boundaries).
@@ -313,7 +313,7 @@ def test_solution_satisfies_the_equation(z, beta0, beta_star, extra, s):
 
 
 def test_check_separation_samples_the_requested_times():
-    """check_separation=True verifies THEORY §6 at s = 0 and at every requested time."""
+    """check_separation=True verifies docs/theory.md §6 at s = 0 and at every requested time."""
     R = np.stack([np.eye(2), -np.eye(2)])
     X = np.array([[0.0, 0.0], [0.2, -0.1], [10.0, 10.0], [9.8, 10.1]])
     labels = np.array([0, 0, 1, 1])

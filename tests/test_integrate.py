@@ -1,4 +1,4 @@
-"""Integrators (THEORY §9): retractions, solvers against oracles, both step loops.
+"""Integrators (docs/theory.md §9): retractions, solvers against oracles, both step loops.
 
 Oracles: scipy.linalg.expm for the matrix exponential; PyTorch autograd driving
 gradient descent with the exponential retraction; a plain NumPy loop over
@@ -16,7 +16,6 @@ from conftest import (RTOL, assert_rel, assert_trajectories_bitwise, make_proble
                       separated_problem)
 from truncfast import _config
 from truncfast._kernels import expm as _expm
-from truncfast._integrate import api as _integrate
 from truncfast._integrate import checks as _checks
 
 torch = pytest.importorskip("torch")
@@ -180,7 +179,7 @@ def test_loss_non_increasing_for_small_dt(backend, rng):
 
 
 def test_dissipation_rate(rng):
-    """dC/ds = −(|∇_b C|² + |Ω|²_F) (THEORY §5): the first difference quotient matches to O(dt)."""
+    """dC/ds = −(|∇_b C|² + |Ω|²_F) (docs/theory.md §5): the first difference quotient matches to O(dt)."""
     p = make_problem(rng, N=200, M=3, L=2, Q=2)
     dt = 1e-6
     tr = tf.integrate(*p.euclid, dt=dt, steps=1)
@@ -259,7 +258,7 @@ def no_event_cluster(rng, N=40, M=3):
 
     In the frame v = R x, coordinate i of every point avoids the band (−2.5, −1);
     b starts at 1.5 and its target −ỹ'_i = 2.2 is in the same gap, so the set
-    of truncated points (v_i ≤ −b_i) never changes: no sector events (THEORY §7).
+    of truncated points (v_i ≤ −b_i) never changes: no sector events (docs/theory.md §7).
     """
     R = random_orthogonal(rng, M)
     V = rng.uniform(-4.0, 3.0, size=(N, M))
@@ -401,7 +400,7 @@ def test_expm_one_plane_rotation_is_cos_sin():
 # ------------------------------------------------------ convergence order ---
 
 def event_cluster(rng, N=60, M=2):
-    """One cluster, R fixed: the biases sweep through the points (sector events, THEORY §7)."""
+    """One cluster, R fixed: the biases sweep through the points (sector events, docs/theory.md §7)."""
     R = random_orthogonal(rng, M)
     V = rng.uniform(-1.0, 1.0, size=(N, M))
     X = V @ R
@@ -445,7 +444,6 @@ def test_records_that_cannot_fit_are_refused_up_front_and_the_suggestion_fits(mo
 
     import psutil
 
-    from truncfast._integrate import api as _integrate
 
     fake = type("VM", (), {"available": 2**30})()  # 1 GiB free
     monkeypatch.setattr(psutil, "virtual_memory", lambda: fake)

@@ -1,4 +1,4 @@
-"""Output-layer flows of the standard loss (THEORY §8, paper sections 8–9).
+"""Output-layer flows of the standard loss (docs/theory.md §8, paper sections 8–9).
 
 * [8.6–8.7] against the engine: with collapsed clusters and frozen rotations,
   ``tf.standard_gradient`` moves W^(L+1) and the collapse points exactly as the

@@ -1,11 +1,11 @@
-"""The paper's explicit solutions (section 4) as oracles for the engine (THEORY §7).
+"""The paper's explicit solutions (section 4) as oracles for the engine (docs/theory.md §7).
 
 * Prop. 4.1: equilibria — the right-hand side is exactly zero.
 * Prop. 4.2: a concentrated, partially truncated cluster collapses in finite
   time s₀ (the exact event solution gives s₀); afterwards b_j + R_j ỹ_j decays
   at rate π_j = N_j/N, and the exact weight flow is Ω_j = (π_j/2)(b_j ỹ'ᵀ − ỹ' b_jᵀ),
   which does not vanish: R_j keeps turning after s₀ (a difference from the paper).
-* The "partial collapse" scenario of THEORY §7: the full flow stalls on an
+* The "partial collapse" scenario of docs/theory.md §7: the full flow stalls on an
   exact equilibrium before collapse, the biases-only flow does not.
 """
 
@@ -23,7 +23,7 @@ def _angle(R2: np.ndarray) -> np.ndarray:
 
 
 def _two_clusters(n1: int, n2: int, spread: float = 0.1, seed: int = 0):
-    """Two clusters in the plane at (0,0) and (10,10), frames R = (I, −I) (THEORY §7)."""
+    """Two clusters in the plane at (0,0) and (10,10), frames R = (I, −I) (docs/theory.md §7)."""
     rng = np.random.default_rng(seed)
     X = np.vstack([spread * rng.standard_normal((n1, 2)), [10.0, 10.0] + spread * rng.standard_normal((n2, 2))])
     labels = np.repeat([0, 1], [n1, n2])
@@ -148,7 +148,7 @@ def test_prop42_full_flow_collapse_rate_and_weight_flow():
     late = (traj.times > s0 + 2.0) & (e > 1e-12)
     rate = -np.polyfit(traj.times[late], np.log(e[late]), 1)[0]
     assert rate == pytest.approx(-np.log1p(-dt * pi1) / dt, rel=1e-4)
-    # R_1 keeps turning after s₀ (the seed says it is stationary; THEORY §7)
+    # R_1 keeps turning after s₀ (the seed says it is stationary; docs/theory.md §7)
     k0 = int(np.searchsorted(traj.times, s0))
     turn = abs(_angle(traj.Rs[-1, 0]) - _angle(traj.Rs[k0, 0]))
     assert turn > 0.1  # degrees; measured ≈ 0.6°
@@ -158,7 +158,7 @@ def test_prop42_full_flow_collapse_rate_and_weight_flow():
 # ------------------------------------------------------------ partial collapse ---
 
 def test_partial_collapse_scenario():
-    """THEORY §7: two clusters of 100 points (spread 0.1, centres (0,0) and (10,10)),
+    """docs/theory.md §7: two clusters of 100 points (spread 0.1, centres (0,0) and (10,10)),
     R = (I, −I), b = ((0,0),(10,10)), ỹ = ((2,2),(8,8)), Lie–Euler dt = 0.05, 2000 steps.
     Biases only: both clusters collapse (loss ~1e-27).  Full flow: R_2 turns by ≈ 45°
     and cluster 2 stalls on a segment through ỹ_2, an exact equilibrium (loss ≈ 2.7e-3)."""

@@ -1,5 +1,5 @@
 """Issue 7.2: a diverging integration stops with DivergenceError (step, loss, a
-stable dt from THEORY §9, the last good state in ``err.trajectory``) — for a
+stable dt from docs/theory.md §9, the last good state in ``err.trajectory``) — for a
 non-finite loss (tests/test_integrate.py) and, here, for a loss that grows by
 more than ``_config.DIVERGENCE_LOSS_FACTOR`` (a gradient flow never increases
 its loss)."""

@@ -1,6 +1,6 @@
-"""The one-pass separation proof of the separated form (THEORY §6).
+"""The one-pass separation proof of the separated form (docs/theory.md §6).
 
-``_separated.separated_by_boxes`` decides "cluster-separated" from each
+``truncfast._flow.separated.separated_by_boxes`` decides "cluster-separated" from each
 cluster's bounding box in its own frame.  It is a *sufficient* test, so it must
 never say yes when the per-point check of the full composition (the NumPy
 reference ``separation_violations``) finds a violation; when it is

@@ -13,7 +13,6 @@ import pytest
 import truncfast as tf
 from conftest import TRAJECTORY_FIELDS as FIELDS, assert_trajectories_bitwise, make_problem
 from truncfast import _config
-from truncfast._integrate import api as _integrate
 from truncfast._integrate import run as _run
 
 assert_bitwise = assert_trajectories_bitwise

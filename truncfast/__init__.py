@@ -2,7 +2,7 @@
 
 Implements T. Chen, "Derivation of effective gradient flow equations and
 dynamical truncation of training data in Deep Learning" (arXiv 2501.07400).
-The public surface is fixed by CONTRACT.md; the mathematics by THEORY.md
+The public surface is fixed by docs/api.md; the mathematics by docs/theory.md
 (``docs/`` maps sections to modules).
 """
 

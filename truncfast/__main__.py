@@ -1,4 +1,4 @@
-"""``python -m truncfast`` runs the command line (see :mod:`truncfast.cli`)."""
+"""``python -m truncfast`` runs the command line (see ``truncfast._app.cli``)."""
 
 import sys
 

@@ -30,7 +30,7 @@ BLOCK_SIZE: int = 64
 #: BLOCK_SIZE; changing it changes the bits of both backends alike.
 ACC_LANES: int = 8
 
-#: Layers at least this wide use the GEMM-blocked kernels (``_kernels_blas``):
+#: Layers at least this wide use the GEMM-blocked kernels (``truncfast._kernels.blas_kernels``):
 #: their M×M products run in a tuned BLAS instead of hand-written loops.
 GEMM_MIN_WIDTH: int = 32
 
@@ -62,7 +62,7 @@ ORTHOGONALITY_ULPS: float = 8.0
 REORTHONORMALIZE_TOL: float = 1e-12
 
 #: ``integrate`` runs its whole step loop in compiled code (Numba, sequential,
-#: ``_integrate._compiled_steps``) when the backend is numba and N is at most
+#: ``truncfast._integrate.api._compiled_steps``) when the backend is numba and N is at most
 #: this: one reduction chunk, which the parallel kernel could not split anyway,
 #: so per-step Python and thread start-up overhead would dominate.
 COMPILED_LOOP_MAX_N: int = CHUNK_SIZE
@@ -89,12 +89,18 @@ COUNTS_ROWS: int = 4 * CHUNK_SIZE
 #: Largest width for which sector codes fit a uint64 bitmask.
 MAX_CODE_WIDTH: int = 64
 
-#: How dask inputs (``_distributed``) add the per-block partial sums:
+#: How dask inputs (``truncfast._backends.dask_backend``) add the per-block partial sums:
 #: ``"ordered"`` — a chain of fold tasks in row order, the local engine's exact
 #: summation (same bits when every dask row-chunk boundary is a multiple of
 #: CHUNK_SIZE), latency one task hop per block; ``"tree"`` — block sums added in
 #: a fixed binary tree by block index (deterministic, log depth, within 1e-12).
 DISTRIBUTED_REDUCTION: str = "ordered"
+
+#: Rows per chunk of the data generators (``truncfast.data``) and of the file
+#: loaders' scans.  Each generated chunk draws from its own generator seeded by
+#: (seed, chunk index), so the values depend on the seed only — never on how
+#: many rows are produced at once or on the machine's memory.
+GEN_CHUNK_ROWS: int = 1 << 16
 
 #: Rows per block when in-memory data run on the dask backend (``backend="dask"``):
 #: a multiple of CHUNK_SIZE, so the ordered reduction gives the numba backend's bits.

@@ -1,4 +1,4 @@
-"""Exceptions raised at truncfast's API boundary (see CONTRACT.md)."""
+"""Exceptions raised at truncfast's API boundary (see docs/api.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class InputError(ValueError):
 
 
 class SeparationError(ValueError):
-    """The cluster-separation assumption of THEORY §6 does not hold.
+    """The cluster-separation assumption of docs/theory.md §6 does not hold.
 
     Attributes
     ----------

@@ -1,4 +1,4 @@
-"""Input validation at the API boundary (CONTRACT.md, "Bad input").
+"""Input validation at the API boundary (docs/api.md, "Bad input").
 
 Every public function converts its arguments through these helpers before any
 kernel runs.  They never modify the caller's arrays: conversions that need a
@@ -150,7 +150,7 @@ def check_rotations(R: Any, *, name: str = "R", tol: float | None = None) -> np.
     """Validate an ``(L, M, M)`` stack of orthogonal matrices.
 
     The default tolerance is ``_config.ORTHOGONALITY_TOL``, widened for an R
-    given in a lower float precision (CONTRACT: any float dtype is accepted) to
+    given in a lower float precision (docs/api.md: any float dtype is accepted) to
     ``ORTHOGONALITY_ULPS · M · eps`` of that precision.
     """
     given = getattr(R, "dtype", None)

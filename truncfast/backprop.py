@@ -1,6 +1,6 @@
 """PyTorch references: the equivalent ReLU network and two gradient-descent trainers.
 
-The effective flow (THEORY §§4–5) is the gradient flow of a deep ReLU network
+The effective flow (docs/theory.md §§4–5) is the gradient flow of a deep ReLU network
 written in aligned cumulative parameters (R, b).  This module builds that
 network in ordinary *layer* weights and trains it with PyTorch, so that the
 engine can be checked against, and timed against, what a user would otherwise
@@ -10,15 +10,15 @@ write:
   output layer, built from (R, b) via :func:`truncfast.cumulative_to_layers`
   with aligned cumulative weights ``W^(ℓ) = D_ℓ R_ℓ`` (D_ℓ positive diagonal) and
   cumulative biases ``b^(ℓ) = D_ℓ β_ℓ``.  Because ``σ(D v) = D σ(v)``, its
-  truncation maps are exactly those of (R, β) (THEORY §4) for every choice of D.
+  truncation maps are exactly those of (R, β) (docs/theory.md §4) for every choice of D.
 * :func:`cumulative_gd` — reference (a): autograd on the *same* Euclidean loss
   C_E in the cumulative parameters (R, b as tensors), gradient descent on b and
   the exponential-map retraction ``R ← expm(−dt·P_A(∇_R C Rᵀ)) R``.  Its iterates
-  equal ``truncfast.integrate(method="lie-euler")`` to rounding (CONTRACT.md).
+  equal ``truncfast.integrate(method="lie-euler")`` to rounding (docs/api.md).
 * :func:`train_backprop` — reference (b): plain full-batch gradient descent on
   every layer weight and bias (hidden and output) on the standard loss C_std,
   recording the loss and the truncation counts read off the network's own
-  activations (sector codes of the pre-activations, THEORY §2).
+  activations (sector codes of the pre-activations, docs/theory.md §2).
 
 PyTorch is optional: it is imported lazily, and a missing install raises an
 :class:`ImportError` naming the command that installs the tested version.
@@ -66,7 +66,7 @@ def require_torch():
 
 @dataclass
 class ReLUNetwork:
-    """A ReLU network of L hidden layers of width M and an affine output layer (THEORY §1).
+    """A ReLU network of L hidden layers of width M and an affine output layer (docs/theory.md §1).
 
     ``Ws`` (L, M, M), ``bs`` (L, M): hidden layer weights and biases;
     ``W_last`` (P, M), ``b_last`` (P,): the output layer W_{L+1}, b_{L+1} (layer,
@@ -86,7 +86,7 @@ class ReLUNetwork:
     @classmethod
     def from_cumulative(cls, R: Any, b: Any, W_out: Any = None, b_out: Any = None,
                         d: Any = None) -> "ReLUNetwork":
-        """The network whose truncation maps are those of (R, b) (THEORY §4).
+        """The network whose truncation maps are those of (R, b) (docs/theory.md §4).
 
         ``d`` (L, M) > 0 are the diagonals of D_ℓ (default 1: W^(ℓ) = R_ℓ); the
         cumulative weights are ``W^(ℓ) = diag(d_ℓ) R_ℓ`` and biases ``d_ℓ ⊙ b_ℓ``.
@@ -123,7 +123,7 @@ class ReLUNetwork:
         return cls(np.stack(a[:L]), np.stack(a[L:2 * L]), a[2 * L], a[2 * L + 1])
 
     def cumulative(self) -> tuple[np.ndarray, np.ndarray]:
-        """Cumulative hidden weights and biases W^(ℓ), b^(ℓ) (THEORY §1)."""
+        """Cumulative hidden weights and biases W^(ℓ), b^(ℓ) (docs/theory.md §1)."""
         from truncfast._flow.model import layers_to_cumulative
 
         return layers_to_cumulative(self.Ws, self.bs)
@@ -136,7 +136,7 @@ class ReLUNetwork:
         return out.numpy(), _codes(pre)
 
     def truncate(self, X: Any) -> np.ndarray:
-        """τ^(L)(x) read off the network: ``(W^(L))⁻¹ (x⁽ᴸ⁾ − b^(L))`` (THEORY §2)."""
+        """τ^(L)(x) read off the network: ``(W^(L))⁻¹ (x⁽ᴸ⁾ − b^(L))`` (docs/theory.md §2)."""
         torch = require_torch()
         params = self.tensors()
         with torch.no_grad():
@@ -209,7 +209,7 @@ class GDResult:
 
 
 def cumulative_loss(R, b, X, T):
-    """C_E of THEORY §3 as a differentiable tensor expression (the forms of THEORY §4).
+    """C_E of docs/theory.md §3 as a differentiable tensor expression (the forms of docs/theory.md §4).
 
     ``T`` holds every row's target ỹ_{j(n)} (N, M).  Returns ``(loss, [R_ℓ z_{ℓ-1} + b_ℓ])``.
     """
@@ -231,7 +231,7 @@ def cumulative_gd(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: floa
 
     One step: ``(∇_b C, ∇_R C)`` by autograd at the current state, ``Ω_ℓ = P_A(∇_{R_ℓ} C R_ℓᵀ)``,
     then ``b ← b − dt ∇_b C`` and ``R_ℓ ← expm(−dt Ω_ℓ) R_ℓ`` for every layer at once —
-    the definition of ``integrate(method="lie-euler")`` (THEORY §9), whose iterates
+    the definition of ``integrate(method="lie-euler")`` (docs/theory.md §9), whose iterates
     this reproduces to rounding.  Like the integrator, R is re-orthonormalised
     (polar factor) after a step whose defect max|RᵀR − I| exceeds
     ``reorthonormalize_tol`` (default ``_config.REORTHONORMALIZE_TOL``).
@@ -283,7 +283,7 @@ def train_backprop(net: ReLUNetwork, X: Any, labels: Any, Y: Any, *, lr: float, 
                    record_every: int = 1, train_output: bool = True) -> GDResult:
     """Reference (b): full-batch gradient descent on the layer weights, standard loss.
 
-    Loss ``C_std = 1/(2N) Σ_n |x⁽ᴸ⁺¹⁾(x_n) − y_{labels[n]}|²`` (THEORY §3, ``Y`` is (Q, P));
+    Loss ``C_std = 1/(2N) Σ_n |x⁽ᴸ⁺¹⁾(x_n) − y_{labels[n]}|²`` (docs/theory.md §3, ``Y`` is (Q, P));
     every step updates ``p ← p − lr ∂C/∂p`` for all W_ℓ, b_ℓ (ℓ ≤ L) and, with
     ``train_output``, the output layer — ordinary backprop, no cumulative
     parameters, no retraction.  Truncation counts are read off the network's

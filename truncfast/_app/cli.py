@@ -20,7 +20,7 @@ __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-DEMO_TITLE = ("Two clusters in the plane, opposite frames R = (I, −I) (THEORY §7). Left: the biases-only flow collapses\n"
+DEMO_TITLE = ("Two clusters in the plane, opposite frames R = (I, −I) (docs/theory.md §7). Left: the biases-only flow collapses\n"
               "both clusters onto their targets (Prop. 4.2). Right: the full flow turns R₂; cluster 2 stalls on a segment through ỹ₂.")
 
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("demo", help="run the paper's two-cluster collapse (biases-only and full flow) with figures",
-                       description="Two clusters in the plane with opposite frames R = (I, -I) (THEORY §7): "
+                       description="Two clusters in the plane with opposite frames R = (I, -I) (docs/theory.md §7): "
                                    "the biases-only flow collapses both clusters onto their targets "
                                    "(Prop. 4.2); the full flow turns R_2 and stalls on a segment.")
     _out_args(p, "runs/demo")
@@ -206,23 +206,22 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    import truncfast as tf
+    from truncfast._backends import registry as _backends
+    from truncfast._kernels.parallel import get_num_threads
+    from truncfast._version import __version__
 
-    print(f"truncfast {tf.__version__} (Python {platform.python_version()}, NumPy {np.__version__}) at "
-          f"{os.path.dirname(os.path.abspath(tf.__file__))}")
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print(f"truncfast {__version__} (Python {platform.python_version()}, NumPy {np.__version__}) at {package_dir}")
     print("backends:")
-    for name, status in tf.backends().items():
+    for name, status in _backends.backends().items():
         print(f"  {name:6s} {status}")
     try:
-        from truncfast._backends import registry as _backends
-
         print(f"  auto   -> {_backends.resolve('auto')}")
     except Exception as exc:  # noqa: BLE001
         print(f"  auto   -> unavailable ({exc})")
     print("threads:")
     print(f"  CPU cores (os.cpu_count)  {os.cpu_count()}")
-    if hasattr(tf, "get_num_threads"):
-        print(f"  truncfast kernels         {tf.get_num_threads()} threads (tf.set_num_threads, TRUNCFAST_NUM_THREADS)")
+    print(f"  truncfast kernels         {get_num_threads()} threads (tf.set_num_threads, TRUNCFAST_NUM_THREADS)")
     try:
         import numba
 

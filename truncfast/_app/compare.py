@@ -176,7 +176,7 @@ def compare_figure(path: str, curves: dict[str, dict[str, Any]], summary: dict, 
     """Loss vs step, loss vs wall time, and truncated points per layer (flow | backprop)."""
     from matplotlib.figure import Figure
 
-    from truncfast._app.plots import LOSS_FLOOR, _save, colour
+    from truncfast._app.plot_style import LOSS_FLOOR, _save, colour
 
     fig = Figure(figsize=(15, 8.4), layout="constrained")
     axs = fig.subplot_mosaic([["loss", "wall"], ["flowc", "backc"]])

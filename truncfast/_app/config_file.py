@@ -137,7 +137,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any], str]]] = {
     "integrate": {
         "dt": (0.05, positive_float, "time step h"),
         "steps": (2000, positive_int, "number of steps"),
-        "method": ("lie-euler", choice("lie-euler", "cayley", "exp-euler"), "integrator (THEORY §9)"),
+        "method": ("lie-euler", choice("lie-euler", "cayley", "exp-euler"), "integrator (docs/theory.md §9)"),
         "train_weights": (True, boolean, "evolve the frames R"),
         "train_biases": (True, boolean, "evolve the biases b"),
         "record_every": (10, positive_int, "record the state every this many steps (and always the last)"),
@@ -251,7 +251,7 @@ def dumps(cfg: dict[str, dict[str, Any]], header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-#: The runs of ``truncfast demo``: THEORY §7's two clusters in the plane, once with
+#: The runs of ``truncfast demo``: docs/theory.md §7's two clusters in the plane, once with
 #: the biases-only flow (collapse of both clusters, Prop. 4.2) and once with the
 #: full flow (R_2 turns and the second cluster stalls on a segment through ỹ_2).
 DEMO_RUNS: dict[str, dict[str, dict[str, Any]]] = {

@@ -8,7 +8,7 @@ A run directory holds
 * ``figdata.npz``   — what the figures need besides the trajectory (a
   deterministic subsample of the data, targets, cluster sizes, names), so
   ``truncfast plot`` redraws without regenerating or reloading 10⁷ points;
-* the figures of :mod:`truncfast._plots`.
+* the figures of :mod:`truncfast._app.plots`.
 
 Every file is written to a temporary name in the same directory and moved into
 place with ``os.replace``, so an interrupted run never leaves half a file; a
@@ -132,7 +132,7 @@ def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
     sizes = problem.cluster_sizes()
     own = {}
     if counts.ndim == 4 and counts.shape[1] == problem.Q and (counts >= 0).all():
-        # cluster j at its own layer j: the numbers of THEORY §§6-7
+        # cluster j at its own layer j: the numbers of docs/theory.md §§6-7
         fin = counts[-1]
         own = {
             "untruncated": [int(fin[j, j, 0]) for j in range(problem.Q)],
@@ -236,7 +236,7 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
 def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:
     """Exact reference curves for the loss figure, when the theory gives one.
 
-    For the biases-only flow (R frozen) with one layer per cluster, THEORY §7's
+    For the biases-only flow (R frozen) with one layer per cluster, docs/theory.md §7's
     event-driven solution :func:`truncfast.exact_bias_flow` gives b(s) exactly;
     its loss at the recorded times is drawn under the integrated one.  Skipped
     (silently: it is a figure overlay, not a result) when the assumptions fail.

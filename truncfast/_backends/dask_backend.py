@@ -8,18 +8,18 @@ collection has actually been passed (``local.is_dask_array`` looks at
 ``sys.modules`` and never imports anything).  Worker-side tasks live in
 ``dask_tasks``.
 
-One evaluation of the flow (THEORY §5) is one *map* and one *reduction*:
+One evaluation of the flow (docs/theory.md §5) is one *map* and one *reduction*:
 
 * **map** — every row block of X (a dask chunk, wherever it lives) runs the
   same sequential per-chunk Numba kernel as the local engine
-  (``_kernels_numba.general_range``) over its own fixed chunks of
+  (``truncfast._kernels.numba_kernels.general_range``) over its own fixed chunks of
   ``_config.CHUNK_SIZE`` rows and returns one partial sum per chunk;
 * **reduction** — the partials are added in a fixed order
   (``_config.DISTRIBUTED_REDUCTION``, or ``TRUNCFAST_DISTRIBUTED_REDUCTION``):
 
   ``"ordered"`` (default) is a chain of small fold tasks, block after block,
   each adding its block's per-chunk partials one at a time to the running
-  total (``_kernels_numba.add_slots``).  That is exactly the local engine's
+  total (``truncfast._kernels.numba_kernels.add_slots``).  That is exactly the local engine's
   summation (zero, then chunk 0, chunk 1, ... in row order), so when every
   dask row-chunk boundary is a multiple of ``CHUNK_SIZE`` the result has the
   *same bits* as the local numba backend.  Otherwise the chunks restart at
@@ -55,7 +55,6 @@ from __future__ import annotations
 import math
 import operator
 import uuid
-from typing import Any
 
 import numpy as np
 

@@ -24,7 +24,7 @@ from truncfast._kernels import numba_kernels as k
 
 def _block_error(X: np.ndarray, labels: np.ndarray | None, offset: int, Q: int,
                  Q_name: str = "targets") -> str | None:
-    """Value checks of one block (CONTRACT.md): the first problem, named, with its global index."""
+    """Value checks of one block (docs/api.md): the first problem, named, with its global index."""
     if X.size:
         with np.errstate(over="ignore", invalid="ignore"):
             total = np.add.reduce(X.reshape(-1))
@@ -61,7 +61,7 @@ def _task_threads() -> int:
 
 
 def _over_chunks(fn, nchunks: int) -> None:
-    """Run ``fn(a, c, i)`` over chunks 0..nchunks-1: in this thread, or on ``_parallel``'s pool."""
+    """Run ``fn(a, c, i)`` over chunks 0..nchunks-1: in this thread, or on ``truncfast._kernels.parallel``'s pool."""
     if _task_threads() <= 1 or nchunks <= 1:
         fn(0, nchunks, 0)
         return
@@ -164,7 +164,7 @@ def _combine(a: _Partials, b: _Partials) -> _Partials:
 
 
 def _block_counts(X, labels, state, offset: int, Q: int, validate: bool):
-    """Per-block (L, Q, 3) counts of untruncated / partially / fully truncated points (THEORY §2)."""
+    """Per-block (L, Q, 3) counts of untruncated / partially / fully truncated points (docs/theory.md §2)."""
 
     R, S, b = state
     X = np.ascontiguousarray(X, dtype=np.float64)

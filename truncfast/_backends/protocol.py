@@ -1,6 +1,6 @@
 """The one contract every backend implements (docs/DESIGN.md, "Backends").
 
-The flow (``truncfast._flow``) and the integrator (``truncfast._integrate``)
+The flow (``truncfast._flow``) and the integrator (``truncfast._integrate.api.api``)
 talk to the data only through these operations, so a new backend is one new
 file: a subclass of :class:`Backend` registered in ``registry``.  Every
 backend runs the same mathematics (docs/theory.md §§2, 5, 6) and the local

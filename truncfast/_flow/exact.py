@@ -1,4 +1,4 @@
-"""Exact, event-driven solution of the separated bias flow at fixed R (THEORY §7).
+"""Exact, event-driven solution of the separated bias flow at fixed R (docs/theory.md §7).
 
 Paper section 4.3, [4.38–4.50].  With the rotations frozen, the separated flow
 of the biases [3.39] ``∂_s b_j = −π_j (1 − m0) ⊙ (b_j + R_j ỹ_j)`` decouples into
@@ -201,7 +201,7 @@ def _events(p) -> list[list[BiasComponentSolution]]:
 
 def exact_bias_flow(R: Any, b: Any, X: Any, labels: Any, targets: Any, times: Any, *,
                     check_separation: bool = False, backend: str = "auto") -> np.ndarray:
-    """Exact solution of the separated bias flow at fixed R (THEORY §7, paper [4.38–4.50]).
+    """Exact solution of the separated bias flow at fixed R (docs/theory.md §7, paper [4.38–4.50]).
 
     Solves ``∂_s b_j = −π_j (1 − m0) ⊙ (b_j + R_j ỹ_j)`` [3.39] with R frozen,
     component by component: for layer j, direction i, with z_k = (R_j x_{j,k})_i,
@@ -220,7 +220,7 @@ def exact_bias_flow(R: Any, b: Any, X: Any, labels: Any, targets: Any, times: An
     R : (L, M, M) orthogonal;  b : (L, M) initial biases;  X : (N, M);
     labels : (N,) in 0..Q−1;  targets : (Q, M) ỹ_j.  Needs L == Q (layer j ↔ cluster j).
     times : 1-D array of finite, non-negative times, in any order.
-    check_separation : also verify the separation assumption of THEORY §6 at the
+    check_separation : also verify the separation assumption of docs/theory.md §6 at the
         initial state and at every requested time (raises :class:`SeparationError`
         naming the first time at which it fails).  The separated equation is
         solved either way; it is the biases-only flow of C_E only while

@@ -1,5 +1,5 @@
 """Network parametrisations: layer ↔ cumulative maps, pull-back of labels,
-and the rotation helpers of the aligned form (THEORY §§1, 3, 4)."""
+and the rotation helpers of the aligned form (docs/theory.md §§1, 3, 4)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _stack(name: str, a: Any, ndim: int) -> np.ndarray:
 
 
 def layers_to_cumulative(Ws: Any, bs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative weights and biases of a ReLU network (THEORY §1, [1.5]).
+    """Cumulative weights and biases of a ReLU network (docs/theory.md §1, [1.5]).
 
     ``W^(ℓ) = W_ℓ W^(ℓ-1)``, ``b^(ℓ) = W_ℓ b^(ℓ-1) + b_ℓ`` with ``W^(0) = I``, ``b^(0) = 0``.
 
@@ -65,7 +65,7 @@ def layers_to_cumulative(Ws: Any, bs: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cumulative_to_layers(Wc: Any, bc: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Invert :func:`layers_to_cumulative` (THEORY §1).
+    """Invert :func:`layers_to_cumulative` (docs/theory.md §1).
 
     ``W_ℓ = W^(ℓ) (W^(ℓ-1))⁻¹``, ``b_ℓ = b^(ℓ) − W_ℓ b^(ℓ-1)``.  Needs every
     ``W^(ℓ)``, ℓ < L, invertible; raises :class:`InputError` naming the first
@@ -93,7 +93,7 @@ def cumulative_to_layers(Wc: Any, bc: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pullback_targets(W_out: Any, b_out: Any, Y: Any) -> np.ndarray:
-    """Labels pulled back to input space: ``ỹ_j = W_out⁺ (y_j − b_out)`` (THEORY §3).
+    """Labels pulled back to input space: ``ỹ_j = W_out⁺ (y_j − b_out)`` (docs/theory.md §3).
 
     ``W_out`` is the cumulative output weight W^(L+1) of shape (P, M); ``⁺`` is the
     inverse when P = M and W_out is invertible, else the Moore–Penrose
@@ -118,7 +118,7 @@ def orthonormalize(R: Any) -> np.ndarray:
     """Nearest orthogonal matrices (polar factor, via SVD) of an (L, M, M) or (M, M) array.
 
     Used to repair rotations that drifted, and by the integrators when the
-    orthogonality defect exceeds ``_config.REORTHONORMALIZE_TOL`` (THEORY §9).
+    orthogonality defect exceeds ``_config.REORTHONORMALIZE_TOL`` (docs/theory.md §9).
     """
     A = square_matrices("R", R)
     check_finite("R", A)
@@ -127,7 +127,7 @@ def orthonormalize(R: Any) -> np.ndarray:
 
 
 def aligned_from_cumulative(Wc: Any, bc: Any, *, tol: float = 1e-8):
-    """Split aligned cumulative weights ``W^(ℓ) = D_ℓ R_ℓ`` (THEORY §4).
+    """Split aligned cumulative weights ``W^(ℓ) = D_ℓ R_ℓ`` (docs/theory.md §4).
 
     Returns ``(R, beta, d)`` with R (L, M, M) orthogonal, ``beta = D⁻¹ b^(ℓ)`` the
     biases of the aligned form and ``d`` (L, M) the positive diagonals of D_ℓ.
@@ -149,6 +149,6 @@ def aligned_from_cumulative(Wc: Any, bc: Any, *, tol: float = 1e-8):
         if off[l] > tol * scale[l]:
             raise InputError(
                 f"Wc: layer {l} is not aligned with the activation: its polar factor D has"
-                f" off-diagonal entries up to {off[l]:.3g} (THEORY §4 needs D diagonal)"
+                f" off-diagonal entries up to {off[l]:.3g} (docs/theory.md §4 needs D diagonal)"
             )
     return R, bc / d, d

@@ -1,4 +1,4 @@
-"""Output-layer flows of the standard loss (THEORY §8, paper sections 8 and 9).
+"""Output-layer flows of the standard loss (docs/theory.md §8, paper sections 8 and 9).
 
 Two situations in which the gradient flow of the standard loss C_std can be
 controlled explicitly, written with truncfast's row convention (one cluster, or

@@ -1,4 +1,4 @@
-"""The cluster-separated moment form of the flow (THEORY §6, Theorem 3.2).
+"""The cluster-separated moment form of the flow (docs/theory.md §6, Theorem 3.2).
 
 With L = Q and τ_ℓ acting as the identity on every cluster j ≠ ℓ, layer j sees
 only cluster j, and its flow is a function of the constrained moments of the
@@ -56,7 +56,7 @@ def separated_by_boxes(R, b, lo, hi) -> bool:
     exactly.  The minimum of a linear function over a box is attained at a
     corner: min_i u = Σ_k min(A_ik lo_k, A_ik hi_k) + b_ℓi.  If it exceeds a
     rounding margin (``_config.SEPARATION_MARGIN``) for every layer ℓ ≠ j and direction i, layer ℓ is the
-    identity on cluster j (THEORY §6, Def. 3.1).  Returns False when the test
+    identity on cluster j (docs/theory.md §6, Def. 3.1).  Returns False when the test
     is inconclusive (a slower check must then decide).
     """
     L, M, _ = R.shape
@@ -131,14 +131,14 @@ def raise_violations(bad: np.ndarray) -> None:
         listed = "; ".join(f"cluster {j} truncated by layer {l} ({n} point{'s' if n != 1 else ''})" for j, l, n in viol[:10])
         more = f"; and {len(viol) - 10} more pairs" if len(viol) > 10 else ""
         raise SeparationError(
-            "the truncations are not cluster-separated (THEORY §6: layer ℓ must act as the identity on every cluster j ≠ ℓ): "
+            "the truncations are not cluster-separated (docs/theory.md §6: layer ℓ must act as the identity on every cluster j ≠ ℓ): "
             + listed + more + ". Use form='general', which is exact for any data.",
             viol,
         )
 
 
 def assemble(R, b, targets, counts, S0, S1, S2, N: int):
-    """(grad_b, omega) of the separated form from raw moment sums (THEORY §6).
+    """(grad_b, omega) of the separated form from raw moment sums (docs/theory.md §6).
 
     With n_k = N_j − S0_k truncated points in direction k and D_k = S1_kk,
     N_j t̄_k = D_k − n_k b_k, and the bracket of [3.40–3.41] times N_j is A − Aᵀ with

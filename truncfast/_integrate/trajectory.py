@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 
 from truncfast._atomic import atomic_write
+# counts[..., c]: untruncated, partially truncated, fully truncated (the backends' categories)
+from truncfast._backends.protocol import FULL, PARTIAL, UNTRUNCATED
 from truncfast._errors import InputError
 
-__all__ = ["Trajectory", "FORMAT_VERSION"]
+__all__ = ["Trajectory", "FORMAT_VERSION", "UNTRUNCATED", "PARTIAL", "FULL"]
 
 #: Version of the on-disk layout written by :meth:`Trajectory.save`.
 FORMAT_VERSION = 1
@@ -45,9 +47,6 @@ _RECORDED = {
     "Rs": np.float64,
     "bs": np.float64,
 }
-
-# counts[..., c]: untruncated, partially truncated, fully truncated
-from truncfast._backends.protocol import FULL, PARTIAL, UNTRUNCATED  # noqa: E402 - the categories are the backends'
 
 
 def _checksum(header_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
@@ -75,7 +74,7 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
 
 @dataclass(eq=False)  # arrays: element-wise == would make `a == b` ambiguous
 class Trajectory:
-    """A recorded run of the effective gradient flow (THEORY §§5, 9).
+    """A recorded run of the effective gradient flow (docs/theory.md §§5, 9).
 
     Attributes
     ----------
@@ -91,7 +90,7 @@ class Trajectory:
     counts : (K, L, Q, 3) int64
         Points of cluster j that layer ℓ leaves untruncated / partially
         truncates / fully truncates, along the composition (sector codes,
-        THEORY §2); all −1 when M > 64.
+        docs/theory.md §2); all −1 when M > 64.
     Rs, bs : (K, L, M, M), (K, L, M)
         The recorded states.
     reorthonormalizations : int
@@ -127,7 +126,7 @@ class Trajectory:
 
         NaN if that never happens among the recorded steps (or M > 64, where no
         counts are kept).  This is the finite collapse time s₀ of Prop. 4.2
-        (THEORY §7), resolved to the recording grid.
+        (docs/theory.md §7), resolved to the recording grid.
         """
         c = self.counts
         Q = c.shape[2] if c.ndim == 4 else 0

@@ -1,4 +1,4 @@
-"""GEMM-blocked kernels for wide layers (M ≥ ``_config.GEMM_MIN_WIDTH``), THEORY §5.
+"""GEMM-blocked kernels for wide layers (M ≥ ``_config.GEMM_MIN_WIDTH``), docs/theory.md §5.
 
 For wide layers the per-point work of §5 is dominated by M×M products, which a
 tuned BLAS runs an order of magnitude faster than hand-written loops.  These
@@ -10,7 +10,7 @@ rows (points as rows, so every product is one ``(nb, M) @ (M, M)`` GEMM):
     weights    F_ℓ += (h⊙r)ᵀ ((1−h)⊙u) + (h⊙u)ᵀ ((1−h)⊙r),   D_ℓ += Σ (1−h)⊙r
 
 and per chunk ``G_ℓ = F_ℓ + D_ℓ b_ℓᵀ``, ``grad_b = −D``: P_A(G) is the P_A of
-the §5 sum (see ``_kernels_numba.general_chunk``; the masked factors keep the
+the §5 sum (see ``truncfast._kernels.numba_kernels.general_chunk``; the masked factors keep the
 contribution of an untruncated or fully truncated point exactly zero).  The
 chunking and the chunk-ordered reduction are those of every other backend; a
 BLAS GEMM never splits its inner dimension across threads, so results do not
@@ -60,7 +60,7 @@ def blas_single_threaded():
 
 def general_chunk_gemm(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start, stop, block,
                        gb, G, gW, gbo) -> float:
-    """Same contract as ``_kernels_numba.general_chunk`` (G full, not triangular)."""
+    """Same contract as ``truncfast._kernels.numba_kernels.general_chunk`` (G full, not triangular)."""
     L, M = b.shape
     loss = 0.0
     for s0 in range(start, stop, block):

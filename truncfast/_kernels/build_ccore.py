@@ -2,7 +2,7 @@
 
 ``setup.py`` lists this file in ``cffi_modules``; it compiles ``csrc/*.c``
 into the extension ``truncfast._ccore_cffi``, whose only importer is
-``truncfast/_ccore.py``.  The declarations come from the region of
+``truncfast/_kernels/ccore.py``.  The declarations come from the region of
 ``csrc/truncfast.h`` between ``BEGIN CDEF`` and ``END CDEF`` (integer
 ``#define``s and prototypes only, which cffi parses), so the header stays the
 single source of the C API.
@@ -12,7 +12,7 @@ bits must match the Numba kernels).  ``setup.py``'s fallible ``build_ext``
 retries without OpenMP (``OPENMP_COMPILE_ARGS`` removed) and, if that fails
 too, installs without the C core.
 
-Run by hand (``python truncfast/_build_ccore.py``) to build in place.
+Run by hand (``python truncfast/_kernels/build_ccore.py``) to build in place.
 """
 
 from __future__ import annotations

@@ -6,13 +6,13 @@ float64 (labels int64), as the API boundary (``_validate``) guarantees; they
 are passed zero-copy with ``ffi.from_buffer`` and a non-contiguous or
 wrongly-typed array is refused (``TypeError``) instead of silently copied.
 The C functions release the GIL while they run (cffi API mode).  Every call
-takes the thread count of the Numba backend (``_parallel.get_num_threads``,
+takes the thread count of the Numba backend (``truncfast._kernels.parallel.get_num_threads``,
 i.e. ``tf.set_num_threads`` or the environment) unless ``threads`` is given;
 the results never depend on it.
 
 Results have the same layout and meaning as the Numba kernels
-(``_kernels_numba``): raw sums, not divided by N, G not antisymmetrised
-(THEORY §5, §6), and with the same chunk size the same bits.
+(``truncfast._kernels.numba_kernels``): raw sums, not divided by N, G not antisymmetrised
+(docs/theory.md §5, §6), and with the same chunk size the same bits.
 
 The core is optional: when the extension was not built (no compiler,
 ``TRUNCFAST_NO_CEXT=1`` at build time) or ``TRUNCFAST_NO_CEXT=1`` is set at run
@@ -61,7 +61,7 @@ def has_openmp() -> bool:
 
 
 def max_threads() -> int:
-    """OpenMP's default thread count (the C core uses ``_parallel.get_num_threads()`` per call)."""
+    """OpenMP's default thread count (the C core uses ``truncfast._kernels.parallel.get_num_threads()`` per call)."""
     return int(lib.tf_max_threads())
 
 
@@ -121,7 +121,7 @@ def _dims(R: np.ndarray, b: np.ndarray, X: np.ndarray) -> tuple[int, int, int]:
 # ---------------------------------------------------------------- kernels ---
 
 def truncate(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int, threads: int | None = None) -> np.ndarray:
-    """τ^(L)(x) for every row of X, (N, M) (THEORY §2, §4)."""
+    """τ^(L)(x) for every row of X, (N, M) (docs/theory.md §2, §4)."""
     calls["truncate"] += 1
     N, M, L = _dims(R, b, X)
     out = np.empty((N, M))
@@ -132,7 +132,7 @@ def truncate(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int, threads: i
 
 
 def codes(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int, threads: int | None = None) -> np.ndarray:
-    """Sector codes (N, L) uint64 along the composition; bit i = h_ℓ,i (THEORY §2)."""
+    """Sector codes (N, L) uint64 along the composition; bit i = h_ℓ,i (docs/theory.md §2)."""
     calls["codes"] += 1
     N, M, L = _dims(R, b, X)
     out = np.empty((N, L), dtype=np.uint64)
@@ -145,14 +145,14 @@ def codes(R: np.ndarray, b: np.ndarray, X: np.ndarray, chunk: int, threads: int 
 def general(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: np.ndarray,
             W: np.ndarray, bout: np.ndarray, Y: np.ndarray, standard: bool, want_grad: bool,
             chunk: int, threads: int | None = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Raw loss and gradient sums of the general flow (THEORY §5).
+    """Raw loss and gradient sums of the general flow (docs/theory.md §5).
 
     Returns ``(loss, gb (L, M), G (L, M, M), gW (P, M), gbo (P,))`` with
     ``loss = Σ ½|res|²``, ``gb = −Σ (1 − h_ℓ) ⊙ r_ℓ``,
     ``P_A(G_ℓ) = P_A(Σ (h_ℓ ⊙ r_ℓ) v_ℓᵀ − r_ℓ t_ℓᵀ)`` (G comes back strictly
     upper triangular: only its antisymmetric part is meaningful), and for the standard loss
     ``gW = Σ res z_Lᵀ``, ``gbo = Σ res`` (zeros otherwise) — exactly as
-    ``_kernels_numba.general_kernel``.
+    ``truncfast._kernels.numba_kernels.general_kernel``.
     """
     calls["general"] += 1
     N, M, L = _dims(R, b, X)
@@ -180,7 +180,7 @@ def general(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: 
 
 def moments(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
             chunk: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw constrained moments of THEORY §6, cluster j at layer j.
+    """Raw constrained moments of docs/theory.md §6, cluster j at layer j.
 
     ``S0[j, i] = Σ h_i``, ``S1[j, i, k] = Σ h_i v_k``, ``S2[j, i, k] = Σ h_i v_i v_k``
     over the points of cluster j, with ``v = R_j x`` and ``h = H(v + b_j)``.
@@ -222,7 +222,7 @@ def moments_box(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray,
 
 def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int,
                chunk: int, threads: int | None = None) -> np.ndarray:
-    """(Q, L) int64: points of cluster j truncated at some layer ℓ ≠ j (THEORY §6 check)."""
+    """(Q, L) int64: points of cluster j truncated at some layer ℓ ≠ j (docs/theory.md §6 check)."""
     calls["violations"] += 1
     N, M, L = _dims(R, b, X)
     counts = np.empty((Q, L), dtype=np.int64)

@@ -1,7 +1,7 @@
-"""Retractions on O(M) for the integrators (THEORY §9): exp and Cayley maps.
+"""Retractions on O(M) for the integrators (docs/theory.md §9): exp and Cayley maps.
 
 Everything here is ``@njit(cache=True)`` so that the same machine code serves
-the Python step loop and the compiled small-problem loop of ``_integrate`` —
+the Python step loop and the compiled small-problem loop of ``truncfast._integrate.api.api`` —
 which is what makes the two paths bitwise equal.
 
 * :func:`expm_antisym` — ``exp(A)`` of an antisymmetric ``A``.  ``M = 1``: 1.
@@ -198,7 +198,7 @@ def cayley(A):
     """Cayley map ``(I − A/2)⁻¹ (I + A/2)`` of an antisymmetric A.
 
     With ``A = −hΩ`` this is ``(I + hΩ/2)⁻¹ (I − hΩ/2)``, the Cayley step of
-    THEORY §9; it agrees with exp(A) to O(‖A‖³).
+    docs/theory.md §9; it agrees with exp(A) to O(‖A‖³).
     """
     n = A.shape[0]
     D = np.empty((n, n))

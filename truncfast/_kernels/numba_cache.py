@@ -2,7 +2,7 @@
 
 Numba keys a cached function on its own source file only, yet it freezes the
 globals it reads (``_config.ACC_LANES``) and links the functions it calls from
-other modules (``_kernels_numba.general_chunk``, ``_expm``) into the cached
+other modules (``truncfast._kernels.numba_kernels.general_chunk``, ``truncfast._kernels.expm``) into the cached
 code.  After an edit of one of those modules the cache would silently keep
 the old code — and break the bitwise equality of the Numba and C backends, or
 of the compiled and Python integrator loops.  :func:`stamp` adds the

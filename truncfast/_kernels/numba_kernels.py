@@ -1,10 +1,10 @@
-"""Numba kernels (THEORY §§2, 5, 6).  Arrays and scalars in, arrays out.
+"""Numba kernels (docs/theory.md §§2, 5, 6).  Arrays and scalars in, arrays out.
 
 Kernels never validate (the API boundary does) and are compiled lazily on
 first use with ``cache=True``.
 
 Determinism and threads.  The kernels here are sequential and release the GIL
-(``nogil=True``); ``_parallel`` runs them on a thread pool over ranges of
+(``nogil=True``); ``truncfast._kernels.parallel`` runs them on a thread pool over ranges of
 fixed-size chunks (``_config.CHUNK_SIZE``).  Each chunk is summed sequentially
 into its own partial slot and the slots are added in chunk order, so every
 result has the same bits for any number of threads.  (Plain Python threads
@@ -355,7 +355,7 @@ def _moments_chunk(R, b, X, labels, start, stop, S0, S1, S2, cnt, lo, hi):
     ``S0_i += h_i``, ``S1_ik += h_i v_k``, ``S2_ik += (h_i v_i) v_k``; a point
     with h_i = 0 adds nothing to row i.  Also the cluster sizes ``cnt`` and the
     coordinate-wise extent ``lo``/``hi`` of v over each cluster (for the
-    separation test on boxes, :func:`truncfast._separated.separated_by_boxes`).
+    separation test on boxes, :func:`truncfast._flow.separated.separated_by_boxes`).
     """
     M = X.shape[1]
     v = np.empty(M)

@@ -1,7 +1,7 @@
 """Thread pool that runs GIL-free kernels over fixed chunk ranges.
 
 The number of worker threads only decides *who* computes a chunk, never how
-chunks are summed (see ``_kernels_numba``), so results are bitwise identical
+chunks are summed (see ``truncfast._kernels.numba_kernels``), so results are bitwise identical
 for any thread count.  The count is, in order of precedence: the value given to
 :func:`set_num_threads`, the environment variable ``TRUNCFAST_NUM_THREADS``,
 ``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, and the number of usable CPUs.

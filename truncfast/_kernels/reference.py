@@ -1,4 +1,4 @@
-"""The NumPy reference backend: THEORY §§2–6 written as directly as possible.
+"""The NumPy reference backend: docs/theory.md §§2–6 written as directly as possible.
 
 Vectorised over points in bounded chunks (never an N × L × M array): for each
 chunk the per-layer forward quantities v_ℓ, u_ℓ, h_ℓ, t_ℓ of §5 are kept, the
@@ -37,7 +37,7 @@ def _forward(R, b, X):
 
 
 def truncate(R, b, X):
-    """τ^(L)(x) for every row of X (THEORY §2, §4)."""
+    """τ^(L)(x) for every row of X (docs/theory.md §2, §4)."""
     out = np.empty_like(X)
     for s in range(0, X.shape[0], _ROWS):
         out[s : s + _ROWS] = _forward(R, b, X[s : s + _ROWS])[0]
@@ -57,7 +57,7 @@ def sector_codes(R, b, X):
 
 
 def general(R, b, X, labels, targets=None, W_out=None, b_out=None, Y=None):
-    """Loss and gradient of the general flow (THEORY §5).
+    """Loss and gradient of the general flow (docs/theory.md §5).
 
     Euclidean loss when ``targets`` is given (e = z_L − ỹ_j); standard loss when
     ``W_out, b_out, Y`` are given (e = W_outᵀ (W_out z_L + b_out − y_j)).

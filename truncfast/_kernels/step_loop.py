@@ -31,9 +31,9 @@ DONE, REORTH, DIVERGED = 0, 1, 2
 
 @njit(cache=True, nogil=True)
 def evaluate_seq(R, b, X, labels, T, W, bout, Y, chunk, block, gb, omega, G, pgb, pG, pgW, pgbo):
-    """Loss and (grad_b, omega) of the general Euclidean flow (THEORY §5), sequentially.
+    """Loss and (grad_b, omega) of the general Euclidean flow (docs/theory.md §5), sequentially.
 
-    The exact reduction of ``general_kernel`` + ``_backends._normalise``: chunk
+    The exact reduction of ``general_kernel`` + ``truncfast._backends.registry._normalise``: chunk
     partials (``general_chunk``) added to zeroed totals in chunk order, then
     ``loss/N``, ``gb/N``, ``omega = 0.5 (G − Gᵀ)/N`` — the same operations in
     the same order, hence the same bits.  Writes gb and omega, returns the loss.
