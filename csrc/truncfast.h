@@ -212,7 +212,7 @@ int tf_any_nonfinite(const double *x, int64_t n, int nthreads);
  * Both are orthogonal to rounding for antisymmetric A (not checked: the
  * antisymmetric part of A is not taken).  The same operations in the same order
  * as truncfast's Python integrators (truncfast/_expm.py), hence the same bits.
- * Returns TF_ERR_SIZE (M < 1), TF_ERR_NULL, TF_ERR_ARG (method),
+ * Returns TF_ERR_SIZE (M < 1 or too large), TF_ERR_NULL, TF_ERR_ARG (method),
  * TF_ERR_NONFINITE (A not finite), TF_ERR_NOMEM.  out must not overlap A.
  */
 int tf_retraction(const double *A, int64_t M, int method, double *out);
@@ -223,7 +223,7 @@ int tf_retraction(const double *A, int64_t M, int method, double *out);
  * repair rotations that drifted; tf_integrate projects this way).  Computed
  * by Newton iterations X <- (X + X^-T)/2 while far from O(M), then
  * Newton-Schulz X <- X (3I - X^T X)/2 to rounding (|out^T out - I| ~ 1e-16).
- * out may be R itself.  Returns TF_ERR_SIZE (L < 1, M < 1), TF_ERR_NULL,
+ * out may be R itself.  Returns TF_ERR_SIZE (L < 1, M < 1, too large), TF_ERR_NULL,
  * TF_ERR_NONFINITE (R not finite), TF_ERR_SINGULAR (some R_l singular or too
  * ill-conditioned; out is then unspecified), TF_ERR_NOMEM.
  */
@@ -241,8 +241,10 @@ int tf_orthonormalize(const double *R, int64_t L, int64_t M, double *out);
  *                                                 tf_retraction)
  * then, if train_weights and max_l max|R_l^T R_l - I| > TF_REORTHONORMALIZE_TOL,
  * every R_l is replaced by its polar factor (tf_orthonormalize; also done once
- * to the initial R).  This is truncfast.integrate(..., backend="c")
- * step for step (agreement ~1e-16, bitwise when no re-orthonormalisation runs).
+ * to the initial R).  This is truncfast.integrate(..., backend="c") step for
+ * step: the same bits while no re-orthonormalisation runs; truncfast's Python
+ * integrator takes the polar factor from an SVD, so after a projection the
+ * two differ by rounding (~1e-16), which stable steps keep at that level.
  *
  * Inputs (row-major float64 unless stated; never modified):
  *   R        (L, M, M)  initial orthogonal R_l, max|R_l^T R_l - I| <= TF_ORTHOGONALITY_TOL

@@ -92,7 +92,9 @@ def _polar1(X):
         dn = _defect1(Y)
         if not newton and not dn < d:
             return True  # converged: rounding level reached
-        X[:, :] = Y
+        for i in range(M):  # explicit loops: a slice assignment costs Numba 5 s of compile
+            for k in range(M):
+                X[i, k] = Y[i, k]
         d = dn
     return d <= 1.7976931348623157e308 and M * d < 0.5
 
@@ -103,9 +105,13 @@ def polar_layers(R):
 
     Returns False (and fills R with NaN, as the C core) if some layer has none.
     """
-    for l in range(R.shape[0]):
+    L, M, _ = R.shape
+    for l in range(L):
         if not _polar1(R[l]):
-            R[:, :, :] = np.nan
+            for j in range(L):
+                for i in range(M):
+                    for k in range(M):
+                        R[j, i, k] = np.nan
             return False
     return True
 
