@@ -13,6 +13,9 @@
 * one step equals the NumPy reference gradient step with SciPy's ``expm``;
 * ``tf_retraction`` gives the bits of ``_expm`` for every Padé degree and for
   scaling and squaring, and agrees with SciPy;
+* ``tf_orthonormalize`` is the SVD's polar factor to 1e-14 and has the bits of
+  its Numba twin ``_polar``; with that projection in the integrator, runs that
+  re-orthonormalise (and then diverge) are bitwise equal too;
 * bad sizes, NULL pointers, NaN/inf, bad labels, a non-orthogonal R, bad dt or
   method return their status codes and leave the outputs untouched;
 * a diverging dt returns ``TF_ERR_DIVERGED`` with the last good state, where
