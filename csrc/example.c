@@ -10,8 +10,17 @@
  *      in a bias b_{l,i} and along a rotation exp(eps A) R_l, A = E_ij - E_ji,
  *      for which dC/deps = <omega_l, A> = 2 omega_l[i, j] (section 5);
  *   3. the standard-loss gradient in the output bias matches finite differences;
- *   4. bad input gives a status code, not an abort.
+ *   4. bad input gives a status code, not an abort;
+ *   5. tf_integrate, the whole flow in C (docs/theory.md §9): the loss decreases, R stays
+ *      orthogonal, the first Lie-Euler step equals b - dt grad_b and
+ *      exp(-dt omega) R computed here by an independent Taylor series, the first
+ *      Cayley step solves (I + dt omega/2) R_1 = (I - dt omega/2) R_0, frozen
+ *      weights stay bitwise unchanged, a too large dt stops with
+ *      TF_ERR_DIVERGED and the last good state, bad sizes give status codes.
  * Exit status 0 when every check passes.
+ *
+ * Against an installed copy (make -C csrc install PREFIX=$HOME/.local):
+ *   cc example.c $(pkg-config --cflags --libs truncfast) -lm -o example
  */
 #include <math.h>
 #include <stdio.h>
@@ -107,10 +116,152 @@ static void rotate(int l, int i, int j, double eps)
 
 static double rel(double a, double e) { return fabs(a - e) / fmax(fabs(e), 1e-12); }
 
+/* ------------------------------------------------------------ the flow -- */
+
+#define STEPS 60
+
+/* max_l max|R_l^T R_l - I| */
+static double defect(const double *Rs)
+{
+    double worst = 0.0;
+    for (int l = 0; l < L; l++)
+        for (int i = 0; i < M; i++)
+            for (int k = 0; k < M; k++) {
+                double s = 0.0;
+                for (int m = 0; m < M; m++) s += Rs[(l * M + m) * M + i] * Rs[(l * M + m) * M + k];
+                worst = fmax(worst, fabs(s - (i == k)));
+            }
+    return worst;
+}
+
+/* out = exp(A) by its Taylor series after scaling by 2^-s (an oracle independent
+ * of the library's Pade approximant): s with |A| 2^-s < 1/2, 30 terms, s squarings. */
+static void expm_taylor(const double *A, double *out)
+{
+    double nrm = 0.0, As[M * M], term[M * M], tmp[M * M];
+    for (int i = 0; i < M * M; i++) nrm = fmax(nrm, fabs(A[i]) * M);
+    int s = 0;
+    while (nrm * ldexp(1.0, -s) > 0.5) s++;
+    for (int i = 0; i < M * M; i++) {
+        As[i] = A[i] * ldexp(1.0, -s);
+        out[i] = term[i] = (i % (M + 1) == 0);
+    }
+    for (int n = 1; n <= 30; n++) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < M; j++) {
+                double acc = 0.0;
+                for (int k = 0; k < M; k++) acc += term[i * M + k] * As[k * M + j];
+                tmp[i * M + j] = acc / n;
+            }
+        for (int i = 0; i < M * M; i++) {
+            term[i] = tmp[i];
+            out[i] += term[i];
+        }
+    }
+    for (; s > 0; s--) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < M; j++) {
+                double acc = 0.0;
+                for (int k = 0; k < M; k++) acc += out[i * M + k] * out[k * M + j];
+                tmp[i * M + j] = acc;
+            }
+        memcpy(out, tmp, sizeof tmp);
+    }
+}
+
+static void integrate_checks(void)
+{
+    static double R1[L * M * M], b1[L * M], loss[STEPS + 1];
+    int64_t done = -2, reorth = -2;
+    const double dt = 0.5;
+
+    /* a run: the loss decreases, R stays on O(M) */
+    must(tf_integrate(R, b, X, labels, T, N, M, L, Q, dt, STEPS, TF_LIE_EULER, 1, 1, TF_CHUNK_SIZE, 0,
+                      R1, b1, loss, &done, &reorth), "tf_integrate");
+    printf("  Lie-Euler, dt = %g: loss %.6f -> %.6f in %lld steps (%lld re-orthonormalisations)\n", dt,
+           loss[0], loss[STEPS], (long long)done, (long long)reorth);
+    check(done == STEPS && loss[STEPS] < loss[0], "tf_integrate: the loss decreases");
+    check(defect(R1) <= TF_REORTHONORMALIZE_TOL, "tf_integrate: R stays orthogonal");
+    check(loss[0] == loss_E(), "tf_integrate: loss[0] = C_E of the initial state");
+
+    /* one Lie-Euler step against b - dt grad_b and a Taylor exp(-dt omega) R */
+    must(tf_integrate(R, b, X, labels, T, N, M, L, Q, dt, 1, TF_LIE_EULER, 1, 1, TF_CHUNK_SIZE, 0,
+                      R1, b1, loss, &done, NULL), "tf_integrate");
+    double s;
+    must(tf_general(R, b, X, labels, N, M, L, Q, T, NULL, NULL, NULL, 0, 0, 1, CHUNK, 0,
+                    &s, gb, G, NULL, NULL), "tf_general");
+    double worst_b = 0.0, worst_R = 0.0;
+    for (int i = 0; i < L * M; i++) worst_b = fmax(worst_b, fabs(b1[i] - (b[i] - dt * (gb[i] / N))));
+    for (int l = 0; l < L; l++) {
+        double A[M * M], E[M * M];
+        for (int i = 0; i < M; i++)
+            for (int k = 0; k < M; k++)
+                A[i * M + k] = -dt * (G[(l * M + i) * M + k] - G[(l * M + k) * M + i]) / (2.0 * N);
+        expm_taylor(A, E);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < M; j++) {
+                double acc = 0.0;
+                for (int k = 0; k < M; k++) acc += E[i * M + k] * R[(l * M + k) * M + j];
+                worst_R = fmax(worst_R, fabs(R1[(l * M + i) * M + j] - acc));
+            }
+    }
+    printf("  first step: |b_1 - (b - dt grad_b)| = %.1e, |R_1 - exp(-dt omega) R| = %.1e\n", worst_b, worst_R);
+    check(worst_b == 0.0 && worst_R < 1e-13, "Lie-Euler step = b - dt grad_b, exp(-dt omega) R");
+
+    /* one Cayley step: (I + dt omega/2) R_1 = (I - dt omega/2) R_0 */
+    must(tf_integrate(R, b, X, labels, T, N, M, L, Q, dt, 1, TF_CAYLEY, 1, 1, TF_CHUNK_SIZE, 0,
+                      R1, b1, loss, &done, NULL), "tf_integrate");
+    worst_R = 0.0;
+    for (int l = 0; l < L; l++)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < M; j++) {
+                double lhs = R1[(l * M + i) * M + j], rhs = R[(l * M + i) * M + j];
+                for (int k = 0; k < M; k++) {
+                    const double om = (G[(l * M + i) * M + k] - G[(l * M + k) * M + i]) / (2.0 * N);
+                    lhs += 0.5 * dt * om * R1[(l * M + k) * M + j];
+                    rhs -= 0.5 * dt * om * R[(l * M + k) * M + j];
+                }
+                worst_R = fmax(worst_R, fabs(lhs - rhs));
+            }
+    printf("  Cayley step residual: %.1e\n", worst_R);
+    check(worst_R < 1e-13, "Cayley step = (I + dt omega/2)^-1 (I - dt omega/2) R");
+
+    /* frozen weights stay bitwise unchanged */
+    must(tf_integrate(R, b, X, labels, T, N, M, L, Q, dt, 10, TF_CAYLEY, 0, 1, TF_CHUNK_SIZE, 0,
+                      R1, b1, loss, &done, NULL), "tf_integrate");
+    check(memcmp(R1, R, sizeof R1) == 0, "train_weights = 0: R unchanged");
+
+    /* a far too large step diverges: status, the last good state, NaN after the offending loss */
+    int st = tf_integrate(R, b, X, labels, T, N, M, L, Q, 1e4, STEPS, TF_LIE_EULER, 1, 1, TF_CHUNK_SIZE, 0,
+                          R1, b1, loss, &done, NULL);
+    printf("  dt = 1e4: status %d, last good step %lld, loss %.3g -> %.3g\n", st, (long long)done,
+           loss[0], done >= 0 ? loss[done + 1] : loss[0]);
+    check(st == TF_ERR_DIVERGED && done >= 0 && done < STEPS && isfinite(loss[done]) && isnan(loss[STEPS]),
+          "dt = 1e4 -> TF_ERR_DIVERGED with the last good step");
+
+    /* bad input: status codes */
+    check(tf_integrate(R, b, X, labels, T, N, 0, L, Q, dt, 1, TF_LIE_EULER, 1, 1, TF_CHUNK_SIZE, 0,
+                       R1, b1, loss, &done, NULL) == TF_ERR_SIZE, "tf_integrate: M = 0 -> TF_ERR_SIZE");
+    check(tf_integrate(R, b, NULL, labels, T, N, M, L, Q, dt, 1, TF_LIE_EULER, 1, 1, TF_CHUNK_SIZE, 0,
+                       R1, b1, loss, &done, NULL) == TF_ERR_NULL, "tf_integrate: X = NULL -> TF_ERR_NULL");
+    check(tf_integrate(R, b, X, labels, T, N, M, L, Q, -dt, 1, TF_LIE_EULER, 1, 1, TF_CHUNK_SIZE, 0,
+                       R1, b1, loss, &done, NULL) == TF_ERR_ARG, "tf_integrate: dt < 0 -> TF_ERR_ARG");
+    const double keep = b[3];
+    b[3] = NAN;
+    check(tf_integrate(R, b, X, labels, T, N, M, L, Q, dt, 1, TF_LIE_EULER, 1, 1, TF_CHUNK_SIZE, 0,
+                       R1, b1, loss, &done, NULL) == TF_ERR_NONFINITE, "tf_integrate: NaN in b -> TF_ERR_NONFINITE");
+    b[3] = keep;
+}
+
 int main(void)
 {
-    printf("truncfast C core: OpenMP %s, %d thread(s), block %d\n",
-           tf_has_openmp() ? "on" : "off", tf_max_threads(), tf_block_size());
+    printf("truncfast C core %s (ABI %d.%d): OpenMP %s, %d thread(s), block %d\n", tf_version(),
+           tf_abi_version() / 1000, tf_abi_version() % 1000, tf_has_openmp() ? "on" : "off",
+           tf_max_threads(), tf_block_size());
+    if (tf_abi_version() / 1000 != TF_ABI_VERSION_MAJOR) {
+        fprintf(stderr, "library ABI %d does not match the header's %d\n", tf_abi_version(), TF_ABI_VERSION);
+        return 2;
+    }
     for (int l = 0; l < L; l++) random_orthogonal(R + l * M * M);
     for (int n = 0; n < N; n++) {
         labels[n] = n % Q;
@@ -195,6 +346,8 @@ int main(void)
                      &s, gb, G, NULL, NULL) == TF_ERR_LABEL, "bad label -> TF_ERR_LABEL");
     labels[7] = 7 % Q;
     check(tf_truncate(R, b, X, N, M, L, 0, 0, Z) == TF_ERR_SIZE, "chunk 0 -> TF_ERR_SIZE");
+
+    integrate_checks();
 
     printf(failures ? "%d check(s) FAILED\n" : "all checks passed\n", failures);
     return failures ? 1 : 0;

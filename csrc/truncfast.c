@@ -29,6 +29,7 @@
  * without -ffast-math: an FMA or a reassociated sum changes the bits.
  */
 #include "truncfast.h"
+#include "tf_private.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -76,9 +77,18 @@ const char *tf_status_string(int status)
     case TF_ERR_NOMEM: return "out of memory";
     case TF_ERR_LABEL: return "a label is outside 0..Q-1";
     case TF_ERR_WIDTH: return "sector codes need M <= 64";
+    case TF_ERR_NONFINITE: return "an input holds NaN or inf";
+    case TF_ERR_NOT_ORTHOGONAL: return "R is not orthogonal (max|R^T R - I| > TF_ORTHOGONALITY_TOL)";
+    case TF_ERR_DIVERGED: return "the flow diverged (loss or gradient not finite, or the loss grew); use a smaller dt";
+    case TF_ERR_ARG: return "a scalar argument is out of range (dt <= 0 or an unknown method)";
+    case TF_ERR_SINGULAR: return "a matrix is singular (no unique polar factor)";
     default: return "unknown status";
     }
 }
+
+const char *tf_version(void) { return TF_VERSION; }
+
+int tf_abi_version(void) { return TF_ABI_VERSION_MAJOR * 1000 + TF_ABI_VERSION_MINOR; }
 
 int tf_block_size(void) { return B; }
 
@@ -415,7 +425,18 @@ int tf_general(const double *R, const double *b, const double *X, const int64_t 
     if (standard && (P > 0 && (!W || !bout || !Y || !gW || !gbo))) return TF_ERR_NULL;
     if (!standard && !T) return TF_ERR_NULL;
     if ((st = check_labels(labels, N, Q))) return st;
+    return tf_general_unchecked(R, b, X, labels, N, M, L, Q, T, W, bout, Y, P, standard, want_grad,
+                                chunk, nthreads, loss, gb, G, gW, gbo);
+}
 
+/* tf_general after its argument checks (tf_integrate checks once, then calls this every step). */
+int tf_general_unchecked(const double *R, const double *b, const double *X, const int64_t *labels,
+                         int64_t N, int64_t M, int64_t L, int64_t Q,
+                         const double *T, const double *W, const double *bout, const double *Y, int64_t P,
+                         int standard, int want_grad, int64_t chunk, int nthreads,
+                         double *loss, double *gb, double *G, double *gW, double *gbo)
+{
+    if (!standard) P = 0;
     const int64_t LM = L * M, LMM = L * M * M, PM = P * M;
     memset(gb, 0, (size_t)LM * sizeof(double));
     memset(G, 0, (size_t)LMM * sizeof(double));

@@ -24,11 +24,35 @@
  *     loss = loss_sum / N (docs/theory.md section 5).
  *
  * Thread safety: every function is reentrant (no global state).
+ *
+ * Versions.  tf_version() is the truncfast release the library was built from
+ * (TF_VERSION).  The ABI version TF_ABI_VERSION_MAJOR.TF_ABI_VERSION_MINOR
+ * numbers the binary interface: the minor number grows when functions or
+ * status codes are added (old callers keep working), the major number when a
+ * signature, a struct or the meaning of an argument changes.  The shared
+ * library's soname carries the major number (libtruncfast.so.1), so a program
+ * linked against ABI 1 never loads an incompatible library.  A caller that
+ * loads the library at run time (dlopen, ctypes, Julia's ccall, Rust's
+ * libloading) should check tf_abi_version() / 1000 == TF_ABI_VERSION_MAJOR.
  */
 #ifndef TRUNCFAST_H
 #define TRUNCFAST_H
 
 #include <stdint.h>
+
+/* Release of truncfast this header belongs to (tf_version() returns the
+ * library's).  The floating-point constants of tf_integrate (outside the cffi
+ * region below, which holds integer constants only): */
+#define TF_VERSION "0.1.0"
+/* An input R is accepted when max_l max|R_l^T R_l - I| <= this. */
+#define TF_ORTHOGONALITY_TOL 1e-8
+/* tf_integrate re-orthonormalises R (polar factor) once the defect exceeds this. */
+#define TF_REORTHONORMALIZE_TOL 1e-12
+/* tf_integrate stops with TF_ERR_DIVERGED when the loss exceeds this factor
+ * times its reference max(C(0), TF_DIVERGENCE_LOSS_FLOOR * scale^2), scale^2 =
+ * max_j |targets_j|^2 + max_l |b_l(0)|^2 (a gradient flow never increases its loss). */
+#define TF_DIVERGENCE_LOSS_FACTOR 1e3
+#define TF_DIVERGENCE_LOSS_FLOOR 1e-8
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,6 +68,27 @@ extern "C" {
 #define TF_ERR_NOMEM 3    /* scratch memory could not be allocated */
 #define TF_ERR_LABEL 4    /* a label is outside 0..Q-1 */
 #define TF_ERR_WIDTH 5    /* sector codes need M <= 64 */
+#define TF_ERR_NONFINITE 6 /* an input array or dt holds NaN or +-inf */
+#define TF_ERR_NOT_ORTHOGONAL 7 /* some R_l has max|R_l^T R_l - I| > TF_ORTHOGONALITY_TOL */
+#define TF_ERR_DIVERGED 8 /* tf_integrate: the flow diverged (outputs: the last good state) */
+#define TF_ERR_ARG 9      /* a scalar argument is out of range (dt <= 0, unknown method) */
+#define TF_ERR_SINGULAR 10 /* tf_orthonormalize: a matrix is singular (no unique polar factor) */
+
+/* ----------------------------------------------------------------- versions */
+#define TF_ABI_VERSION_MAJOR 1
+#define TF_ABI_VERSION_MINOR 0
+/* TF_ABI_VERSION_MAJOR * 1000 + TF_ABI_VERSION_MINOR of this header */
+#define TF_ABI_VERSION 1000
+
+/* Release of truncfast the library was built from, e.g. "0.1.0" (static storage). */
+const char *tf_version(void);
+
+/* ABI version of the library: major * 1000 + minor (see "Versions" above). */
+int tf_abi_version(void);
+
+/* Chunk size of truncfast's Python package (_config.CHUNK_SIZE): pass it as
+ * `chunk` to get the same bits as truncfast's Python API. */
+#define TF_CHUNK_SIZE 4096
 
 /* Points per SIMD block inside a chunk (must equal truncfast's _config.BLOCK_SIZE
  * for bitwise agreement with the Numba kernels: layers where no point of a block
@@ -148,6 +193,98 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
  * integer max over the bits, OpenMP over the array).  For input validation.
  */
 int tf_any_nonfinite(const double *x, int64_t n, int nthreads);
+
+/* ------------------------------------------------------------ the flow */
+
+/* Methods of tf_integrate and tf_retraction. */
+#define TF_LIE_EULER 0    /* R_l <- exp(-dt omega_l) R_l      (exponential map) */
+#define TF_CAYLEY 1       /* R_l <- (I + dt omega_l/2)^-1 (I - dt omega_l/2) R_l */
+
+/*
+ * The retraction F(A) of an antisymmetric M x M matrix A (docs/theory.md §9), row-major:
+ *   method TF_LIE_EULER: out = exp(A).  M = 1: 1;  M = 2: the rotation by
+ *     theta = (A[1][0] - A[0][1]) / 2;  M >= 3: scaling and squaring with the
+ *     diagonal Pade approximant r_m, m in {3, 5, 7, 9, 13} chosen from |A|_1 by
+ *     Higham's thresholds (SIAM J. Matrix Anal. Appl. 26, 2005), solved by LU
+ *     with partial pivoting;
+ *   method TF_CAYLEY: out = (I - A/2)^-1 (I + A/2).
+ * Both are orthogonal to rounding for antisymmetric A (not checked: the
+ * antisymmetric part of A is not taken).  The same operations in the same order
+ * as truncfast's Python integrators (truncfast/_expm.py), hence the same bits.
+ * Returns TF_ERR_SIZE (M < 1 or too large), TF_ERR_NULL, TF_ERR_ARG (method),
+ * TF_ERR_NONFINITE (A not finite), TF_ERR_NOMEM.  out must not overlap A.
+ */
+int tf_retraction(const double *A, int64_t M, int method, double *out);
+
+/*
+ * Nearest orthogonal matrices: out_l = the polar factor U_l V_l^T of
+ * R_l = U_l S_l V_l^T for each of the L row-major M x M matrices R_l (to
+ * repair rotations that drifted; tf_integrate projects this way).  Computed
+ * by Newton iterations X <- (X + X^-T)/2 while far from O(M), then
+ * Newton-Schulz X <- X (3I - X^T X)/2 to rounding (|out^T out - I| ~ 1e-16).
+ * out may be R itself.  Returns TF_ERR_SIZE (L < 1, M < 1, too large), TF_ERR_NULL,
+ * TF_ERR_NONFINITE (R not finite), TF_ERR_SINGULAR (some R_l singular or too
+ * ill-conditioned; out is then unspecified), TF_ERR_NOMEM.
+ */
+int tf_orthonormalize(const double *R, int64_t L, int64_t M, double *out);
+
+/*
+ * The whole fixed-step effective gradient flow of the Euclidean loss
+ * C_E = (1/2N) sum_n |tau^(L)(x_n) - targets[labels[n]]|^2 (docs/theory.md §3, 5, 9):
+ *   d b/ds = -grad_b,   d R_l/ds = -omega_l R_l,
+ * with (grad_b, omega) = the general-form gradient of tf_general normalised
+ * (grad_b = gb / N, omega_l = (G_l - G_l^T) / (2 N)).  Step k -> k + 1, with
+ * the right-hand side at step k:
+ *   b   <- b - dt * grad_b                      (if train_biases)
+ *   R_l <- F(-dt * omega_l) R_l for every l      (if train_weights; F as in
+ *                                                 tf_retraction)
+ * then, if train_weights and max_l max|R_l^T R_l - I| > TF_REORTHONORMALIZE_TOL,
+ * every R_l is replaced by its polar factor (tf_orthonormalize; also done once
+ * to the initial R).  This is truncfast.integrate(..., backend="c") step for
+ * step: the same bits while no re-orthonormalisation runs; truncfast's Python
+ * integrator takes the polar factor from an SVD, so after a projection the
+ * two differ by rounding (~1e-16), which stable steps keep at that level.
+ *
+ * Inputs (row-major float64 unless stated; never modified):
+ *   R        (L, M, M)  initial orthogonal R_l, max|R_l^T R_l - I| <= TF_ORTHOGONALITY_TOL
+ *   b        (L, M)     initial biases
+ *   X        (N, M)     data, one point a row
+ *   labels   (N,)       int64 cluster of each point, in 0..Q-1
+ *   targets  (Q, M)     pulled-back labels (row j: cluster j's target)
+ *   N, M, L, Q          sizes, all >= 1
+ *   dt                  step size, finite and > 0
+ *   steps               number of steps, >= 0
+ *   method              TF_LIE_EULER or TF_CAYLEY
+ *   train_weights       0: R stays bitwise unchanged (and is not re-orthonormalised)
+ *   train_biases        0: b stays bitwise unchanged
+ *   chunk               points per reduction chunk (TF_CHUNK_SIZE for truncfast's bits), >= 1
+ *   nthreads            OpenMP threads of the gradient (<= 0: the default); never changes the bits
+ * Outputs (caller-owned):
+ *   R_out    (L, M, M)  final R (may be R itself: it is written only at the end)
+ *   b_out    (L, M)     final b (may be b itself)
+ *   loss     (steps+1,) loss[k] = C_E at step k
+ *   steps_done          (may be NULL) number of steps completed
+ *   reorthonormalizations  (may be NULL) how many times R was re-orthonormalised
+ *
+ * Returns TF_OK, or without touching the outputs: TF_ERR_SIZE (a size out of
+ * range or too large to address), TF_ERR_NULL, TF_ERR_ARG (dt <= 0, unknown
+ * method), TF_ERR_NONFINITE (NaN or +-inf in R, b, X, targets or dt),
+ * TF_ERR_LABEL, TF_ERR_NOT_ORTHOGONAL, TF_ERR_NOMEM.
+ * Divergence: when the loss or the gradient at step s is not finite, or the
+ * loss exceeds TF_DIVERGENCE_LOSS_FACTOR times its reference, the run stops
+ * with TF_ERR_DIVERGED; then R_out, b_out hold the last good state (step s - 1),
+ * *steps_done = s - 1, loss[0..s] are written (loss[s] is the offending value)
+ * and loss[s+1..steps] are NaN.  s = 0 (the initial state already has a
+ * non-finite loss or gradient, *steps_done = -1) leaves the initial state in
+ * R_out, b_out.  A smaller dt is the remedy: explicit Euler on the biases needs
+ * dt < 2.  TF_ERR_NOMEM can also occur mid-run (then the outputs are unspecified).
+ */
+int tf_integrate(const double *R, const double *b, const double *X, const int64_t *labels,
+                 const double *targets, int64_t N, int64_t M, int64_t L, int64_t Q,
+                 double dt, int64_t steps, int method, int train_weights, int train_biases,
+                 int64_t chunk, int nthreads,
+                 double *R_out, double *b_out, double *loss, int64_t *steps_done,
+                 int64_t *reorthonormalizations);
 
 /* END CDEF */
 

@@ -20,7 +20,7 @@ from truncfast import _config
 from truncfast._errors import InputError
 from truncfast._flow import separated as _separated
 from truncfast._flow.evaluator import Evaluator
-from truncfast._flow.model import orthonormalize
+from truncfast._kernels.polar import orthonormalize
 from truncfast._flow.problem import euclid_args
 from truncfast._integrate.checks import (check_checkpoint_path, check_dt, check_flag, check_int,
                                          check_resume_data)

@@ -34,7 +34,7 @@ import numpy as np
 from truncfast import _config
 from truncfast._errors import DivergenceError, SeparationError
 from truncfast._flow.evaluator import RHS, Evaluator
-from truncfast._flow.model import orthonormalize
+from truncfast._kernels.polar import orthonormalize
 from truncfast._integrate.checks import check_record_memory, n_records, record_step
 from truncfast._integrate.solvers import SOLVERS, Solver
 from truncfast._integrate.trajectory import Trajectory

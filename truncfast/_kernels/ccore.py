@@ -28,7 +28,7 @@ import numpy as np
 from truncfast import _config
 
 __all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size", "acc_lanes", "moments_box",
-           "truncate", "codes", "general", "moments", "violations"]
+           "truncate", "codes", "general", "moments", "violations", "retraction", "integrate"]
 
 #: Calls into the C core per function name (lets tests prove the C path ran).
 calls: collections.Counter = collections.Counter()
@@ -231,3 +231,41 @@ def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, 
         _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
         N, M, L, Q, chunk, _threads(threads), _buf("int64_t *", counts, np.int64, "counts")), "violations")
     return counts
+
+
+# ------------------------------------------------------------- the flow ---
+
+def retraction(A: np.ndarray, method: int) -> np.ndarray:
+    """``exp(A)`` (``lib.TF_LIE_EULER``) or the Cayley map (``lib.TF_CAYLEY``) of an
+    antisymmetric (M, M) matrix, by ``tf_retraction`` (THEORY §9)."""
+    calls["retraction"] += 1
+    M = A.shape[0]
+    out = np.empty((M, M))
+    _check(lib.tf_retraction(_buf("double *", A, np.float64, "A"), M, int(method),
+                             _buf("double *", out, np.float64, "out")), "retraction")
+    return out
+
+
+def integrate(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: np.ndarray,
+              dt: float, steps: int, method: int, train_weights: bool, train_biases: bool,
+              chunk: int, threads: int | None = None):
+    """The whole fixed-step flow in C (``tf_integrate``, THEORY §9).
+
+    Returns ``(status, R, b, loss (steps + 1,), steps_done, reorthonormalizations)``
+    without raising on the status (``lib.TF_OK``, ``lib.TF_ERR_DIVERGED`` with the
+    last good state, or a validation code; ``ffi.string(lib.tf_status_string(status))``
+    says which).
+    """
+    calls["integrate"] += 1
+    N, M, L = _dims(R, b, X)
+    R_out, b_out = np.empty_like(R), np.empty_like(b)
+    loss = np.empty(int(steps) + 1)
+    done, reorth = ffi.new("int64_t *"), ffi.new("int64_t *")
+    status = lib.tf_integrate(
+        _buf("double *", R, np.float64, "R"), _buf("double *", b, np.float64, "b"),
+        _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
+        _buf("double *", T, np.float64, "T"), N, M, L, T.shape[0], float(dt), int(steps), int(method),
+        int(bool(train_weights)), int(bool(train_biases)), chunk, _threads(threads),
+        _buf("double *", R_out, np.float64, "R_out"), _buf("double *", b_out, np.float64, "b_out"),
+        _buf("double *", loss, np.float64, "loss"), done, reorth)
+    return int(status), R_out, b_out, loss, int(done[0]), int(reorth[0])
