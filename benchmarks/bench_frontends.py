@@ -30,10 +30,10 @@ import time
 
 import numpy as np
 import pytest
-
-import truncfast as tf
 from _problems import random_problem
 from _suite import torch_gradient
+
+import truncfast as tf
 
 N, M, L = 10**6, 8, 8
 ROUNDS = 11
@@ -111,7 +111,7 @@ def test_jax_op(benchmark, problem):
     f = jax.jit(jax.value_and_grad(lambda R, b, X, lab, T: effective_loss(R, b, X, lab, T), argnums=(0, 1)))
 
     def op():
-        loss, (gR, gb) = f(*args)
+        _, (gR, gb) = f(*args)
         return jax.block_until_ready(gb), gR
 
     gb, gR = op()

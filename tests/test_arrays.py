@@ -41,7 +41,7 @@ class FakeDevice:
 class FakeCuda:
     """Numba-CUDA / CuPy style: only __cuda_array_interface__."""
 
-    __cuda_array_interface__ = {"shape": (3,), "typestr": "<f8", "data": (0, False), "version": 3}
+    __cuda_array_interface__ = {"shape": (3,), "typestr": "<f8", "data": (0, False), "version": 3}  # noqa: RUF012
 
 
 class Unreadable:

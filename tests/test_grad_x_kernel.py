@@ -7,12 +7,12 @@ independence of the thread count.
 
 from __future__ import annotations
 
+import naive
 import numpy as np
 import pytest
-
-import naive
-import truncfast as tf
 from conftest import FD_EPS, FD_RTOL, RTOL, assert_rel, make_problem
+
+import truncfast as tf
 from truncfast._kernels.grad_x import data_target_gradients
 
 

@@ -15,9 +15,10 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-import truncfast as tf  # noqa: E402
-from conftest import RTOL, assert_rel, make_problem  # noqa: E402
-from truncfast.jax import effective_loss  # noqa: E402
+from conftest import RTOL, assert_rel, make_problem
+
+import truncfast as tf
+from truncfast.jax import effective_loss
 
 
 @pytest.fixture(autouse=True, scope="module")

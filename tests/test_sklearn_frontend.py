@@ -7,13 +7,13 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+import naive
+from conftest import RTOL, assert_rel
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import naive  # noqa: E402
-import truncfast as tf  # noqa: E402
-from conftest import RTOL, assert_rel  # noqa: E402
-from truncfast.data import toward_frames  # noqa: E402
-from truncfast.sklearn import EXPECTED_FAILED_CHECKS, TruncationFlowClassifier  # noqa: E402
+import truncfast as tf
+from truncfast.data import toward_frames
+from truncfast.sklearn import EXPECTED_FAILED_CHECKS, TruncationFlowClassifier
 
 
 @parametrize_with_checks(
@@ -93,11 +93,13 @@ def test_flow_improves_on_the_initial_map(rng):
 
 def test_parameters_are_checked_at_fit(rng):
     X, y = blobs(rng)
-    for bad, match in ((dict(n_layers=0), "n_layers"), (dict(init="zeros"), "init"), (dict(method="rk4"), "method"),
-                       (dict(integrate_options={"dt": 1.0}), "integrate_options"),
-                       (dict(init="random", random_state="seed"), "random_state")):
+    for bad, match in (({"n_layers": 0}, "n_layers"), ({"init": "zeros"}, "init"), ({"method": "rk4"}, "method"),
+                       ({"integrate_options": {"dt": 1.0}}, "integrate_options"),
+                       ({"init": "random", "random_state": "seed"}, "random_state")):
         with pytest.raises(ValueError, match=match):
             TruncationFlowClassifier(**bad).fit(X, y)
+    with pytest.raises(TypeError, match="integrate_options"):
+        TruncationFlowClassifier(integrate_options=[("record_every", 2)]).fit(X, y)
     with pytest.raises(tf.InputError, match="dt"):
         TruncationFlowClassifier(dt=-1.0).fit(X, y)
 

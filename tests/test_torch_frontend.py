@@ -15,10 +15,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import naive  # noqa: E402
-import truncfast as tf  # noqa: E402
-from conftest import RTOL, assert_rel, make_problem  # noqa: E402
-from truncfast.torch import effective_loss  # noqa: E402
+import naive
+from conftest import RTOL, assert_rel, make_problem
+
+import truncfast as tf
+from truncfast.torch import effective_loss
 
 OP = torch.ops.truncfast.effective_loss.default
 

@@ -101,7 +101,7 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
     if dlpack_device is not None:
         try:
             dev_type, dev_id = dlpack_device()
-        except Exception:  # a producer that cannot say: let NumPy try below
+        except Exception:  # noqa: BLE001 - any producer's failure to say: let NumPy try below
             dev_type = None
         if dev_type is not None and int(dev_type) != _DLPACK_CPU:
             label = _DLPACK_NAMES.get(int(dev_type), f"type {int(dev_type)}")
@@ -115,5 +115,5 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
                 pass  # e.g. a dtype DLPack cannot carry to NumPy: let np.asarray try
     try:
         return np.asarray(x)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever __array__ raises, the caller gets an InputError
         raise InputError(f"{name}: cannot be read as an array ({type(exc).__name__}: {exc})") from None

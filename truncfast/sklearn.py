@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"truncfast.sklearn needs scikit-learn ≥ 1.6 ({exc}); install it with: pip install \"scikit-learn>=1.6\""
     ) from None
 
-__all__ = ["TruncationFlowClassifier", "EXPECTED_FAILED_CHECKS"]
+__all__ = ["EXPECTED_FAILED_CHECKS", "TruncationFlowClassifier"]
 
 #: Checks of ``sklearn.utils.estimator_checks`` that cannot apply to this
 #: estimator, with the reason (passed as ``expected_failed_checks`` in
@@ -157,9 +157,9 @@ class TruncationFlowClassifier(ClassifierMixin, TransformerMixin, OneToOneFeatur
             raise ValueError(f"init: expected one of {_INITS}, got {self.init!r}")
         if self.method not in _METHODS:
             raise ValueError(f"method: expected one of {_METHODS}, got {self.method!r}")
+        if self.integrate_options is not None and not isinstance(self.integrate_options, dict):
+            raise TypeError(f"integrate_options: expected a dict or None, got {type(self.integrate_options).__name__}")
         extra = dict(self.integrate_options or {})
-        if not isinstance(extra, dict):  # pragma: no cover - dict() above already refuses most
-            raise ValueError(f"integrate_options: expected a dict, got {type(self.integrate_options).__name__}")
         clash = sorted(_OWN_KEYS & set(extra))
         if clash:
             raise ValueError(f"integrate_options: {clash} are parameters of the estimator; set them there")

@@ -35,7 +35,7 @@ from numba import njit
 from .. import _config, _kernels_numba, _numba_cache, _parallel
 from .._kernels_numba import _forward_block, _forward_scratch
 
-__all__ = ["data_target_range", "data_target_gradients"]
+__all__ = ["data_target_gradients", "data_target_range"]
 
 
 @njit(cache=True, nogil=True)
@@ -136,7 +136,7 @@ def data_target_gradients(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: n
     for c0 in range(0, nchunks, batch):
         nb = min(batch, nchunks - c0)
         _parallel.run_ranges(
-            lambda a, c, _: data_target_range(R, S, b, X, labels, Ty, a, c, chunk, block, 1.0 / N, want_x,
+            lambda a, c, _, c0=c0: data_target_range(R, S, b, X, labels, Ty, a, c, chunk, block, 1.0 / N, want_x,
                                               want_targets, c0, gX, pacc),
             c0, c0 + nb, split=4)
         if want_targets:
