@@ -26,6 +26,11 @@ costs nothing, and the whole forward + backward costs one ``tf.gradient``.
 Data and target gradients are computed only when ``X`` / ``targets`` require
 grad (one more pass over the points).  Which gradients are needed is decided
 when the loss is evaluated (``requires_grad`` and grad mode at that moment).
+The registered operator itself, ``torch.ops.truncfast.effective_loss(R, b, X,
+labels, targets, want_state, want_x, want_targets, backend)``, therefore
+returns ``(loss, grad_R, grad_b, grad_X, grad_targets)`` — a gradient not
+wanted is an empty tensor — and :func:`effective_loss` returns its first
+output; call the operator directly only to get those values without autograd.
 
 Tensors: CPU, any floating dtype NumPy knows (float64 and float32 in
 practice); they are read without a copy when they are C-contiguous float64
