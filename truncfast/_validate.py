@@ -1,7 +1,9 @@
 """Input validation at the API boundary (docs/api.md, "Bad input").
 
 Every public function converts its arguments through these helpers before any
-kernel runs.  They never modify the caller's arrays: conversions that need a
+kernel runs.  Arrays of any library come in through ``_arrays.as_host_array``
+(zero-copy views of NumPy, memmaps, PyTorch/JAX CPU tensors, DLPack; arrays on
+another device are refused by name).  They never modify the caller's arrays: conversions that need a
 copy make one, and arrays that are already C-contiguous float64 (including
 read-only memmaps) are passed through without copying.  Kernels never validate.
 """
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from truncfast import _config
+from truncfast._arrays import as_host_array
 from truncfast._errors import InputError
 
 __all__ = [
@@ -47,10 +50,7 @@ def as_float_array(name: str, a: Any, ndim: int, shape: tuple | None = None) -> 
     ``shape`` may fix some axes (``None`` entries are free).  Integer, boolean
     and any float dtype are accepted; complex, object and string dtypes are not.
     """
-    try:
-        arr = np.asarray(a)
-    except Exception as exc:  # pragma: no cover - exotic array-likes
-        raise InputError(f"{name}: cannot be read as an array ({exc})") from None
+    arr = as_host_array(a, name)
     if arr.dtype.kind not in "fiub":
         raise InputError(
             f"{name}: expected a real numeric array, got {_describe(arr)}"
@@ -122,10 +122,7 @@ def _maybe_nonfinite(arr: np.ndarray) -> bool:
 
 def square_matrices(name: str, a: Any) -> np.ndarray:
     """``a`` as a float64 ``(L, M, M)`` stack or a single ``(M, M)`` real square matrix."""
-    try:
-        arr = np.asarray(a)
-    except Exception as exc:
-        raise InputError(f"{name}: cannot be read as an array ({exc})") from None
+    arr = as_host_array(a, name)
     if arr.ndim not in (2, 3) or arr.shape[-1] != arr.shape[-2]:
         raise InputError(f"{name}: expected (L, M, M) or (M, M) square matrices, got shape {arr.shape}")
     return as_float_array(name, arr, arr.ndim)
@@ -153,7 +150,8 @@ def check_rotations(R: Any, *, name: str = "R", tol: float | None = None) -> np.
     given in a lower float precision (docs/api.md: any float dtype is accepted) to
     ``ORTHOGONALITY_ULPS · M · eps`` of that precision.
     """
-    given = getattr(R, "dtype", None)
+    R = as_host_array(R, name)  # a torch/JAX tensor's dtype is not a NumPy dtype: read it after the view
+    given = R.dtype
     R = as_float_array(name, R, 3)
     L, M, M2 = R.shape
     if M != M2:
@@ -186,7 +184,7 @@ def check_state(R: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def as_labels(labels: Any, N: int, Q: int, *, Q_name: str = "targets") -> np.ndarray:
     """Validate integer labels of shape (N,) in 0..Q-1 and return them as int64."""
-    arr = np.asarray(labels)
+    arr = as_host_array(labels, "labels")
     if arr.dtype.kind not in "iu":
         raise InputError(f"labels: expected an integer array, got {_describe(arr)}")
     if arr.ndim != 1:

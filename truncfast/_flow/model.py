@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from truncfast._arrays import as_host_array
 from truncfast._errors import InputError
 from truncfast._validate import as_float_array, check_finite, square_matrices
 
@@ -24,7 +25,7 @@ def _stack(name: str, a: Any, ndim: int) -> np.ndarray:
         if len(a) == 0:
             raise InputError(f"{name}: needs at least one layer, got an empty {type(a).__name__}")
         try:
-            a = np.stack([np.asarray(x) for x in a])
+            a = np.stack([as_host_array(x, name) for x in a])
         except ValueError as exc:
             raise InputError(f"{name}: the layers do not all have the same shape ({exc})") from None
     arr = as_float_array(name, a, ndim)

@@ -237,7 +237,7 @@ def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, 
 
 def retraction(A: np.ndarray, method: int) -> np.ndarray:
     """``exp(A)`` (``lib.TF_LIE_EULER``) or the Cayley map (``lib.TF_CAYLEY``) of an
-    antisymmetric (M, M) matrix, by ``tf_retraction`` (THEORY §9)."""
+    antisymmetric (M, M) matrix, by ``tf_retraction`` (docs/theory.md §9)."""
     calls["retraction"] += 1
     M = A.shape[0]
     out = np.empty((M, M))
@@ -249,7 +249,7 @@ def retraction(A: np.ndarray, method: int) -> np.ndarray:
 def integrate(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: np.ndarray,
               dt: float, steps: int, method: int, train_weights: bool, train_biases: bool,
               chunk: int, threads: int | None = None):
-    """The whole fixed-step flow in C (``tf_integrate``, THEORY §9).
+    """The whole fixed-step flow in C (``tf_integrate``, docs/theory.md §9).
 
     Returns ``(status, R, b, loss (steps + 1,), steps_done, reorthonormalizations)``
     without raising on the status (``lib.TF_OK``, ``lib.TF_ERR_DIVERGED`` with the
