@@ -16,7 +16,14 @@ Module-level helpers can be imported by tests: ``from conftest import RTOL, ...`
 
 from __future__ import annotations
 
-import dataclasses
+import os
+
+# scikit-learn runs its array-API estimator check only with this set before
+# scipy is first imported (Numba imports scipy, so: here, before truncfast);
+# without it that check of tests/test_sklearn_frontend.py would be skipped.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+import dataclasses  # noqa: E402
 import zlib
 
 import numpy as np
