@@ -126,12 +126,17 @@ int tf_max_threads(void) { return TF_MAXTHREADS(); }
 typedef struct {
     double *U, *Hm, *Tt, *Z, *E, *Ra, *Rb, *res, *Dacc, *Kacc;
     int64_t *ntr; /* (L,) 1 if some point of the block is truncated at layer l, else 0 */
+    /* Euclidean loss with more than TF_TARGETS_CACHE_ROWS targets: R_L, by which
+     * each point's target is rotated on the fly (T then holds the raw targets);
+     * NULL when T holds the rotated targets y'_j = R_L y_j */
+    const double *rot;
+    double *ty; /* (M,) the rotated target of the current point when rot != NULL */
 } work_t;
 
 static size_t work_doubles(int64_t M, int64_t L, int64_t P, int with_grad)
 {
     const int64_t acc = with_grad ? L * M * KL + L * (M * (M - 1) / 2) * KL : 0;
-    return (size_t)((2 * L + min64(L, 3)) * LSTR(M) + 4 * M * B + P * B + acc + L);
+    return (size_t)((2 * L + min64(L, 3)) * LSTR(M) + 4 * M * B + P * B + acc + L + M);
 }
 
 static void work_bind(work_t *w, double *base, int64_t M, int64_t L, int64_t P, int with_grad)
@@ -148,6 +153,9 @@ static void work_bind(work_t *w, double *base, int64_t M, int64_t L, int64_t P, 
     w->Dacc = q; q += with_grad ? L * M * KL : 0;
     w->Kacc = q; q += with_grad ? L * (M * (M - 1) / 2) * KL : 0;
     w->ntr = (int64_t *)q; /* L slots, sizeof(int64_t) == sizeof(double) */
+    q += L;
+    w->ty = q;
+    w->rot = NULL;
 }
 
 /* ------------------------------------------------------ common pieces ---- */
@@ -454,9 +462,14 @@ int tf_general_unchecked(const double *R, const double *b, const double *X, cons
     const int64_t batch = batch_size(nchunks, 8 * rec, nthreads);
     const size_t wsz = work_doubles(M, L, P, want_grad);
     /* Euclidean loss: targets in the last layer's frame, y'_j = R_L y_j (same
-     * operation order as numba_kernels.general_chunk) */
+     * operation order as numba_kernels.general_chunk), computed once per call for
+     * at most TF_TARGETS_CACHE_ROWS targets, else per point inside the chunks:
+     * neither the time nor the memory of a call grows with Q */
     double *Ty = NULL;
-    if (!standard) {
+    const double *rot = NULL;
+    if (!standard && Q > TF_TARGETS_CACHE_ROWS) {
+        rot = R + (L - 1) * M * M;
+    } else if (!standard) {
         Ty = (double *)malloc((size_t)(Q * M) * sizeof(double));
         if (!Ty) return TF_ERR_NOMEM;
         const double *RLast = R + (L - 1) * M * M;
@@ -487,6 +500,7 @@ int tf_general_unchecked(const double *R, const double *b, const double *X, cons
         {
             work_t w;
             work_bind(&w, ws + (size_t)TF_THREAD() * wsz, M, L, P, want_grad);
+            w.rot = rot;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif

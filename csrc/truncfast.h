@@ -95,6 +95,13 @@ int tf_abi_version(void);
  * is truncated are skipped, which leaves finite sums unchanged). */
 #define TF_BLOCK_SIZE 64
 
+/* Euclidean loss: up to this many targets are rotated into the last layer's
+ * frame once per call (Q x M doubles); with more (one target per point, as in
+ * regression) each point's target is rotated on the fly, so neither the time nor
+ * the memory of a call grows with Q.  Same bits either way.  Mirrors
+ * truncfast's _config.TARGETS_CACHE_ROWS. */
+#define TF_TARGETS_CACHE_ROWS 4096
+
 /* Accumulator lanes of the bias and pair sums of tf_general (must equal
  * truncfast's _config.ACC_LANES for bitwise agreement): point p of a chunk
  * adds into lane (p - chunk start) % TF_ACC_LANES; lanes are added in order. */

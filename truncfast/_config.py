@@ -30,6 +30,14 @@ BLOCK_SIZE: int = 64
 #: BLOCK_SIZE; changing it changes the bits of both backends alike.
 ACC_LANES: int = 8
 
+#: Euclidean loss: up to this many targets are rotated into the last layer's
+#: frame (ỹ'_j = R_L ỹ_j) once per chunk (Numba) or call (C); with more — one
+#: target per point, as in regression — each point's target is rotated on the
+#: fly (M² flops per point, no Q-sized temporary), so neither the time nor the
+#: memory of a gradient grows with Q.  Same bits either way.  Mirrors
+#: ``TF_TARGETS_CACHE_ROWS`` of csrc/truncfast.h.
+TARGETS_CACHE_ROWS: int = 4096
+
 #: Layers at least this wide use the GEMM-blocked kernels (``truncfast._kernels.blas_kernels``):
 #: their M×M products run in a tuned BLAS instead of hand-written loops.
 GEMM_MIN_WIDTH: int = 32

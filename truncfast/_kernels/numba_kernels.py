@@ -44,7 +44,7 @@ from numba import njit
 
 from truncfast import _config
 from truncfast._kernels import numba_cache as _numba_cache
-from truncfast._config import ACC_LANES
+from truncfast._config import ACC_LANES, TARGETS_CACHE_ROWS
 
 __all__ = [
     "transfer_matrices",
@@ -192,10 +192,15 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
     res = np.empty((P, block))
     Dacc = np.zeros((L, M, ACC_LANES))
     term = np.empty(block)
-    # ỹ'_j = R_L ỹ_j: the Euclidean targets in the last layer's frame
-    Ty = np.zeros((T.shape[0], M))
-    if not standard:
-        for j in range(T.shape[0]):
+    # ỹ'_j = R_L ỹ_j: the Euclidean targets in the last layer's frame, once per
+    # chunk for at most TARGETS_CACHE_ROWS targets, else per point (one target per
+    # point, as in regression: an O(Q) setup per chunk would dominate); same bits
+    Q = T.shape[0]
+    cache = (not standard) and Q <= TARGETS_CACHE_ROWS
+    Ty = np.zeros((Q if cache else 0, M))
+    ty = np.empty(M)
+    if cache:
+        for j in range(Q):
             for i in range(M):
                 s = 0.0
                 for k in range(M):
@@ -242,9 +247,18 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
             TL = Tt[L - 1]
             for p in range(nb):
                 j = labels[p0 + p]
+                if cache:
+                    for k in range(M):
+                        ty[k] = Ty[j, k]
+                else:
+                    for i in range(M):
+                        s = 0.0
+                        for k in range(M):
+                            s += R[L - 1, i, k] * T[j, k]
+                        ty[i] = s
                 s = 0.0
                 for k in range(M):
-                    d = TL[k, p] - Ty[j, k]
+                    d = TL[k, p] - ty[k]
                     E[k, p] = d
                     s += d * d
                 loss += 0.5 * s
