@@ -1,0 +1,486 @@
+"""Pattern groups kept across steps: the exact pattern form of docs/theory.md §11.
+
+A *group* is the set of points with the same pattern (the L sector codes along
+the composition) and the same label; it keeps its count n, mean μ and centred
+scatter C.  From the groups, the loss and the gradient of the general flow are
+exact (§11, :func:`assemble`); a point's group changes only when one of its
+pre-activations changes sign, which the bound of §11 excludes for every point
+whose margin exceeds it (:func:`at_risk`); only the others get a new forward
+pass (:func:`recheck`).
+
+Interface (arrays in, a :class:`PatternState` out; no validation here — the
+evaluator validates once)::
+
+    st = full_pass(R, b, X, labels, Q)          # or None beyond max_groups
+    idx = at_risk(st, R, b)                     # sorted int64 point indices
+    recheck(st, idx, R, b, X, labels)           # moves points, updates moments
+    loss, grad_b, omega = assemble(st, R, b, targets)
+    counts(st)                                  # (L, Q, 3) like Trajectory.counts
+
+Group ids are the order of first appearance in row order (deterministic); the
+arrays ``st.patterns`` (G, L) uint64, ``st.label`` (G,), ``st.n`` (G,) int64,
+``st.mean`` (G, M), ``st.scatter`` (G, M, M) and ``st.group_of`` (N,) int32
+are views of the live part.  Groups emptied by moves stay (n = 0) until the next
+full pass; the assembly skips them.
+
+**The bound (a proof, rounding included).**  A point checked at a state θᶜ
+(exact pre-activations uᶜ_ℓ) keeps its pattern at θ when
+``|u_ℓ − uᶜ_ℓ|_∞ < |uᶜ_ℓ,i|`` for every ℓ, i.  With ε = max ‖R_ℓ − Rᶜ_ℓ‖₂
+(≤ the Frobenius norm), β = max |b_ℓ − bᶜ_ℓ|, ν ≥ ‖R_ℓ‖₂, ‖Rᶜ_ℓ‖₂ and
+ρ_th ≥ max(|zᶜ_ℓ|, |tᶜ_ℓ|) over ℓ < L, the recursion of §11 written without
+the (1 − ε) factor (|z_ℓ − zᶜ_ℓ| ≤ ν |t_ℓ − tᶜ_ℓ| + ε |tᶜ_ℓ|, since
+z = Rᵀ t; |t − tᶜ| ≤ |v − vᶜ| + |b − bᶜ| because max is 1-Lipschitz in each
+argument) gives
+
+    max_ℓ |u_ℓ − uᶜ_ℓ|_∞ ≤ d = ν^{2L} ((1 + (L − 1)(ν + 1)) ε ρ_th + L β)
+
+(d_1 ≤ ε |x| + β, d_{ℓ+1} ≤ ν² d_ℓ + (ν + 1) ε ρ_th + β; for ν = 1 this is
+(2L − 1) ε ρ + L β, exact for L = 1 and below the L (2 ε ρ + β) of §11).
+
+The kernels compute in floating point; the codes compared are those of the
+*computed* ũ (the bits of ``tf.sector_codes``).  Since fl(ṽ + b) has the sign
+of ṽ + b, only the error of ṽ counts; for the transfer-form forward pass
+(sequential dot products, no FMA) it is at most
+``3 L (M + 2)² u ν^{2L+2} (S + B)`` per state (u = 2⁻⁵³; S the largest |x|,
+|ṽ_ℓ|, |t̃_ℓ| of the point, B = max |b_ℓ|).  With the stored ρ (the computed
+max(|x|, |t̃_ℓ|), rounded up to float32) and c = 32 L (M + 2)² u ν^{2L+2}
+(covering both states' errors and the exact-vs-computed ρ with a factor 2 to
+spare), a point is *safe* when
+
+    d(ρ') + c (ρ' + B) < m · (1 − 10⁻¹⁵),   ρ' = ν (1 + c) ρ + ν c B,
+
+m its stored margin (the computed min |ũᶜ|, rounded down to float32).  This is
+affine in ρ: ``A ρ + C0 < m·(1 − 10⁻¹⁵)``, with A and C0 computed per reference
+state and rounded up (:func:`bound_coefficients`).  ν comes from the Gram
+defect, ‖R‖₂² ≤ 1 + ‖RᵀR − I‖_F; ε, β, B from norms inflated by 10⁻¹¹ for
+their rounding.  When ε ≥ ½ nothing is claimed: every point is at risk.  A
+point with m = 0 (an exact zero pre-activation) is never safe.
+
+**At-risk search without an O(N) scan.**  Points are kept in *generations*:
+the points last checked at the same state (one after a full pass; each
+:func:`recheck` opens a new one at its state).  A generation stores, per
+point, (index int32, m float32, ρ float32) sorted by *margin bucket* — the
+float32 bits of m shifted right by 20: 8 buckets per octave, monotone in m, so
+a stable counting sort (O(K), parallel, thread-count independent) replaces a
+comparison sort — and per bucket the smallest m and the largest ρ.  Given θ,
+each generation's bound is ``A ρ + C0``; the scan walks buckets upwards and
+stops at the first bucket whose smallest m beats ``A ρ_max + C0`` (all later
+buckets are safe), skips buckets whose own largest ρ passes, and tests
+entries only in the others.  So the at-risk candidates are a prefix in
+margin, and an evaluation at which nothing is at risk costs O(generations ·
+L M²) — independent of N.  A point rechecked moves to the new generation; its
+old entry becomes a tombstone (``gen_of[p]`` no longer names that generation).
+A generation with fewer live entries than ``COMPACT_FRACTION`` of its entries
+is compacted (O(its size)); beyond ``GENERATIONS_MAX`` generations the
+smallest are re-checked at the current state and folded into the new one.
+
+Memory per point: group_of int32 + gen_of int32 + one live entry
+(int32 + 2 float32) = 20 bytes, plus tombstones until compaction and the
+groups (8 (L + M² + M + 2) bytes each).
+
+Determinism: the full pass sums chunks of ``_config.CHUNK_SIZE`` points and
+merges them in chunk order; rechecks process points in index order and groups
+in id order; the assembly sums fixed blocks of ``ASSEMBLY_BLOCK`` groups and
+adds the block sums in order.  Same bits for any thread count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# the only imports from the flat modules (re-point them after the move)
+from .. import _config
+from .. import _parallel
+from .._kernels_numba import add_slots, transfer_matrices
+from . import patterns as _k
+
+__all__ = ["PatternState", "full_pass", "at_risk", "recheck", "assemble", "counts", "bound_coefficients",
+           "margins"]
+
+# Tuning constants of the pattern engine (move to _config with the evaluator).
+#: Groups summed sequentially into one partial sum of the assembly.
+ASSEMBLY_BLOCK = 64
+#: At most this many generations (reference states) are kept.
+GENERATIONS_MAX = 16
+#: A generation is compacted when its live entries drop below this share.
+COMPACT_FRACTION = 0.5
+#: Scratch budget (bytes) of the chunk-local groups of one batch of the full pass.
+LOCALS_BUDGET_BYTES = 64 * 2**20
+#: Default cap on the memory of the groups (the full pass gives up beyond it).
+MAX_GROUP_BYTES = 2**30
+#: Safety factors of the bound (module docstring).
+ROUNDING_FACTOR = 32.0
+_INFLATE = 1.0 + 1e-11
+_SHRINK = 1.0 - 1e-15
+_U = 2.0 ** -53
+
+
+@dataclass
+class _Generation:
+    """Points last checked at the reference state (R, b), sorted by margin bucket."""
+
+    gid: int
+    R: np.ndarray
+    b: np.ndarray
+    idx: np.ndarray
+    m: np.ndarray
+    rho: np.ndarray
+    starts: np.ndarray
+    bmin: np.ndarray
+    bmax: np.ndarray
+    live: int
+    nu: float = 1.0
+    bnorm: float = 0.0
+
+    @property
+    def rhomax(self) -> float:
+        return float(self.bmax.max()) if self.bmax.size else 0.0
+
+
+@dataclass
+class PatternState:
+    """Groups (pattern, label) → (n, mean, scatter) and the per-point data of the bound."""
+
+    N: int
+    M: int
+    L: int
+    Q: int
+    group_of: np.ndarray
+    gen_of: np.ndarray
+    G: int
+    keys: np.ndarray
+    labs: np.ndarray
+    tn: np.ndarray
+    tmean: np.ndarray
+    tscat: np.ndarray
+    hslots: np.ndarray
+    gens: list = field(default_factory=list)
+    next_gen: int = 0
+    stats: dict = field(default_factory=lambda: {"full_passes": 0, "rechecked_points": 0, "moved_points": 0,
+                                                  "folded_points": 0, "compactions": 0})
+
+    @property
+    def patterns(self) -> np.ndarray:
+        return self.keys[:self.G]
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.labs[:self.G]
+
+    @property
+    def n(self) -> np.ndarray:
+        return self.tn[:self.G]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.tmean[:self.G]
+
+    @property
+    def scatter(self) -> np.ndarray:
+        return self.tscat[:self.G]
+
+    @property
+    def num_groups(self) -> int:
+        """Non-empty groups."""
+        return int(np.count_nonzero(self.tn[:self.G]))
+
+    def nbytes(self) -> int:
+        per_point = self.group_of.nbytes + self.gen_of.nbytes
+        entries = sum(g.idx.nbytes + g.m.nbytes + g.rho.nbytes for g in self.gens)
+        groups = sum(a.nbytes for a in (self.keys, self.labs, self.tn, self.tmean, self.tscat, self.hslots))
+        return per_point + entries + groups
+
+
+# ------------------------------------------------------------- helpers ---
+
+def _pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def _empty_state(N, M, L, Q, cap=16) -> PatternState:
+    st = PatternState(N, M, L, Q, np.empty(N, np.int32), np.zeros(N, np.int32), 0,
+                      np.empty((cap, L), np.uint64), np.empty(cap, np.int64), np.zeros(cap, np.int64),
+                      np.zeros((cap, M)), np.zeros((cap, M, M)), np.full(_pow2(2 * cap + 2), -1, np.int32))
+    return st
+
+
+def _reserve(st: PatternState, need: int) -> None:
+    """Capacity for ``need`` groups (amortised doubling; the hash table stays < half full)."""
+    cap = st.keys.shape[0]
+    if need <= cap:
+        return
+    new = max(need, 2 * cap)
+    for name in ("keys", "labs", "tn", "tmean", "tscat"):
+        old = getattr(st, name)
+        arr = np.zeros((new,) + old.shape[1:], dtype=old.dtype)
+        arr[:st.G] = old[:st.G]
+        setattr(st, name, arr)
+    st.hslots = np.full(_pow2(2 * new + 2), -1, np.int32)
+    _k.rehash(st.hslots, st.keys, st.labs, st.G)
+
+
+def _insert(st: PatternState, keys: np.ndarray, labs: np.ndarray) -> tuple[np.ndarray, int]:
+    """Global ids of the keys, inserting new ones; returns (gid, number of new groups)."""
+    gid, nnew = _k.lookup_keys(st.hslots, st.keys, st.labs, st.G, keys, labs)
+    if nnew:
+        _reserve(st, st.G + nnew)
+        st.G = _k.insert_new(st.hslots, st.keys, st.labs, st.tn, st.tmean, st.tscat, st.G, keys, labs, gid)
+    return gid, nnew
+
+
+def _norm_bound(R: np.ndarray) -> float:
+    """ν ≥ max_ℓ ‖R_ℓ‖₂ from the Gram defect: ‖R‖₂² ≤ 1 + ‖RᵀR − I‖_F (+ its rounding)."""
+    L, M, _ = R.shape
+    gram = np.einsum("lki,lkj->lij", R, R) - np.eye(M)
+    d = float(np.sqrt((gram * gram).sum(axis=(1, 2))).max()) if L else 0.0
+    # rounding of the Gram entries: ≤ γ_M per entry of |R|ᵀ|R|, whose Frobenius norm is ≤ ‖R‖_F² ≤ M ν²
+    return float(np.sqrt((1.0 + d * _INFLATE) / (1.0 - 4.0 * M * M * _U))) * _INFLATE
+
+
+def bound_coefficients(L: int, M: int, nu: float, eps: float, beta: float, bnorm: float) -> tuple[float, float]:
+    """(A, C0) of the sufficient test ``A ρ + C0 < m (1 − 10⁻¹⁵)`` (module docstring).
+
+    Returns (inf, inf) when ε ≥ ½ or any input is not finite: nothing is safe.
+    """
+    if not (eps < 0.5) or not np.isfinite(nu + beta + bnorm):
+        return np.inf, np.inf
+    p = nu ** (2 * L)
+    c = ROUNDING_FACTOR * L * (M + 2) ** 2 * _U * p * nu * nu
+    a1 = nu * (1.0 + c)
+    a0 = nu * c * bnorm
+    # d_1 ≤ ε ρ + β, d_{ℓ+1} ≤ ν² d_ℓ + (ν + 1) ε ρ + β  ⇒  d_L ≤ ν^{2L} ((1 + (L − 1)(ν + 1)) ε ρ + L β)
+    k1 = p * (1.0 + (L - 1) * (nu + 1.0)) * eps
+    k0 = L * p * beta
+    A = (k1 + c) * a1 * (1.0 + 1e-12)
+    C0 = (k1 * a0 + k0 + c * (a0 + bnorm)) * (1.0 + 1e-12)
+    return A, C0
+
+
+def _chunk_pieces(nchunks: int, chunk: int, N: int) -> np.ndarray:
+    """Row bounds of contiguous pieces of whole chunks (enough to feed the pool)."""
+    pieces = max(1, min(nchunks, 4 * _parallel.get_num_threads()))
+    cb = [(nchunks * i) // pieces for i in range(pieces + 1)]
+    return np.array([min(N, c * chunk) for c in cb], dtype=np.int64)
+
+
+def _make_generation(st: PatternState, R, b, m32, rho32, ids, chunk: int) -> _Generation:
+    """Bucket-sort the entries (ids[k] or k, m32[k], rho32[k]) into a new generation at (R, b)."""
+    K = m32.shape[0]
+    mbits = m32.view(np.uint32)
+    bounds = _chunk_pieces(max(1, (K + chunk - 1) // chunk), chunk, K)
+    P = bounds.shape[0] - 1
+    nbk = _k.NBUCKETS
+    hist = np.zeros((P, nbk), np.int64)
+    bmin = np.full((P, nbk), np.inf)
+    bmax = np.zeros((P, nbk))
+
+    def stats(a, c, _):
+        for r in range(a, c):
+            _k.bucket_stats_range(mbits, rho32, bounds[r], bounds[r + 1], hist[r], bmin[r], bmax[r], m32)
+
+    _parallel.run_ranges(stats, 0, P)
+    total = hist.sum(axis=0)
+    start = np.concatenate(([0], np.cumsum(total)[:-1]))
+    pos = start[None, :] + np.cumsum(hist, axis=0) - hist  # stable: pieces in row order
+    idx = np.empty(K, np.int32)
+    m = np.empty(K, np.float32)
+    rho = np.empty(K, np.float32)
+
+    def scatter(a, c, _):
+        for r in range(a, c):
+            _k.bucket_scatter_range(mbits, m32, rho32, ids, bounds[r], bounds[r + 1], pos[r], idx, m, rho)
+
+    _parallel.run_ranges(scatter, 0, P)
+    nonempty = np.flatnonzero(total)
+    starts = np.append(start[nonempty], K).astype(np.int64)
+    gen = _Generation(st.next_gen, R.copy(), b.copy(), idx, m, rho, starts, bmin.min(axis=0)[nonempty],
+                      bmax.max(axis=0)[nonempty], K, _norm_bound(R), float(np.sqrt((b * b).sum(axis=1)).max()))
+    st.next_gen += 1
+    return gen
+
+
+# ----------------------------------------------------------- interface ---
+
+def full_pass(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int, *,
+              max_groups: int | None = None) -> PatternState | None:
+    """Groups, margins and ρ of every point at (R, b) (§11); None when more than ``max_groups`` groups.
+
+    ``max_groups`` defaults to what fits in ``MAX_GROUP_BYTES``.  Inputs:
+    C-contiguous float64 R (L, M, M), b (L, M), X (N, M); int64 labels (N,).
+    """
+    N, M = X.shape
+    L = b.shape[0]
+    if max_groups is None:
+        max_groups = max(1, MAX_GROUP_BYTES // (8 * (L + M * M + M + 2)))
+    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+    S = transfer_matrices(R)
+    nchunks = (N + chunk - 1) // chunk
+    threads = _parallel.get_num_threads()
+    per_chunk = 8 * chunk * (L + 3 + M + M * M)
+    batch = int(max(1, min(nchunks, max(threads, LOCALS_BUDGET_BYTES // per_chunk))))
+    st = _empty_state(N, M, L, Q)
+    m32 = np.empty(N, np.float32)
+    rho32 = np.empty(N, np.float32)
+    lkeys = np.empty((batch, chunk, L), np.uint64)
+    llab = np.empty((batch, chunk), np.int64)
+    lcount = np.zeros(batch, np.int64)
+    go = st.group_of
+    for c0 in range(0, nchunks, batch):
+        nb = min(batch, nchunks - c0)
+        _parallel.run_ranges(lambda a, c, _: _k.pass_range(R, S, b, X, labels, a, c, chunk, block, c0, go, m32,
+                                                            rho32, lkeys, llab, lcount), c0, c0 + nb, split=4)
+        if int(lcount[:nb].max()) > max_groups:
+            return None
+        loff = np.zeros(nb + 1, np.int64)
+        np.cumsum(lcount[:nb], out=loff[1:])
+        keys, labs = _k.flatten_locals(lkeys, llab, lcount, nb, loff)
+        K = int(loff[nb])
+        ln, lmean, lscat = np.empty(K, np.int64), np.empty((K, M)), np.empty((K, M, M))
+        _parallel.run_ranges(lambda a, c, _: _k.local_moments_range(X, go, a, c, chunk, c0, loff, ln, lmean, lscat),
+                             c0, c0 + nb, split=4)
+        gid, nnew = _k.lookup_keys(st.hslots, st.keys, st.labs, st.G, keys, labs)
+        if st.G + nnew > max_groups:
+            return None
+        _reserve(st, st.G + nnew)
+        st.G = _k.insert_new(st.hslots, st.keys, st.labs, st.tn, st.tmean, st.tscat, st.G, keys, labs, gid)
+        _k.merge_moments(st.tn, st.tmean, st.tscat, gid, ln, lmean, lscat)
+        _parallel.run_ranges(lambda a, c, _: _k.remap_range(go, gid, loff, a, c, chunk, c0), c0, c0 + nb, split=4)
+    gen = _make_generation(st, R, b, m32, rho32, np.empty(0, np.int64), chunk)
+    st.gen_of[:] = gen.gid
+    st.gens = [gen]
+    st.stats["full_passes"] += 1
+    return st
+
+
+def _gen_coefficients(st: PatternState, R: np.ndarray, b: np.ndarray) -> list[tuple[float, float]]:
+    nu_now = _norm_bound(R)
+    bnow = float(np.sqrt((b * b).sum(axis=1)).max())
+    out = []
+    for gen in st.gens:
+        eps = float(np.sqrt(((R - gen.R) ** 2).sum(axis=(1, 2))).max()) * _INFLATE
+        beta = float(np.sqrt(((b - gen.b) ** 2).sum(axis=1)).max()) * _INFLATE
+        out.append(bound_coefficients(st.L, st.M, max(nu_now, gen.nu), eps, beta, max(bnow, gen.bnorm) * _INFLATE))
+    return out
+
+
+def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted indices of the points whose pattern the bound of §11 cannot certify at (R, b).
+
+    Every other point provably has, at (R, b), the pattern of its group.
+    """
+    found = []
+    for gen, (A, C0) in zip(st.gens, _gen_coefficients(st, R, b)):
+        if not np.isfinite(A) or not np.isfinite(C0):
+            found.append(_k.live_entries(gen.idx, st.gen_of, gen.gid))
+            continue
+        if gen.bmin.size == 0 or A * gen.rhomax + C0 < gen.bmin[0] * _SHRINK:
+            continue  # the common case: nothing of this generation is near its bound
+        found.append(_k.risk_scan(A, C0, _SHRINK, gen.starts, gen.bmin, gen.bmax, gen.rhomax, gen.idx, gen.m,
+                                  gen.rho, st.gen_of, gen.gid))
+    if not found:
+        return np.empty(0, np.int64)
+    out = np.concatenate(found)
+    out.sort()
+    return out
+
+
+def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: np.ndarray,
+            labels: np.ndarray) -> int:
+    """Forward pass of the points ``idx`` at (R, b): move those whose pattern changed, update the moments.
+
+    The points (and, beyond ``GENERATIONS_MAX``, the live points of the
+    smallest older generations) form a new generation with reference (R, b).
+    ``idx`` must hold distinct indices; returns the number of points that
+    changed group.
+    """
+    idx = np.unique(np.asarray(idx, dtype=np.int64))
+    if len(st.gens) + 1 > GENERATIONS_MAX:
+        sizes = sorted(range(len(st.gens)), key=lambda i: st.gens[i].live)
+        fold = sizes[:len(st.gens) + 1 - GENERATIONS_MAX]
+        extra = [_k.live_entries(st.gens[i].idx, st.gen_of, st.gens[i].gid) for i in fold]
+        st.stats["folded_points"] += int(sum(e.size for e in extra))
+        idx = np.unique(np.concatenate([idx] + extra))
+    K = idx.size
+    if K == 0:
+        return 0
+    chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+    Xg = np.ascontiguousarray(X[idx], dtype=np.float64)
+    labs = np.ascontiguousarray(labels[idx], dtype=np.int64)
+    S = transfer_matrices(R)
+    codes = np.empty((K, st.L), np.uint64)
+    m32 = np.empty(K, np.float32)
+    rho32 = np.empty(K, np.float32)
+    nch = (K + chunk - 1) // chunk
+    _parallel.run_ranges(lambda a, c, _: _k.stats_range(R, S, b, Xg, a, c, chunk, block, codes, m32, rho32),
+                         0, nch, split=4)
+    gid, _ = _insert(st, codes, labs)
+    moved = _k.move_points(Xg, idx, gid, st.group_of, st.tn, st.tmean, st.tscat)
+    # leave the old generations (their entries become tombstones), open the new one
+    old, cnt = np.unique(st.gen_of[idx], return_counts=True)
+    left = dict(zip(old.tolist(), cnt.tolist()))
+    gen = _make_generation(st, R, b, m32, rho32, idx, chunk)
+    st.gen_of[idx] = gen.gid
+    kept = []
+    for g in st.gens:
+        g.live -= left.get(g.gid, 0)
+        if g.live <= 0:
+            continue
+        if g.live < COMPACT_FRACTION * g.idx.size:
+            g.idx, g.m, g.rho = _k.compact_entries(g.idx, g.m, g.rho, st.gen_of, g.gid)
+            g.starts, g.bmin, g.bmax = _k.bucket_summary(g.m.view(np.uint32), g.m, g.rho)
+            st.stats["compactions"] += 1
+        kept.append(g)
+    st.gens = kept + [gen]
+    st.stats["rechecked_points"] += K
+    st.stats["moved_points"] += int(moved)
+    return int(moved)
+
+
+def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(loss, grad_b, omega) of the Euclidean loss from the groups (§11), as ``tf.gradient`` returns them.
+
+    ``C_E = 1/(2N) Σ [n |ē|² + tr(A_L C A_Lᵀ)]``, ``grad_b = −1/N Σ n (1 − h_ℓ) ⊙ r̄_ℓ``,
+    ``omega = P_A(G)/N`` with ``G_ℓ = Σ n ((h ⊙ r̄) v̄ᵀ − r̄ t̄ᵀ) + [D_ℓ, F_r C F_vᵀ]``.
+    """
+    L, M = st.L, st.M
+    G = st.G
+    blk = ASSEMBLY_BLOCK
+    nblk = max(1, (G + blk - 1) // blk)
+    ploss, pgb, pG = np.empty((nblk, 1)), np.empty((nblk, L, M)), np.empty((nblk, L, M, M))
+
+    def run(a, c, _):
+        _k.assemble_range(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, a, c, blk, 0,
+                          ploss[:, 0], pgb, pG)
+
+    if nblk == 1:
+        run(0, 1, 0)
+    else:
+        _parallel.run_ranges(run, 0, nblk, split=4)
+    loss, gb, Gm = np.zeros(1), np.zeros((L, M)), np.zeros((L, M, M))
+    add_slots(loss, ploss, nblk)
+    add_slots(gb, pgb, nblk)
+    add_slots(Gm, pG, nblk)
+    N = st.N
+    omega = 0.5 * (Gm - np.swapaxes(Gm, 1, 2)) / N
+    return float(loss[0]) / N, gb / N, omega
+
+
+def counts(st: PatternState) -> np.ndarray:
+    """(L, Q, 3) int64 untruncated / partial / fully truncated counts per layer and cluster (§2)."""
+    return _k.counts_from_groups(st.keys, st.labs, st.tn, st.G, st.M, st.Q)
+
+
+def margins(st: PatternState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-order (margin, ρ, reference generation id) of every point, for tests and diagnostics."""
+    m = np.empty(st.N, np.float32)
+    rho = np.empty(st.N, np.float32)
+    for g in st.gens:
+        live = st.gen_of[g.idx] == g.gid
+        m[g.idx[live]] = g.m[live]
+        rho[g.idx[live]] = g.rho[live]
+    return m, rho, st.gen_of.copy()
