@@ -468,3 +468,46 @@ def test_many_generations_stay_exact(rng):
             _check_assembly(st, R, b, X, labels, T)
     assert st.stats["rechecked_points"] < 0.5 * X.shape[0] * 3 * ps.GENERATIONS_MAX
     _check_assembly(st, R, b, X, labels, T)
+
+
+# ------------------------------------------------------------ (vi) C core ---
+
+def _c_available():
+    from truncfast._kernels import patterns_c
+
+    return patterns_c.available()
+
+
+@pytest.mark.skipif(not _c_available(), reason="C core with the pattern kernels not built")
+@pytest.mark.parametrize("M,L,kind", [(1, 1, "random"), (2, 2, "boundary"), (3, 4, "random"), (8, 3, "random"),
+                                      (8, 2, "boundary"), (20, 2, "random")])
+def test_c_equals_numba_bitwise(rng, M, L, kind):
+    from truncfast import _ccore
+
+    p = make_problem(rng, N=2 * CHUNK + 311, M=M, L=L, Q=3, kind=kind)
+    old = tf.get_num_threads()
+    try:
+        for threads in (1, 3):
+            tf.set_num_threads(threads)
+            before = dict(_ccore.calls)
+            sn = ps.full_pass(p.R, p.b, p.X, p.labels, 3, backend="numba")
+            sc = ps.full_pass(p.R, p.b, p.X, p.labels, 3, backend="c")
+            a = _snapshot(sn, p.R, p.b, p.targets)
+            c = _snapshot(sc, p.R, p.b, p.targets)
+            # the assembly of the C core on the same groups
+            lc, gc, oc = ps.assemble(sn, p.R, p.b, p.targets, backend="c")
+            for x, y in zip(a + a[-3:], c + [np.float64(lc), gc, oc]):
+                assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+            # rechecks at another state
+            Rt = np.array([_cayley(rng, M, 0.05) for _ in range(L)]) @ p.R
+            bt = p.b + 0.05
+            idx = ps.at_risk(sn, Rt, bt)
+            np.testing.assert_array_equal(idx, ps.at_risk(sc, Rt, bt))
+            ps.recheck(sn, idx, Rt, bt, p.X, p.labels, backend="numba")
+            ps.recheck(sc, idx, Rt, bt, p.X, p.labels, backend="c")
+            for x, y in zip(_snapshot(sn, Rt, bt, p.targets), _snapshot(sc, Rt, bt, p.targets)):
+                assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+            for name in ("pattern_pass", "pattern_moments", "pattern_assemble", "pattern_stats"):
+                assert _ccore.calls[name] > before.get(name, 0), name  # the C path did run
+    finally:
+        tf.set_num_threads(old)

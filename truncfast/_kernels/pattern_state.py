@@ -306,12 +306,22 @@ def _make_generation(st: PatternState, R, b, m32, rho32, ids, chunk: int) -> _Ge
 
 # ----------------------------------------------------------- interface ---
 
+def _c_kernels():
+    from . import patterns_c
+
+    if not patterns_c.available():
+        raise RuntimeError("the C core with the pattern kernels is not built")
+    return patterns_c
+
+
 def full_pass(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q: int, *,
-              max_groups: int | None = None) -> PatternState | None:
+              max_groups: int | None = None, backend: str = "numba") -> PatternState | None:
     """Groups, margins and ρ of every point at (R, b) (§11); None when more than ``max_groups`` groups.
 
     ``max_groups`` defaults to what fits in ``MAX_GROUP_BYTES``.  Inputs:
     C-contiguous float64 R (L, M, M), b (L, M), X (N, M); int64 labels (N,).
+    ``backend``: ``"numba"`` or ``"c"`` for the per-point phases (same bits);
+    merging, buckets and moves are Numba kernels either way.
     """
     N, M = X.shape
     L = b.shape[0]
@@ -332,8 +342,11 @@ def full_pass(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q
     go = st.group_of
     for c0 in range(0, nchunks, batch):
         nb = min(batch, nchunks - c0)
-        _parallel.run_ranges(lambda a, c, _: _k.pass_range(R, S, b, X, labels, a, c, chunk, block, c0, go, m32,
-                                                            rho32, lkeys, llab, lcount), c0, c0 + nb, split=4)
+        if backend == "c":
+            _c_kernels().pass_chunks(R, b, X, labels, chunk, c0, c0 + nb, go, m32, rho32, lkeys, llab, lcount)
+        else:
+            _parallel.run_ranges(lambda a, c, _: _k.pass_range(R, S, b, X, labels, a, c, chunk, block, c0, go, m32,
+                                                                rho32, lkeys, llab, lcount), c0, c0 + nb, split=4)
         if int(lcount[:nb].max()) > max_groups:
             return None
         loff = np.zeros(nb + 1, np.int64)
@@ -341,8 +354,11 @@ def full_pass(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q
         keys, labs = _k.flatten_locals(lkeys, llab, lcount, nb, loff)
         K = int(loff[nb])
         ln, lmean, lscat = np.empty(K, np.int64), np.empty((K, M)), np.empty((K, M, M))
-        _parallel.run_ranges(lambda a, c, _: _k.local_moments_range(X, go, a, c, chunk, c0, loff, ln, lmean, lscat),
-                             c0, c0 + nb, split=4)
+        if backend == "c":
+            _c_kernels().local_moments(X, go, chunk, c0, c0 + nb, loff, ln, lmean, lscat)
+        else:
+            _parallel.run_ranges(lambda a, c, _: _k.local_moments_range(X, go, a, c, chunk, c0, loff, ln, lmean,
+                                                                         lscat), c0, c0 + nb, split=4)
         gid, nnew = _k.lookup_keys(st.hslots, st.keys, st.labs, st.G, keys, labs)
         if st.G + nnew > max_groups:
             return None
@@ -390,7 +406,7 @@ def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: np.ndarray,
-            labels: np.ndarray) -> int:
+            labels: np.ndarray, *, backend: str = "numba") -> int:
     """Forward pass of the points ``idx`` at (R, b): move those whose pattern changed, update the moments.
 
     The points (and, beyond ``GENERATIONS_MAX``, the live points of the
@@ -416,8 +432,11 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
     m32 = np.empty(K, np.float32)
     rho32 = np.empty(K, np.float32)
     nch = (K + chunk - 1) // chunk
-    _parallel.run_ranges(lambda a, c, _: _k.stats_range(R, S, b, Xg, a, c, chunk, block, codes, m32, rho32),
-                         0, nch, split=4)
+    if backend == "c":
+        _c_kernels().stats(R, b, Xg, chunk, codes, m32, rho32)
+    else:
+        _parallel.run_ranges(lambda a, c, _: _k.stats_range(R, S, b, Xg, a, c, chunk, block, codes, m32, rho32),
+                             0, nch, split=4)
     gid, _ = _insert(st, codes, labs)
     moved = _k.move_points(Xg, idx, gid, st.group_of, st.tn, st.tmean, st.tscat)
     # leave the old generations (their entries become tombstones), open the new one
@@ -441,7 +460,8 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
     return int(moved)
 
 
-def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray, *,
+             backend: str = "numba") -> tuple[float, np.ndarray, np.ndarray]:
     """(loss, grad_b, omega) of the Euclidean loss from the groups (§11), as ``tf.gradient`` returns them.
 
     ``C_E = 1/(2N) Σ [n |ē|² + tr(A_L C A_Lᵀ)]``, ``grad_b = −1/N Σ n (1 − h_ℓ) ⊙ r̄_ℓ``,
@@ -450,6 +470,10 @@ def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray
     L, M = st.L, st.M
     G = st.G
     blk = ASSEMBLY_BLOCK
+    N = st.N
+    if backend == "c":
+        loss, gb, Gm = _c_kernels().assemble(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, blk)
+        return loss / N, gb / N, 0.5 * (Gm - np.swapaxes(Gm, 1, 2)) / N
     nblk = max(1, (G + blk - 1) // blk)
     ploss, pgb, pG = np.empty((nblk, 1)), np.empty((nblk, L, M)), np.empty((nblk, L, M, M))
 
@@ -465,7 +489,6 @@ def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray
     add_slots(loss, ploss, nblk)
     add_slots(gb, pgb, nblk)
     add_slots(Gm, pG, nblk)
-    N = st.N
     omega = 0.5 * (Gm - np.swapaxes(Gm, 1, 2)) / N
     return float(loss[0]) / N, gb / N, omega
 
