@@ -663,3 +663,6 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
     free(part);
     return TF_OK;
 }
+
+/* ------------------------------------------ pattern form (THEORY 11) ---- */
+#include "tf_patterns.inc"

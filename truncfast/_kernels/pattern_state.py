@@ -42,7 +42,10 @@ The kernels compute in floating point; the codes compared are those of the
 of ṽ + b, only the error of ṽ counts; for the transfer-form forward pass
 (sequential dot products, no FMA) it is at most
 ``3 L (M + 2)² u ν^{2L+2} (S + B)`` per state (u = 2⁻⁵³; S the largest |x|,
-|ṽ_ℓ|, |t̃_ℓ| of the point, B = max |b_ℓ|).  With the stored ρ (the computed
+|t̃_ℓ| of the point — |ṽ_ℓ| ≤ 1.01 ν² S is folded into the power of ν —,
+B = max |b_ℓ|; each layer adds γ_M ‖S̃_ℓ‖_F |t̃| for the product, γ_M M |t̃|
+for the rounding of S̃_ℓ = fl(R_{ℓ+1} R_ℓᵀ), 2u (|ṽ| + |b|) for t̃ = fl(fl(ṽ + b) − b),
+and propagates the error before it with factor ν²).  With the stored ρ (the computed
 max(|x|, |t̃_ℓ|), rounded up to float32) and c = 32 L (M + 2)² u ν^{2L+2}
 (covering both states' errors and the exact-vs-computed ρ with a factor 2 to
 spare), a point is *safe* when
@@ -95,6 +98,8 @@ from .. import _config
 from .. import _parallel
 from .._kernels_numba import add_slots, transfer_matrices
 from . import patterns as _k
+from . import patterns_assembly as _a
+from . import patterns_risk as _r
 
 __all__ = ["PatternState", "full_pass", "at_risk", "recheck", "assemble", "counts", "bound_coefficients",
            "margins"]
@@ -274,14 +279,14 @@ def _make_generation(st: PatternState, R, b, m32, rho32, ids, chunk: int) -> _Ge
     mbits = m32.view(np.uint32)
     bounds = _chunk_pieces(max(1, (K + chunk - 1) // chunk), chunk, K)
     P = bounds.shape[0] - 1
-    nbk = _k.NBUCKETS
+    nbk = _r.NBUCKETS
     hist = np.zeros((P, nbk), np.int64)
     bmin = np.full((P, nbk), np.inf)
     bmax = np.zeros((P, nbk))
 
     def stats(a, c, _):
         for r in range(a, c):
-            _k.bucket_stats_range(mbits, rho32, bounds[r], bounds[r + 1], hist[r], bmin[r], bmax[r], m32)
+            _r.bucket_stats_range(mbits, rho32, bounds[r], bounds[r + 1], hist[r], bmin[r], bmax[r], m32)
 
     _parallel.run_ranges(stats, 0, P)
     total = hist.sum(axis=0)
@@ -293,7 +298,7 @@ def _make_generation(st: PatternState, R, b, m32, rho32, ids, chunk: int) -> _Ge
 
     def scatter(a, c, _):
         for r in range(a, c):
-            _k.bucket_scatter_range(mbits, m32, rho32, ids, bounds[r], bounds[r + 1], pos[r], idx, m, rho)
+            _r.bucket_scatter_range(mbits, m32, rho32, ids, bounds[r], bounds[r + 1], pos[r], idx, m, rho)
 
     _parallel.run_ranges(scatter, 0, P)
     nonempty = np.flatnonzero(total)
@@ -392,11 +397,11 @@ def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray) -> np.ndarray:
     found = []
     for gen, (A, C0) in zip(st.gens, _gen_coefficients(st, R, b)):
         if not np.isfinite(A) or not np.isfinite(C0):
-            found.append(_k.live_entries(gen.idx, st.gen_of, gen.gid))
+            found.append(_r.live_entries(gen.idx, st.gen_of, gen.gid))
             continue
         if gen.bmin.size == 0 or A * gen.rhomax + C0 < gen.bmin[0] * _SHRINK:
             continue  # the common case: nothing of this generation is near its bound
-        found.append(_k.risk_scan(A, C0, _SHRINK, gen.starts, gen.bmin, gen.bmax, gen.rhomax, gen.idx, gen.m,
+        found.append(_r.risk_scan(A, C0, _SHRINK, gen.starts, gen.bmin, gen.bmax, gen.rhomax, gen.idx, gen.m,
                                   gen.rho, st.gen_of, gen.gid))
     if not found:
         return np.empty(0, np.int64)
@@ -418,7 +423,7 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
     if len(st.gens) + 1 > GENERATIONS_MAX:
         sizes = sorted(range(len(st.gens)), key=lambda i: st.gens[i].live)
         fold = sizes[:len(st.gens) + 1 - GENERATIONS_MAX]
-        extra = [_k.live_entries(st.gens[i].idx, st.gen_of, st.gens[i].gid) for i in fold]
+        extra = [_r.live_entries(st.gens[i].idx, st.gen_of, st.gens[i].gid) for i in fold]
         st.stats["folded_points"] += int(sum(e.size for e in extra))
         idx = np.unique(np.concatenate([idx] + extra))
     K = idx.size
@@ -450,8 +455,8 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
         if g.live <= 0:
             continue
         if g.live < COMPACT_FRACTION * g.idx.size:
-            g.idx, g.m, g.rho = _k.compact_entries(g.idx, g.m, g.rho, st.gen_of, g.gid)
-            g.starts, g.bmin, g.bmax = _k.bucket_summary(g.m.view(np.uint32), g.m, g.rho)
+            g.idx, g.m, g.rho = _r.compact_entries(g.idx, g.m, g.rho, st.gen_of, g.gid)
+            g.starts, g.bmin, g.bmax = _r.bucket_summary(g.m.view(np.uint32), g.m, g.rho)
             st.stats["compactions"] += 1
         kept.append(g)
     st.gens = kept + [gen]
@@ -478,7 +483,7 @@ def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray
     ploss, pgb, pG = np.empty((nblk, 1)), np.empty((nblk, L, M)), np.empty((nblk, L, M, M))
 
     def run(a, c, _):
-        _k.assemble_range(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, a, c, blk, 0,
+        _a.assemble_range(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, a, c, blk, 0,
                           ploss[:, 0], pgb, pG)
 
     if nblk == 1:
@@ -495,7 +500,7 @@ def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray
 
 def counts(st: PatternState) -> np.ndarray:
     """(L, Q, 3) int64 untruncated / partial / fully truncated counts per layer and cluster (§2)."""
-    return _k.counts_from_groups(st.keys, st.labs, st.tn, st.G, st.M, st.Q)
+    return _a.counts_from_groups(st.keys, st.labs, st.tn, st.G, st.M, st.Q)
 
 
 def margins(st: PatternState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

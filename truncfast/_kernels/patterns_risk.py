@@ -1,0 +1,141 @@
+"""Numba kernels of the at-risk search (docs/theory.md §11): margin buckets and the bound scan.
+
+A generation's entries (point index, margin m, ρ) are stable-counting-sorted by
+bucket — the float32 bits of m shifted right by ``BUCKET_SHIFT`` (8 exponent
+bits and the top 3 mantissa bits: 8 buckets per octave, monotone in m) — with
+the smallest m and the largest ρ of each bucket.  ``risk_scan`` then visits
+only the prefix of buckets the bound can reach (see ``pattern_state``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["NBUCKETS", "BUCKET_SHIFT", "bucket_stats_range", "bucket_scatter_range", "bucket_summary",
+           "risk_scan", "live_entries", "compact_entries"]
+
+#: Margin buckets: the float32 bits of m shifted right by this.
+BUCKET_SHIFT = 20
+NBUCKETS = 1 << (31 - BUCKET_SHIFT)
+
+
+@njit(cache=True, nogil=True)
+def bucket_stats_range(mbits, rho, lo, hi, hist, bmin, bmax, mvals):
+    """Histogram of bucket keys (mbits >> BUCKET_SHIFT) of entries lo..hi-1, with per-bucket min m and max ρ."""
+    for n in range(lo, hi):
+        q = mbits[n] >> BUCKET_SHIFT
+        hist[q] += 1
+        m = np.float64(mvals[n])
+        if m < bmin[q]:
+            bmin[q] = m
+        r = np.float64(rho[n])
+        if r > bmax[q]:
+            bmax[q] = r
+
+
+@njit(cache=True, nogil=True)
+def bucket_scatter_range(mbits, m, rho, ids, lo, hi, pos, out_idx, out_m, out_rho):
+    """Stable counting-sort scatter of entries lo..hi-1 by bucket; ``pos`` = next free position per bucket.
+
+    The entry's point id is ids[n], or n itself when ids is empty.
+    """
+    ident = ids.shape[0] == 0
+    for n in range(lo, hi):
+        q = mbits[n] >> BUCKET_SHIFT
+        j = pos[q]
+        pos[q] = j + 1
+        out_idx[j] = n if ident else ids[n]
+        out_m[j] = m[n]
+        out_rho[j] = rho[n]
+
+
+@njit(cache=True, nogil=True)
+def bucket_summary(mbits, m, rho):
+    """For bucket-sorted entries: (starts (nb+1,), min m (nb,), max ρ (nb,)) of the non-empty buckets."""
+    K = m.shape[0]
+    starts = np.empty(K + 1, dtype=np.int64)
+    bmin = np.empty(K)
+    bmax = np.empty(K)
+    nb = 0
+    prev = np.uint32(0xFFFFFFFF)
+    for n in range(K):
+        q = mbits[n] >> BUCKET_SHIFT
+        if nb == 0 or q != prev:
+            starts[nb] = n
+            bmin[nb] = np.float64(m[n])
+            bmax[nb] = np.float64(rho[n])
+            nb += 1
+            prev = q
+        else:
+            if m[n] < bmin[nb - 1]:
+                bmin[nb - 1] = np.float64(m[n])
+            if rho[n] > bmax[nb - 1]:
+                bmax[nb - 1] = np.float64(rho[n])
+    starts[nb] = K
+    return starts[:nb + 1].copy(), bmin[:nb].copy(), bmax[:nb].copy()
+
+
+@njit(cache=True, nogil=True)
+def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, gen_id):
+    """Points of one generation that the bound cannot prove safe.
+
+    Entry s is safe when ``A ρ_s + C0 < m_s · shrink``.  Buckets come in
+    increasing m; the scan stops at the first bucket whose smallest margin
+    beats the bound for the generation's largest ρ (every later bucket is then
+    safe), skips buckets safe for their own largest ρ, and tests the entries
+    of the others one by one.  Tombstones (entries whose point moved to
+    another generation, gen_of ≠ gen_id) are skipped.
+    """
+    lim = A * rhomax + C0
+    nbk = starts.shape[0] - 1
+    q_end = 0
+    while q_end < nbk and not (lim < bmin[q_end] * shrink):
+        q_end += 1
+    out = np.empty(starts[q_end], dtype=np.int64)
+    no = 0
+    for q in range(q_end):
+        if A * bmax[q] + C0 < bmin[q] * shrink:
+            continue
+        for s in range(starts[q], starts[q + 1]):
+            p = idx[s]
+            if gen_of[p] != gen_id:
+                continue
+            if not (A * np.float64(rho[s]) + C0 < np.float64(m[s]) * shrink):
+                out[no] = p
+                no += 1
+    return out[:no]
+
+
+@njit(cache=True, nogil=True)
+def live_entries(idx, gen_of, gen_id):
+    """Point ids of the live entries of a generation, in entry order."""
+    out = np.empty(idx.shape[0], dtype=np.int64)
+    no = 0
+    for s in range(idx.shape[0]):
+        if gen_of[idx[s]] == gen_id:
+            out[no] = idx[s]
+            no += 1
+    return out[:no]
+
+
+@njit(cache=True, nogil=True)
+def compact_entries(idx, m, rho, gen_of, gen_id):
+    """The live entries (order kept, hence still bucket-sorted)."""
+    K = idx.shape[0]
+    keep = np.empty(K, dtype=np.bool_)
+    n = 0
+    for s in range(K):
+        keep[s] = gen_of[idx[s]] == gen_id
+        n += keep[s]
+    oi = np.empty(n, dtype=idx.dtype)
+    om = np.empty(n, dtype=m.dtype)
+    orho = np.empty(n, dtype=rho.dtype)
+    j = 0
+    for s in range(K):
+        if keep[s]:
+            oi[j] = idx[s]
+            om[j] = m[s]
+            orho[j] = rho[s]
+            j += 1
+    return oi, om, orho
