@@ -117,9 +117,7 @@ LOCALS_BUDGET_BYTES = 64 * 2**20
 MAX_GROUP_BYTES = 2**30
 #: Safety factors of the bound (module docstring).
 ROUNDING_FACTOR = 32.0
-_INFLATE = 1.0 + 1e-11
 _SHRINK = 1.0 - 1e-15
-_U = 2.0 ** -53
 
 
 @dataclass
@@ -138,10 +136,7 @@ class _Generation:
     live: int
     nu: float = 1.0
     bnorm: float = 0.0
-
-    @property
-    def rhomax(self) -> float:
-        return float(self.bmax.max()) if self.bmax.size else 0.0
+    rhomax: float = 0.0
 
 
 @dataclass
@@ -162,6 +157,7 @@ class PatternState:
     tscat: np.ndarray
     hslots: np.ndarray
     gens: list = field(default_factory=list)
+    refs: tuple = ()
     next_gen: int = 0
     stats: dict = field(default_factory=lambda: {"full_passes": 0, "rechecked_points": 0, "moved_points": 0,
                                                   "folded_points": 0, "compactions": 0})
@@ -239,31 +235,16 @@ def _insert(st: PatternState, keys: np.ndarray, labs: np.ndarray) -> tuple[np.nd
 
 
 def _norm_bound(R: np.ndarray) -> float:
-    """ν ≥ max_ℓ ‖R_ℓ‖₂ from the Gram defect: ‖R‖₂² ≤ 1 + ‖RᵀR − I‖_F (+ its rounding)."""
-    L, M, _ = R.shape
-    gram = np.einsum("lki,lkj->lij", R, R) - np.eye(M)
-    d = float(np.sqrt((gram * gram).sum(axis=(1, 2))).max()) if L else 0.0
-    # rounding of the Gram entries: ≤ γ_M per entry of |R|ᵀ|R|, whose Frobenius norm is ≤ ‖R‖_F² ≤ M ν²
-    return float(np.sqrt((1.0 + d * _INFLATE) / (1.0 - 4.0 * M * M * _U))) * _INFLATE
+    """ν ≥ max_ℓ ‖R_ℓ‖₂ (``patterns_risk.norm_bound``)."""
+    return float(_r.norm_bound(R))
 
 
 def bound_coefficients(L: int, M: int, nu: float, eps: float, beta: float, bnorm: float) -> tuple[float, float]:
     """(A, C0) of the sufficient test ``A ρ + C0 < m (1 − 10⁻¹⁵)`` (module docstring).
 
-    Returns (inf, inf) when ε ≥ ½ or any input is not finite: nothing is safe.
+    (inf, inf) when ε ≥ ½ or an input is not finite: nothing is safe.
     """
-    if not (eps < 0.5) or not np.isfinite(nu + beta + bnorm):
-        return np.inf, np.inf
-    p = nu ** (2 * L)
-    c = ROUNDING_FACTOR * L * (M + 2) ** 2 * _U * p * nu * nu
-    a1 = nu * (1.0 + c)
-    a0 = nu * c * bnorm
-    # d_1 ≤ ε ρ + β, d_{ℓ+1} ≤ ν² d_ℓ + (ν + 1) ε ρ + β  ⇒  d_L ≤ ν^{2L} ((1 + (L − 1)(ν + 1)) ε ρ + L β)
-    k1 = p * (1.0 + (L - 1) * (nu + 1.0)) * eps
-    k0 = L * p * beta
-    A = (k1 + c) * a1 * (1.0 + 1e-12)
-    C0 = (k1 * a0 + k0 + c * (a0 + bnorm)) * (1.0 + 1e-12)
-    return A, C0
+    return _r.bound_coefficients(L, M, float(nu), float(eps), float(beta), float(bnorm), ROUNDING_FACTOR)
 
 
 def _chunk_pieces(nchunks: int, chunk: int, N: int) -> np.ndarray:
@@ -303,8 +284,10 @@ def _make_generation(st: PatternState, R, b, m32, rho32, ids, chunk: int) -> _Ge
     _parallel.run_ranges(scatter, 0, P)
     nonempty = np.flatnonzero(total)
     starts = np.append(start[nonempty], K).astype(np.int64)
-    gen = _Generation(st.next_gen, R.copy(), b.copy(), idx, m, rho, starts, bmin.min(axis=0)[nonempty],
-                      bmax.max(axis=0)[nonempty], K, _norm_bound(R), float(np.sqrt((b * b).sum(axis=1)).max()))
+    gmax = bmax.max(axis=0)[nonempty]
+    gen = _Generation(st.next_gen, R.copy(), b.copy(), idx, m, rho, starts, bmin.min(axis=0)[nonempty], gmax, K,
+                      _norm_bound(R), float(np.sqrt((b * b).sum(axis=1)).max()),
+                      float(gmax.max()) if gmax.size else 0.0)
     st.next_gen += 1
     return gen
 
@@ -374,35 +357,42 @@ def full_pass(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q
     gen = _make_generation(st, R, b, m32, rho32, np.empty(0, np.int64), chunk)
     st.gen_of[:] = gen.gid
     st.gens = [gen]
+    _refresh_refs(st)
     st.stats["full_passes"] += 1
     return st
 
 
-def _gen_coefficients(st: PatternState, R: np.ndarray, b: np.ndarray) -> list[tuple[float, float]]:
-    nu_now = _norm_bound(R)
-    bnow = float(np.sqrt((b * b).sum(axis=1)).max())
-    out = []
-    for gen in st.gens:
-        eps = float(np.sqrt(((R - gen.R) ** 2).sum(axis=(1, 2))).max()) * _INFLATE
-        beta = float(np.sqrt(((b - gen.b) ** 2).sum(axis=1)).max()) * _INFLATE
-        out.append(bound_coefficients(st.L, st.M, max(nu_now, gen.nu), eps, beta, max(bnow, gen.bnorm) * _INFLATE))
-    return out
+def _refresh_refs(st: PatternState) -> None:
+    """Stack the generations' reference data for :func:`at_risk` (after any change of ``st.gens``)."""
+    gens = st.gens
+    st.refs = (np.array([g.R for g in gens]).reshape(len(gens), st.L, st.M, st.M),
+               np.array([g.b for g in gens]).reshape(len(gens), st.L, st.M),
+               np.array([g.nu for g in gens]), np.array([g.bnorm for g in gens]),
+               np.array([g.rhomax for g in gens]),
+               np.array([g.bmin[0] if g.bmin.size else np.inf for g in gens]))
 
 
 def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Sorted indices of the points whose pattern the bound of §11 cannot certify at (R, b).
 
-    Every other point provably has, at (R, b), the pattern of its group.
+    Every other point provably has, at (R, b), the pattern of its group.  Cost
+    when nothing is at risk: one compiled pass over the (generations, L, M, M)
+    reference stack, independent of N.
     """
+    Rs, bs, nus, bns, rhomax, bmin0 = st.refs
+    ng = len(st.gens)
+    A, C0 = np.empty(ng), np.empty(ng)
+    _r.reference_coefficients(R, b, Rs, bs, nus, bns, ROUNDING_FACTOR, A, C0)
+    with np.errstate(invalid="ignore"):  # inf · 0 when a generation has ρ_max = 0: not quiet
+        quiet = A * rhomax + C0 < bmin0 * _SHRINK  # the common case: nothing of the generation near its bound
     found = []
-    for gen, (A, C0) in zip(st.gens, _gen_coefficients(st, R, b)):
-        if not np.isfinite(A) or not np.isfinite(C0):
+    for i in np.flatnonzero(~quiet):
+        gen = st.gens[i]
+        if not np.isfinite(A[i]):
             found.append(_r.live_entries(gen.idx, st.gen_of, gen.gid))
-            continue
-        if gen.bmin.size == 0 or A * gen.rhomax + C0 < gen.bmin[0] * _SHRINK:
-            continue  # the common case: nothing of this generation is near its bound
-        found.append(_r.risk_scan(A, C0, _SHRINK, gen.starts, gen.bmin, gen.bmax, gen.rhomax, gen.idx, gen.m,
-                                  gen.rho, st.gen_of, gen.gid))
+        else:
+            found.append(_r.risk_scan(float(A[i]), float(C0[i]), _SHRINK, gen.starts, gen.bmin, gen.bmax,
+                                      gen.rhomax, gen.idx, gen.m, gen.rho, st.gen_of, gen.gid))
     if not found:
         return np.empty(0, np.int64)
     out = np.concatenate(found)
@@ -457,9 +447,11 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
         if g.live < COMPACT_FRACTION * g.idx.size:
             g.idx, g.m, g.rho = _r.compact_entries(g.idx, g.m, g.rho, st.gen_of, g.gid)
             g.starts, g.bmin, g.bmax = _r.bucket_summary(g.m.view(np.uint32), g.m, g.rho)
+            g.rhomax = float(g.bmax.max()) if g.bmax.size else 0.0
             st.stats["compactions"] += 1
         kept.append(g)
     st.gens = kept + [gen]
+    _refresh_refs(st)
     st.stats["rechecked_points"] += K
     st.stats["moved_points"] += int(moved)
     return int(moved)

@@ -4,7 +4,9 @@ A generation's entries (point index, margin m, ρ) are stable-counting-sorted by
 bucket — the float32 bits of m shifted right by ``BUCKET_SHIFT`` (8 exponent
 bits and the top 3 mantissa bits: 8 buckets per octave, monotone in m) — with
 the smallest m and the largest ρ of each bucket.  ``risk_scan`` then visits
-only the prefix of buckets the bound can reach (see ``pattern_state``).
+only the prefix of buckets the bound can reach (see ``pattern_state``);
+``reference_coefficients`` gives the bound's coefficients for every reference
+state at once (the derivation is in ``pattern_state``'s docstring).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 from numba import njit
 
 __all__ = ["NBUCKETS", "BUCKET_SHIFT", "bucket_stats_range", "bucket_scatter_range", "bucket_summary",
-           "risk_scan", "live_entries", "compact_entries"]
+           "risk_scan", "live_entries", "compact_entries", "bound_coefficients", "norm_bound",
+           "reference_coefficients"]
 
 #: Margin buckets: the float32 bits of m shifted right by this.
 BUCKET_SHIFT = 20
@@ -139,3 +142,97 @@ def compact_entries(idx, m, rho, gen_of, gen_id):
             orho[j] = rho[s]
             j += 1
     return oi, om, orho
+
+
+# --------------------------------------------------------------- bound ---
+
+_U = 2.0 ** -53
+#: Relative inflation of computed norms (their rounding: ≤ (M² + 3) u, M ≤ 64).
+INFLATE = 1.0 + 1e-11
+
+
+@njit(cache=True, nogil=True)
+def bound_coefficients(L, M, nu, eps, beta, bnorm, rounding):
+    """(A, C0) of the sufficient test ``A ρ + C0 < m (1 − 10⁻¹⁵)``; (inf, inf) when ε ≥ ½ or not finite.
+
+    ``rounding`` is the safety factor of the floating-point term (see
+    ``pattern_state``): c = rounding · L (M + 2)² u ν^{2L+2}.
+    """
+    if not (eps < 0.5):
+        return np.inf, np.inf
+    p = nu ** (2 * L)
+    c = rounding * L * (M + 2) ** 2 * _U * p * nu * nu
+    a1 = nu * (1.0 + c)
+    a0 = nu * c * bnorm
+    # d_1 ≤ ε ρ + β, d_{ℓ+1} ≤ ν² d_ℓ + (ν + 1) ε ρ + β  ⇒  d_L ≤ ν^{2L} ((1 + (L − 1)(ν + 1)) ε ρ + L β)
+    k1 = p * (1.0 + (L - 1) * (nu + 1.0)) * eps
+    k0 = L * p * beta
+    A = (k1 + c) * a1 * (1.0 + 1e-12)
+    C0 = (k1 * a0 + k0 + c * (a0 + bnorm)) * (1.0 + 1e-12)
+    if not (np.isfinite(A) and np.isfinite(C0)):
+        return np.inf, np.inf
+    return A, C0
+
+
+@njit(cache=True, nogil=True)
+def norm_bound(R):
+    """ν ≥ max_ℓ ‖R_ℓ‖₂ from the Gram defect: ‖R‖₂² ≤ 1 + ‖RᵀR − I‖_F, plus the Gram's rounding.
+
+    The computed Gram entries are off by ≤ γ_M (|R|ᵀ|R|)_ij, whose Frobenius
+    norm is ≤ ‖R‖_F² ≤ M ν²: hence the division by 1 − 4 M² u.
+    """
+    L, M, _ = R.shape
+    dmax = 0.0
+    for l in range(L):
+        d2 = 0.0
+        for i in range(M):
+            for j in range(M):
+                s = 0.0
+                for k in range(M):
+                    s += R[l, k, i] * R[l, k, j]
+                if i == j:
+                    s -= 1.0
+                d2 += s * s
+        dmax = max(dmax, np.sqrt(d2))
+    return np.sqrt((1.0 + dmax * INFLATE) / (1.0 - 4.0 * M * M * _U)) * INFLATE
+
+
+@njit(cache=True, nogil=True)
+def _bnorm(b):
+    m = 0.0
+    for l in range(b.shape[0]):
+        s = 0.0
+        for i in range(b.shape[1]):
+            s += b[l, i] * b[l, i]
+        m = max(m, np.sqrt(s))
+    return m
+
+
+@njit(cache=True, nogil=True)
+def reference_coefficients(R, b, Rs, bs, nus, bns, rounding, A, C0):
+    """(A[g], C0[g]) of the bound between the state (R, b) and each reference (Rs[g], bs[g]).
+
+    ε = max_ℓ ‖R_ℓ − Rs[g]_ℓ‖_F, β = max_ℓ |b_ℓ − bs[g]_ℓ|, ν and B the larger of
+    the two states' (ν of the references precomputed in ``nus``, B in ``bns``),
+    every norm inflated by ``INFLATE`` for its rounding.
+    """
+    L, M = b.shape
+    nu_now = norm_bound(R)
+    bnow = _bnorm(b)
+    for g in range(Rs.shape[0]):
+        eps = 0.0
+        beta = 0.0
+        for l in range(L):
+            s = 0.0
+            for i in range(M):
+                for k in range(M):
+                    d = R[l, i, k] - Rs[g, l, i, k]
+                    s += d * d
+            eps = max(eps, np.sqrt(s))
+            s = 0.0
+            for i in range(M):
+                d = b[l, i] - bs[g, l, i]
+                s += d * d
+            beta = max(beta, np.sqrt(s))
+        A[g], C0[g] = bound_coefficients(L, M, max(nu_now, nus[g]), eps * INFLATE, beta * INFLATE,
+                                         max(bnow, bns[g]) * INFLATE, rounding)
