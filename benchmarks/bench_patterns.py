@@ -13,8 +13,8 @@ evaluated on all N points.  Times are the minimum over the repeats (the machine
 is shared); thread count: ``tf.get_num_threads()``.
 
 The loop is a prototype of what the evaluator will do, not the evaluator: every
-step ``at_risk``; a full pass when more than ``--full-share`` of the points are
-at risk, else ``recheck``; ``assemble``; then R ← exp(−dt Ω) R (truncfast's
+step ``at_risk`` (stopping early beyond ``--full-share`` of the points); a full
+pass when more than that share is at risk, else ``recheck``; ``assemble``; then R ← exp(−dt Ω) R (truncfast's
 compiled expm), b ← b − dt ∇_b.
 """
 
@@ -108,10 +108,10 @@ def loop(N: int, steps: int, dt: float, share: float, backend: str, direct: bool
     passes, rechecked, moved = 1, 0, 0
     for _ in range(steps):
         t = time.perf_counter()
-        idx = ps.at_risk(st, R, b)
+        idx = ps.at_risk(st, R, b, limit=int(share * N))
         times["at_risk"] += time.perf_counter() - t
         t = time.perf_counter()
-        if idx.size > share * N:
+        if idx is None:
             moved += st.stats["moved_points"]
             st = ps.full_pass(R, b, X, lab, 2, backend=backend)
             passes += 1

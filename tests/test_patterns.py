@@ -541,3 +541,16 @@ def test_c_equals_numba_bitwise(rng, M, L, kind):
                 assert _ccore.calls[name] > before.get(name, 0), name  # the C path did run
     finally:
         tf.set_num_threads(old)
+
+
+def test_at_risk_limit(rng):
+    p = make_problem(rng, N=3000, M=3, L=3, Q=2)
+    st = ps.full_pass(p.R, p.b, p.X, p.labels, 2)
+    ps.recheck(st, np.arange(0, 3000, 7), p.R, p.b + 1e-3, p.X, p.labels)  # two generations
+    for eps in (1e-3, 3e-2, 0.7):
+        Rt = np.array([_cayley(rng, 3, eps) for _ in range(3)]) @ p.R
+        full = ps.at_risk(st, Rt, p.b + eps)
+        assert full.size > 0
+        np.testing.assert_array_equal(ps.at_risk(st, Rt, p.b + eps, limit=full.size), full)
+        assert ps.at_risk(st, Rt, p.b + eps, limit=full.size - 1) is None
+        assert ps.at_risk(st, Rt, p.b + eps, limit=0) is None

@@ -141,7 +141,18 @@ class _Generation:
 
 @dataclass
 class PatternState:
-    """Groups (pattern, label) → (n, mean, scatter) and the per-point data of the bound."""
+    """Groups (pattern, label) → (n, mean, scatter) and the per-point data of the bound.
+
+    Per point: ``group_of`` (N,) int32 and ``gen_of`` (N,) int32, the id of the
+    generation holding its live (index, margin, ρ) entry.  Groups: capacity
+    arrays ``keys`` (cap, L) uint64, ``labs``, ``tn`` (counts), ``tmean``,
+    ``tscat``, of which the first ``G`` are in use (views: ``patterns``,
+    ``label``, ``n``, ``mean``, ``scatter``), and the open-addressing table
+    ``hslots`` from (pattern, label) to id.  ``gens``: the generations, oldest
+    first; ``refs``: their reference states stacked for :func:`at_risk`.
+    ``stats``: counters for ``engine_stats``.  Not thread-safe: one evaluator
+    owns a state.
+    """
 
     N: int
     M: int
@@ -372,12 +383,14 @@ def _refresh_refs(st: PatternState) -> None:
                np.array([g.bmin[0] if g.bmin.size else np.inf for g in gens]))
 
 
-def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray) -> np.ndarray:
+def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray, *, limit: int | None = None) -> np.ndarray | None:
     """Sorted indices of the points whose pattern the bound of §11 cannot certify at (R, b).
 
     Every other point provably has, at (R, b), the pattern of its group.  Cost
     when nothing is at risk: one compiled pass over the (generations, L, M, M)
-    reference stack, independent of N.
+    reference stack, independent of N; otherwise O(at-risk candidates).  With
+    ``limit``, returns None as soon as more than ``limit`` points are found
+    (the caller then does a full pass instead).
     """
     Rs, bs, nus, bns, rhomax, bmin0 = st.refs
     ng = len(st.gens)
@@ -386,13 +399,21 @@ def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):  # inf · 0 when a generation has ρ_max = 0: not quiet
         quiet = A * rhomax + C0 < bmin0 * _SHRINK  # the common case: nothing of the generation near its bound
     found = []
+    left = -1 if limit is None else int(limit)
     for i in np.flatnonzero(~quiet):
         gen = st.gens[i]
         if not np.isfinite(A[i]):
-            found.append(_r.live_entries(gen.idx, st.gen_of, gen.gid))
+            if 0 <= left < gen.live:
+                return None
+            f = _r.live_entries(gen.idx, st.gen_of, gen.gid)
         else:
-            found.append(_r.risk_scan(float(A[i]), float(C0[i]), _SHRINK, gen.starts, gen.bmin, gen.bmax,
-                                      gen.rhomax, gen.idx, gen.m, gen.rho, st.gen_of, gen.gid))
+            f = _r.risk_scan(float(A[i]), float(C0[i]), _SHRINK, gen.starts, gen.bmin, gen.bmax, gen.rhomax,
+                             gen.idx, gen.m, gen.rho, st.gen_of, gen.gid, left)
+        if left >= 0:
+            if f.size > left:
+                return None
+            left -= f.size
+        found.append(f)
     if not found:
         return np.empty(0, np.int64)
     out = np.concatenate(found)

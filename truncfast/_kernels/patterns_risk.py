@@ -80,7 +80,7 @@ def bucket_summary(mbits, m, rho):
 
 
 @njit(cache=True, nogil=True)
-def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, gen_id):
+def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, gen_id, limit):
     """Points of one generation that the bound cannot prove safe.
 
     Entry s is safe when ``A ρ_s + C0 < m_s · shrink``.  Buckets come in
@@ -88,7 +88,8 @@ def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, ge
     beats the bound for the generation's largest ρ (every later bucket is then
     safe), skips buckets safe for their own largest ρ, and tests the entries
     of the others one by one.  Tombstones (entries whose point moved to
-    another generation, gen_of ≠ gen_id) are skipped.
+    another generation, gen_of ≠ gen_id) are skipped.  Stops after
+    ``limit + 1`` points when ``limit ≥ 0``.
     """
     lim = A * rhomax + C0
     nbk = starts.shape[0] - 1
@@ -107,6 +108,8 @@ def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, ge
             if not (A * np.float64(rho[s]) + C0 < np.float64(m[s]) * shrink):
                 out[no] = p
                 no += 1
+                if no == limit + 1:
+                    return out[:no]
     return out[:no]
 
 
