@@ -664,5 +664,5 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
     return TF_OK;
 }
 
-/* ------------------------------------------ pattern form (THEORY 11) ---- */
+/* ------------------------ pattern form (docs/theory.md section 11) ---- */
 #include "tf_patterns.inc"

@@ -149,7 +149,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
  */
 int tf_any_nonfinite(const double *x, int64_t n, int nthreads);
 
-/* ---------------------------------------------- pattern form (THEORY 11) --
+/* ------------------------------ pattern form (docs/theory.md section 11) --
  * Kernels of the groups kept across steps (csrc/tf_patterns.c); the merging of
  * chunk groups, the margin buckets and the moves live in truncfast's Numba
  * module truncfast/_kernels/patterns.py, whose bits these reproduce.
@@ -182,7 +182,7 @@ int tf_pattern_local_moments(const double *X, const int32_t *group_of, int64_t N
                              int64_t *ln, double *lmean, double *lscat);
 
 /*
- * Loss and gradient sums of the Euclidean loss from G groups (THEORY 11):
+ * Loss and gradient sums of the Euclidean loss from G groups (docs/theory.md 11):
  * keys (G, L) patterns, labs (G,), tn (G,) counts (0: skipped), tmean (G, M),
  * tscat (G, M, M), targets T (Q, M).  Raw sums like tf_general: loss = sum of
  * n|e|^2/2 + tr(A C A^T)/2, gb (L, M), G (L, M, M) (not antisymmetrised);
