@@ -698,3 +698,6 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
     free(part);
     return TF_OK;
 }
+
+/* ------------------------ pattern form (docs/theory.md section 11) ---- */
+#include "tf_patterns.inc"

@@ -293,6 +293,50 @@ int tf_integrate(const double *R, const double *b, const double *X, const int64_
                  double *R_out, double *b_out, double *loss, int64_t *steps_done,
                  int64_t *reorthonormalizations);
 
+/* ------------------------------ pattern form (docs/theory.md section 11) --
+ * Kernels of the groups kept across steps (csrc/tf_patterns.inc); the merging of
+ * chunk groups, the margin buckets and the moves live in truncfast's Numba
+ * module truncfast/_kernels/patterns.py, whose bits these reproduce.
+ */
+
+/*
+ * Full pass, phase 1, over chunks c_first..c_last-1 of `chunk` points (slot
+ * s = c - c_first): per point n its chunk-local group group_of[n] (groups of
+ * equal (codes, label) numbered by first appearance in the chunk), its margin
+ * min_{l,i} |u_{l,i}| rounded down to float (m32[n]) and
+ * rho = max(|x|, |t_1|, .., |t_{L-1}|) rounded up (rho32[n]); per slot the
+ * local keys lkeys (slots, chunk, L), labels llab (slots, chunk) and count
+ * lcount (slots).  M <= 64.
+ */
+int tf_pattern_pass(const double *R, const double *b, const double *X, const int64_t *labels,
+                    int64_t N, int64_t M, int64_t L, int64_t chunk, int64_t c_first, int64_t c_last,
+                    int nthreads, int32_t *group_of, float *m32, float *rho32,
+                    uint64_t *lkeys, int64_t *llab, int64_t *lcount);
+
+/* Codes (K, L), margins and rho (K,) of the K rows of X (re-checked points). */
+int tf_pattern_stats(const double *R, const double *b, const double *X, int64_t K, int64_t M, int64_t L,
+                     int64_t chunk, int nthreads, uint64_t *codes, float *m32, float *rho32);
+
+/*
+ * Full pass, phase 2: count ln, mean lmean (M) and centred scatter lscat (M, M)
+ * of every chunk-local group; local group g of slot s is entry loff[s] + g.
+ */
+int tf_pattern_local_moments(const double *X, const int32_t *group_of, int64_t N, int64_t M, int64_t chunk,
+                             int64_t c_first, int64_t c_last, int nthreads, const int64_t *loff,
+                             int64_t *ln, double *lmean, double *lscat);
+
+/*
+ * Loss and gradient sums of the Euclidean loss from G groups (docs/theory.md 11):
+ * keys (G, L) patterns, labs (G,), tn (G,) counts (0: skipped), tmean (G, M),
+ * tscat (G, M, M), targets T (Q, M).  Raw sums like tf_general: loss = sum of
+ * n|e|^2/2 + tr(A C A^T)/2, gb (L, M), G (L, M, M) (not antisymmetrised);
+ * groups summed in blocks of blk, block sums added in order.
+ */
+int tf_pattern_assemble(const double *R, const double *b, const double *T, const uint64_t *keys,
+                        const int64_t *labs, const int64_t *tn, const double *tmean, const double *tscat,
+                        int64_t G, int64_t M, int64_t L, int64_t blk, int nthreads,
+                        double *loss, double *gb, double *Gm);
+
 /* END CDEF */
 
 #ifdef __cplusplus

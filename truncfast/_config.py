@@ -136,6 +136,20 @@ BALL_RADIUS_SLACK: float = 1e-12
 BALL_CHUNK_ROWS: int = 1 << 16
 
 
+# --- the pattern form across steps (docs/theory.md §11; _kernels/pattern_state.py)
+#: Groups summed sequentially into one partial sum of the assembly.
+PATTERN_ASSEMBLY_BLOCK: int = 64
+#: At most this many generations (reference states of the margin bound) are kept.
+PATTERN_GENERATIONS_MAX: int = 16
+#: A generation is compacted when its live entries drop below this share.
+PATTERN_COMPACT_FRACTION: float = 0.5
+#: Scratch budget (bytes) of the chunk-local groups of one batch of the full pass.
+PATTERN_LOCALS_BUDGET_BYTES: int = 64 * 2**20
+#: Default cap on the memory of the groups (the full pass gives up beyond it).
+PATTERN_MAX_GROUP_BYTES: int = 2**30
+#: Safety factor of the rounding term of the margin bound (pattern_state docstring).
+PATTERN_ROUNDING_FACTOR: float = 32.0
+
 # ----------------------------------------------------------- environment ---
 #: The environment variables truncfast reads (``truncfast info`` lists them).
 ENV_VARIABLES = (
