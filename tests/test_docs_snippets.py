@@ -8,6 +8,8 @@ before a fence steers a block (invisible on the site):
 
 * ``<!-- skip -->`` — not run (a fragment, or something that needs a cluster);
 * ``<!-- run -->`` — run a ``bash`` block too (shell blocks are not run otherwise);
+* ``<!-- slow -->`` — run only with ``-m slow`` (then the whole page runs in a
+  second, slow test); a block that needs a slow block's results is slow too;
 * ``<!-- file: NAME -->`` — write the block to NAME in the working directory
   (a configuration file, a C program) for later blocks to use;
 * ``<!-- test: OLD -> NEW; OLD2 -> NEW2 -->`` — literal replacements made before
@@ -16,7 +18,8 @@ before a fence steers a block (invisible on the site):
 
 A failing snippet is reported with the page and the line of the page it is on.
 Shell blocks run with ``$PREFIX`` set to an empty install prefix in the working
-directory and a copy of ``csrc/`` next to them (as at the repository root).
+directory and copies of ``csrc/`` and ``examples/`` next to them (as at the
+repository root).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ROOT / "docs" / "pages"
 FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)[^\n]*$")
-DIRECTIVE = re.compile(r"^<!--\s*(skip|run|file:\s*\S+|test:.*?)\s*-->\s*$")
+DIRECTIVE = re.compile(r"^<!--\s*(skip|slow|run|file:\s*\S+|test:.*?)\s*-->\s*$")
 #: The whole run of a page must stay well inside the suite's budget (issue 16: < 60 s for all pages).
 TIMEOUT = 240
 
@@ -85,7 +88,7 @@ def parse(path: Path, root: Path = ROOT) -> list[Block]:
         d = DIRECTIVE.match(line.strip())
         if d:
             pending = [*pending, d.group(1)]
-        elif line.strip().startswith("<!--") and re.search(r"\b(skip|run|file|test)\b", line):
+        elif line.strip().startswith("<!--") and re.search(r"\b(skip|slow|run|file|test)\b", line):
             raise AssertionError(f"{path}:{i + 1}: malformed snippet directive {line.strip()!r}")
         else:
             # a directive applies to the fence right below it (directives may stack)
@@ -120,11 +123,12 @@ def tutorial_pages() -> list[Path]:
 # settings and the like are process-wide, so a page must not leak them into another page or
 # into the rest of the test suite.
 DRIVER = r"""
-import json, os, subprocess, sys
+import json, os, subprocess, sys, time
 blocks = json.load(open(sys.argv[1], encoding="utf-8"))
 ns = {"__name__": "__main__"}
 for b in blocks:
     where = f"{b['page']}, line {b['line']}"
+    t0 = time.perf_counter()
     if b["action"] == "file":
         with open(b["file"], "w", encoding="utf-8") as fh:
             fh.write(b["code"])
@@ -136,16 +140,16 @@ for b in blocks:
         sys.stdout.write(out.stdout)
         if out.returncode:
             sys.exit(f"shell block at {where} failed with status {out.returncode}:\n{out.stdout}\n{out.stderr}")
-    sys.stdout.flush()
+    print(f"[docs snippet] {where}: {time.perf_counter() - t0:.2f} s", flush=True)
 """
 
 
-def _run_page(page: Path, tmp_path: Path, root: Path = ROOT) -> subprocess.CompletedProcess:
+def _run_page(page: Path, tmp_path: Path, root: Path = ROOT, slow: bool = False) -> subprocess.CompletedProcess:
     blocks = parse(page, root)
     todo = []
     for b in blocks:
         action = b.action
-        if action == "none":
+        if action == "none" or ("slow" in b.directives and not slow):
             continue
         item = {"page": b.page, "line": b.line, "action": action, "code": prepared(b)}
         if action == "file":
@@ -156,6 +160,7 @@ def _run_page(page: Path, tmp_path: Path, root: Path = ROOT) -> subprocess.Compl
     # concurrent runs do not race on its build products) and an install prefix of their own
     shutil.copytree(ROOT / "csrc", tmp_path / "csrc",
                     ignore=shutil.ignore_patterns("example", "libtruncfast.so*", "*.o"))
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("out", "__pycache__"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                PREFIX=str(tmp_path / "prefix"), MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
@@ -166,6 +171,14 @@ def _run_page(page: Path, tmp_path: Path, root: Path = ROOT) -> subprocess.Compl
 @pytest.mark.parametrize("page", tutorial_pages(), ids=lambda p: str(p.relative_to(PAGES)))
 def test_snippets_of_the_page_run(page, tmp_path):
     out = _run_page(page, tmp_path)
+    assert out.returncode == 0, f"{page.relative_to(ROOT)}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [p for p in tutorial_pages() if any("slow" in b.directives for b in parse(p))],
+                         ids=lambda p: str(p.relative_to(PAGES)))
+def test_snippets_of_the_page_run_with_the_slow_ones(page, tmp_path):
+    out = _run_page(page, tmp_path, slow=True)
     assert out.returncode == 0, f"{page.relative_to(ROOT)}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
 
 
