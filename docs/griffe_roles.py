@@ -14,15 +14,20 @@ not know.  Before mkdocstrings renders them, this extension rewrites each role:
 * a private helper or an outside name (``:mod:`torch```) becomes code.
 
 It also escapes the paper's equation numbers when two follow each other
-(``[8.6–8.7] [8.21]``), which Markdown would read as a reference link.
-Code spans are left alone.  The public surface is every module of the
-package whose dotted path has no component starting with ``_``, with the
-names of its ``__all__``.
+(``[8.6–8.7] [8.21]``), which Markdown would read as a reference link, and
+turns the citations of the repository's documents into links to their pages
+on the site: ``docs/theory.md §5`` links to §5 of the theory page (MkDocs
+checks the page; this extension checks the section, and a section the page
+does not have is a warning, so ``--strict`` fails on it).  Code spans are left
+alone.  The public surface is every module of the package whose dotted path
+has no component starting with ``_``, with the names of its ``__all__``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -30,6 +35,32 @@ import griffe
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const):`(~?)([^`]+?)`")
 _CODE = re.compile(r"(`+).+?\1", re.S)
 _EQ_PAIR = re.compile(r"\[([^\]\[`\n]*)\](?=\s?\[)")
+_DOCS = Path(__file__).resolve().parent
+#: docs/NAME.md files that are pages of the site (docs/pages/NAME.md includes them)
+_PAGES = sorted(p.stem for p in (_DOCS / "pages").glob("*.md") if (_DOCS / p.name).is_file())
+_DOCREF = re.compile(r"docs/(" + "|".join(map(re.escape, _PAGES)) + r")\.md"
+                     r"(?:(\s+§§?)(\d+(?:(?:\s*[,–-]\s*|\s+and\s+)\d+)*))?")
+_log = logging.getLogger("mkdocs.plugins.truncfast.griffe_roles")
+
+
+def _sections(page: str) -> set[str]:
+    """Section anchors (``<a id="s5">``) of docs/<page>.md."""
+    return set(re.findall(r'<a id="(s\d+)"', (_DOCS / f"{page}.md").read_text(encoding="utf-8")))
+
+
+def _docref(match: re.Match[str], where: str) -> str:
+    """``docs/theory.md §§5, 6`` -> links to the page and to each section (relative to reference/*.md)."""
+    page, gap, nums = match.groups()
+    if not gap:
+        return f"[docs/{page}.md](../{page}.md)"
+    known = _sections(page)
+    for n in re.findall(r"\d+", nums):
+        if f"s{n}" not in known:
+            _log.warning("%s: docs/%s.md has no section §%s (cited as %r)", where, page, n, match.group(0))
+    if re.fullmatch(r"\d+", nums):
+        return f"[docs/{page}.md{gap}{nums}](../{page}.md#s{nums})"
+    linked = re.sub(r"\d+", lambda n: f"[{n.group(0)}](../{page}.md#s{n.group(0)})", nums)
+    return f"[docs/{page}.md](../{page}.md){gap}{linked}"
 
 
 def _public_modules(pkg: griffe.Module) -> list[griffe.Module]:
@@ -114,20 +145,43 @@ class SphinxRoles(griffe.Extension):
                 return f"[`{title}`][{target}]"  # a public-looking name that does not exist: let it fail
             return f"`{title}`"
 
+        def prose(obj: griffe.Object, text: str) -> str:
+            """Text outside code spans: equation pairs escaped, document citations linked."""
+            text = _EQ_PAIR.sub(r"\\[\1]", text)
+            return _DOCREF.sub(lambda m: _docref(m, obj.path), text)
+
         def rewrite(obj: griffe.Object, text: str) -> str:
             out, pos = [], 0
-            # roles first (they contain backticks), then equation pairs outside code spans
+            # roles first (they contain backticks), then the rest outside code spans
             text = _ROLE.sub(lambda m: role(obj, m), text)
             for m in _CODE.finditer(text):
-                out.append(_EQ_PAIR.sub(r"\\[\1]", text[pos:m.start()]))
+                out.append(prose(obj, text[pos:m.start()]))
                 out.append(m.group(0))
                 pos = m.end()
-            out.append(_EQ_PAIR.sub(r"\\[\1]", text[pos:]))
+            out.append(prose(obj, text[pos:]))
             return "".join(out)
 
+        def plain(text: str) -> str:
+            """A role inside a type (rendered as code): just its name."""
+            return _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+
+        # Rewrite the parsed sections, not the raw text: only prose (the text sections and
+        # the descriptions of items) becomes Markdown; a type that the NumPy parser read off
+        # a line stays as written, so a citation there is not turned into link syntax in code.
         todo: list[griffe.Object] = [pkg]
         while todo:
             obj = todo.pop()
             if obj.docstring is not None:
-                obj.docstring.value = rewrite(obj, obj.docstring.value)
+                for section in obj.docstring.parsed:
+                    value = section.value
+                    if isinstance(value, str):
+                        section.value = rewrite(obj, value)
+                    elif isinstance(value, list):
+                        for item in value:
+                            if isinstance(getattr(item, "description", None), str):
+                                item.description = rewrite(obj, item.description)
+                            if isinstance(getattr(item, "annotation", None), str):
+                                item.annotation = plain(item.annotation)
+                    elif isinstance(getattr(value, "description", None), str):  # admonitions
+                        value.description = rewrite(obj, value.description)
             todo += [m for m in obj.members.values() if not m.is_alias]
