@@ -128,6 +128,22 @@ BALL_RADIUS_SLACK: float = 1e-12
 BALL_CHUNK_ROWS: int = 1 << 16
 
 
+#: General (unaligned) cumulative weights W_ℓ (docs/theory.md §13): an input W
+#: whose condition number σ_max/σ_min exceeds this in some layer is refused
+#: (InputError), and ``truncfast.unaligned.integrate`` stops with
+#: DivergenceError when a step takes some W_ℓ beyond it.  τ_ℓ applies W_ℓ⁻¹, so
+#: results lose about log10(cond) of float64's 16 digits: at 1e10 about 6 are left.
+UNALIGNED_MAX_CONDITION: float = 1e10
+
+#: ``tf.check_prop42``: default smallness constant ε of the hypotheses [4.14]
+#: (mass of the positive sector ≤ ε) and [4.15] (off-diagonal first moments
+#: ≤ ε relative to the cluster's rms pre-activation); docs/theory.md §7.
+PROP42_EPS: float = 0.1
+
+#: ``tf.sector_moments`` and ``tf.check_prop42``: rows per block of the grouped
+#: second-moment sums (bounded scratch of ROWS × M² doubles).
+SECTOR_MOMENT_ROWS: int = 1 << 13
+
 # ----------------------------------------------------------- environment ---
 #: The environment variables truncfast reads (``truncfast info`` lists them).
 ENV_VARIABLES = (
