@@ -13,13 +13,13 @@ from __future__ import annotations
 import itertools
 import math
 
+import naive
 import numpy as np
 import pytest
+from conftest import AVAILABLE_BACKENDS, make_problem
 
-import naive
 import truncfast as tf
 from truncfast import data
-from conftest import AVAILABLE_BACKENDS, make_problem
 
 LOCAL = [b for b in AVAILABLE_BACKENDS if b != "dask"]
 

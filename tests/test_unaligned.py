@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import (
+    AVAILABLE_BACKENDS,
+    FD_EPS,
+    assert_rel,
+    make_problem,
+    random_orthogonal,
+)
 
 import truncfast as tf
 import truncfast.unaligned as tu
 from truncfast import _config
-from conftest import AVAILABLE_BACKENDS, FD_EPS, assert_rel, make_problem, random_orthogonal
 
 LOCAL = [b for b in AVAILABLE_BACKENDS if b != "dask"]
 
@@ -59,7 +65,7 @@ def test_gradient_matches_pytorch_autograd(rng, backend, N, M, L, Q):
 def test_gradient_matches_central_differences(rng):
     W, b, X, labels, T = unaligned_problem(rng, 60, 3, 3, 2)
     gb, gW = tu.gradient(W, b, X, labels, T, backend="numpy")
-    f = lambda W_, b_: tu.loss(W_, b_, X, labels, T, backend="numpy")  # noqa: E731
+    f = lambda W_, b_: tu.loss(W_, b_, X, labels, T, backend="numpy")
     checked = 0
     for idx in [(0, 0, 1), (1, 2, 0), (2, 1, 1), (0, 2, 2)]:
         E = np.zeros_like(W)
@@ -146,8 +152,7 @@ def test_alignment_defect_zero_when_aligned_and_invariant_under_row_order(rng):
 @pytest.mark.parametrize("N,M,L", [(9000, 8, 8), (5000, 3, 1), (4500, 16, 2), (700, 11, 3)])
 def test_c_core_equals_numba_bitwise(rng, N, M, L):
     from truncfast._backends import registry
-    from truncfast._kernels import ccore
-    from truncfast._kernels import unaligned_numba
+    from truncfast._kernels import ccore, unaligned_numba
 
     W, b, X, labels, T = unaligned_problem(rng, N, M, L, 3)
     inv = np.empty_like(W)

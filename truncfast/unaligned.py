@@ -22,7 +22,7 @@ aligned engine); dask data are not supported here.
 from __future__ import annotations
 
 from truncfast._flow.unaligned import alignment_defect as alignment_defect
-from truncfast._flow.unaligned import condition_numbers as _condition_numbers
+from truncfast._flow.unaligned import condition_numbers as condition_numbers
 from truncfast._flow.unaligned import gradient as gradient
 from truncfast._flow.unaligned import loss as loss
 from truncfast._flow.unaligned import sector_codes as sector_codes
@@ -33,9 +33,3 @@ from truncfast._integrate.unaligned import integrate as integrate
 __all__ = ["truncate", "sector_codes", "loss", "gradient", "integrate", "alignment_defect", "condition_numbers",
            "UnalignedTrajectory"]
 
-
-def condition_numbers(W) -> "numpy.ndarray":  # noqa: F821 - numpy only in the annotation
-    """(L,) condition numbers σ_max/σ_min of the W_ℓ (inf when singular); no limit is applied."""
-    from truncfast._flow.unaligned import _square_stack
-
-    return _condition_numbers(_square_stack("W", W))

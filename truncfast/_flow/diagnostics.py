@@ -210,7 +210,7 @@ class Prop42Check:
             head += f" {'measured':>9} {'rot.run':>8}"
         lines = [head]
         for j in range(len(self.separated)):
-            yes = lambda v: "yes" if v else "no"  # noqa: E731
+            yes = lambda v: "yes" if v else "no"
             line = (f"{j:>7} {yes(self.separated[j]):>4} {yes(self.partial_every_direction[j]):>5} "
                     f"{self.positive_mass[j]:>9.3g} {yes(self.h414[j]):>5} {self.offdiag_moment[j]:>7.3g} "
                     f"{yes(self.h415[j]):>5} {self.margin[j]:>8.3g} {math.degrees(self.allowed_rotation[j]):>7.3g}° "

@@ -24,13 +24,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from truncfast import _config
+from truncfast._arrays import as_host_array
 from truncfast._backends.protocol import FULL, PARTIAL, UNTRUNCATED, Backend
 from truncfast._backends.registry import select
 from truncfast._errors import InputError
-from truncfast._arrays import as_host_array
 from truncfast._validate import as_float_array, check_finite, check_targets
 
-__all__ = ["Unaligned", "check_weights", "condition_numbers", "unaligned_args", "truncate", "sector_codes",
+__all__ = ["Unaligned", "check_weights", "condition_numbers", "conditions", "unaligned_args", "truncate", "sector_codes",
            "loss", "gradient", "alignment_defect", "counts"]
 
 
@@ -45,8 +45,13 @@ class Unaligned(NamedTuple):
     targets: np.ndarray | None
 
 
-def condition_numbers(W: np.ndarray) -> np.ndarray:
-    """(L,) condition numbers σ_max/σ_min of the W_ℓ (inf for a singular one)."""
+def condition_numbers(W: Any) -> np.ndarray:
+    """(L,) condition numbers σ_max/σ_min of the W_ℓ (inf for a singular one); no limit is applied."""
+    return conditions(_square_stack("W", W))
+
+
+def conditions(W: np.ndarray) -> np.ndarray:
+    """:func:`condition_numbers` of an already validated (L, M, M) float64 stack."""
     s = np.linalg.svd(W, compute_uv=False)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(s[:, -1] > 0, s[:, 0] / np.where(s[:, -1] > 0, s[:, -1], 1.0), np.inf)
@@ -71,7 +76,7 @@ def check_weights(W: Any, *, name: str = "W", limit: float | None = None) -> np.
     """
     W = _square_stack(name, W)
     limit = _config.UNALIGNED_MAX_CONDITION if limit is None else limit
-    cond = condition_numbers(W)
+    cond = conditions(W)
     worst = int(np.argmax(cond))
     if not cond[worst] <= limit:
         what = "singular" if not np.isfinite(cond[worst]) else "ill-conditioned"

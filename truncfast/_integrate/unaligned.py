@@ -24,15 +24,23 @@ returns the step it took; nothing else in the loop depends on the method.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from truncfast import _config
 from truncfast._errors import DivergenceError, InputError
 from truncfast._flow import unaligned as _u
-from truncfast._integrate.checks import check_dt, check_flag, check_int, check_record_memory, n_records, record_step
+from truncfast._integrate.checks import (
+    check_dt,
+    check_flag,
+    check_int,
+    check_record_memory,
+    n_records,
+    record_step,
+)
 from truncfast._integrate.trajectory import FULL
 from truncfast._version import __version__
 
@@ -195,7 +203,7 @@ class _Loop:
         bar = None
         try:
             loss, gb, gW = self._eval(W, b)
-            cond = _u.condition_numbers(W)
+            cond = _u.conditions(W)
             if not (np.isfinite(loss) and np.isfinite(gb).all() and np.isfinite(gW).all()):
                 raise _Stop(0, f"the initial state has a non-finite loss or gradient (loss {loss!r})", loss)
             self._record(0, W, b, loss, gb, gW, cond)
@@ -207,7 +215,7 @@ class _Loop:
             nrec = 1
             while k < self.steps:
                 W_new, b_new = self.stepper(W, b, gW, gb, self.dt, train_w, train_b)
-                cond_new = _u.condition_numbers(W_new) if train_w else cond
+                cond_new = _u.conditions(W_new) if train_w else cond
                 worst = int(np.argmax(cond_new))
                 if not cond_new[worst] <= _config.UNALIGNED_MAX_CONDITION:
                     raise _Stop(k + 1, f"W_{worst} became ill-conditioned: condition number "
