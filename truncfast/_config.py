@@ -140,6 +140,10 @@ UNALIGNED_MAX_CONDITION: float = 1e10
 #: ≤ ε relative to the cluster's rms pre-activation); docs/theory.md §7.
 PROP42_EPS: float = 0.1
 
+#: ``tf.neural_collapse``: singular values of Σ_B below this (relative) count as
+#: zero in the pseudo-inverse of NC1 (Σ_B has rank ≤ C − 1 < M in general).
+NC_PINV_RCOND: float = 1e-12
+
 #: ``tf.sector_moments`` and ``tf.check_prop42``: rows per block of the grouped
 #: second-moment sums (bounded scratch of ROWS × M² doubles).
 SECTOR_MOMENT_ROWS: int = 1 << 13

@@ -27,6 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from truncfast import _config
+from truncfast._arrays import as_host_array
+from truncfast._errors import InputError
+from truncfast._validate import as_float_array, as_labels, check_finite
+
 __all__ = ["neural_collapse", "nearest_target", "NC_KEYS"]
 
 #: The keys of :func:`neural_collapse`'s result, in order.
@@ -40,10 +45,22 @@ def neural_collapse(features, labels, classifier=None, predictions=None) -> dict
     ``predictions`` (N,): the model's class of every point (needed for NC4).
     Classes are 0..max(labels); an empty class gives NaN everywhere.
     """
-    H = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
+    H = as_float_array("features", features, 2)
+    check_finite("features", H)
     N, M = H.shape
-    C = int(y.max()) + 1 if y.size else 0
+    if N == 0:
+        raise InputError("features: has no rows (N = 0)")
+    raw = as_host_array(labels, "labels")
+    C = int(raw.max()) + 1 if raw.dtype.kind in "iu" and raw.size and raw.max() >= 0 else 1
+    y = as_labels(labels, N, max(C, 1), Q_name="labels")
+    Wc = pred = None
+    if classifier is not None:
+        Wc = as_float_array("classifier", classifier, 2, (C, M))
+        check_finite("classifier", Wc)
+    if predictions is not None:
+        pred = as_host_array(predictions, "predictions")
+        if pred.dtype.kind not in "iu" or pred.shape != (N,):
+            raise InputError(f"predictions: expected ({N},) integers, got {_kind(pred)} of shape {pred.shape}")
     out = dict.fromkeys(NC_KEYS, float("nan"))
     sizes = np.bincount(y, minlength=C).astype(np.float64)
     if C < 2 or np.any(sizes == 0):
@@ -56,7 +73,7 @@ def neural_collapse(features, labels, classifier=None, predictions=None) -> dict
     D = H - mu[y]
     Sw = D.T @ D / N
     Sb = Mt.T @ Mt / C
-    out["nc1"] = float(np.trace(Sw @ np.linalg.pinv(Sb, rcond=1e-12, hermitian=True)) / C)
+    out["nc1"] = float(np.trace(Sw @ np.linalg.pinv(Sb, rcond=_config.NC_PINV_RCOND, hermitian=True)) / C)
     norms = np.linalg.norm(Mt, axis=1)
     if np.all(norms > 0):
         out["nc2_equinorm"] = float(norms.std() / norms.mean())
@@ -64,16 +81,18 @@ def neural_collapse(features, labels, classifier=None, predictions=None) -> dict
         cos = (U @ U.T)[~np.eye(C, dtype=bool)]
         out["nc2_equiangular"] = float(cos.std())
         out["nc2_maxangle"] = float(np.mean(np.abs(cos + 1.0 / (C - 1))))
-    if classifier is not None:
-        Wc = np.asarray(classifier, dtype=np.float64)
+    if Wc is not None:
         Wt = Wc - (sizes / N) @ Wc
         nw, nm = np.linalg.norm(Wt), np.linalg.norm(Mt)
         if nw > 0 and nm > 0:
             out["nc3"] = float(np.sum((Wt / nw - Mt / nm) ** 2))
-    if predictions is not None:
-        pred = np.asarray(predictions, dtype=np.int64)
+    if pred is not None:
         out["nc4"] = float(np.mean(pred != _nearest(H, mu)))
     return out
+
+
+def _kind(a) -> str:
+    return f"dtype {a.dtype}"
 
 
 def _nearest(H: np.ndarray, mu: np.ndarray, rows: int = 1 << 14) -> np.ndarray:
