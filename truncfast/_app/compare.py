@@ -26,6 +26,7 @@ per layer side by side, and the trajectory-level measures against flow time).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -62,7 +63,7 @@ def _check(key: str, ok: bool, msg: str) -> None:
 
 
 def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int = 4, clusters: int = 4,
-                layers: int = 0, spread: float = 1.0, seed: int = 0, steps: int = 200, dt: float = 0.05,
+                layers: int = 0, init: str = "auto", spread: float = 1.0, seed: int = 0, steps: int = 200, dt: float = 0.05,
                 lr: float | None = None, threshold: float | None = None, record_every: int = 1,
                 backend: str = "auto", force: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run the three trainers and write the comparison into ``out``; returns the summary dict.
@@ -89,7 +90,8 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
     except Exception as exc:  # noqa: BLE001 - an unknown or unavailable backend is a usage error
         raise ConfigError("compare.backend", f"--backend: {exc}") from None
     try:
-        p = data.make_problem(source, n=n, dim=dim, clusters=clusters, layers=layers, spread=spread, seed=seed)
+        p = data.make_problem(source, n=n, dim=dim, clusters=clusters, layers=layers, spread=spread, seed=seed,
+                              init=init)
     except InputError as exc:
         arg = str(exc).split(":", 1)[0].strip()
         raise ConfigError(f"compare.{arg}", f"--{arg}: {str(exc).split(':', 1)[-1].strip()}") from None
@@ -155,7 +157,7 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
     agreement = float(np.max(np.abs(flow["loss"][:n_cmp][same] - ref.loss[:n_cmp][same]) / max(loss0, 1e-300)))
     summary = {
         "problem": {"source": source, "description": p.description, "N": p.N, "M": p.M, "L": p.L, "Q": p.Q,
-                    "seed": seed},
+                    "seed": seed, "init": init},
         "steps": steps, "dt": dt, "lr": lr, "backend": backend_name, "threshold": thr,
         "initial_loss": loss0, "methods": methods,
         "speedup_vs_autograd": ref.seconds_per_step / flow["seconds_per_step"],
@@ -207,9 +209,13 @@ def _trajectory_level(bp, p, R0, b0, X, labels, T, traj, *, dt, lr, steps, recor
     from truncfast._app import compare_trajectory as ct
     from truncfast._errors import DivergenceError
 
+    # explicit Euler on the cumulative weights is stiff: ∇²_W C grows like |x|², and steps above
+    # ~1/max|x|² oscillate or diverge (measured, docs/alignment_experiment.md); so the unaligned
+    # flow takes `sub` steps of dt/sub per flow step and is recorded at the same times
+    sub = max(1, math.ceil(dt * float(np.max(np.einsum("ij,ij->i", X, X)))))
     note = None
     try:
-        unal = tu.integrate(R0, b0, X, labels, T, dt=dt, steps=steps, record_every=record_every,
+        unal = tu.integrate(R0, b0, X, labels, T, dt=dt / sub, steps=steps * sub, record_every=record_every * sub,
                             backend="auto" if backend == "dask" else backend)
     except DivergenceError as exc:  # keep what ran, and say why it stopped
         unal, note = exc.trajectory, str(exc)
@@ -220,7 +226,8 @@ def _trajectory_level(bp, p, R0, b0, X, labels, T, traj, *, dt, lr, steps, recor
                              record_every=max(1, int(round(record_every * ratio))), record_networks=True)
     out = ct.measure(X, labels, T, p.Y, traj, unal, back.info["networks"], back.steps * lr)
     out["trajectory_level"] = {"matched_time": "flow time s = step·dt (flows), step·lr (backprop)",
-                               "backprop_steps": int(back.steps[-1]), "unaligned_flow_stopped": note}
+                               "backprop_steps": int(back.steps[-1]), "unaligned_dt": dt / sub,
+                               "unaligned_flow_stopped": note}
     return out
 
 
