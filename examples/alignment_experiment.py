@@ -80,7 +80,7 @@ def _arr(v) -> np.ndarray:
 def summarise(name: str, s: dict) -> dict:
     """The numbers of docs/alignment_experiment.md for one configuration."""
     ad = {r: _arr(s["alignment_defect"][r]["values"]) for r in RUNS}
-    pa = {r: _arr(s["pattern_agreement"][r]["values"]) for r in ("effective flow", "unaligned flow")}
+    pa = {r: _arr(s["pattern_agreement"][r]["values"]) for r in ("effective flow", "unaligned flow", "initial state")}
     nc = s["neural_collapse"]
     ct = s["collapse_times"]
     Q = s["problem"]["Q"]
@@ -99,6 +99,9 @@ def summarise(name: str, s: dict) -> dict:
         "agree_flow_mean": float(np.nanmean(pa["effective flow"])),
         "agree_flow_final": float(np.nanmean(pa["effective flow"][-1])),
         "agree_flow_t1": float(np.nanmean(pa["effective flow"][_index(s, "effective flow", 1.0, "pattern_agreement")])),
+        "agree_initial_mean": float(np.nanmean(pa["initial state"])),
+        "agree_initial_final": float(np.nanmean(pa["initial state"][-1])),
+        "agree_initial_t1": float(np.nanmean(pa["initial state"][_index(s, "initial state", 1.0, "pattern_agreement")])),
         "agree_unaligned_mean": float(np.nanmean(pa["unaligned flow"])),
         "agree_unaligned_final": float(np.nanmean(pa["unaligned flow"][-1])),
         "collapsed": {r: collapse(r) for r in RUNS},
@@ -125,8 +128,9 @@ def markdown(rows: list[dict], steps: int, dt: float) -> str:
     lines = [f"Flow time 0 … {steps * dt:g} (dt = {dt:g}; backprop lr = dt/5, compared at step·lr).", "",
              "| configuration | backprop defect at s = 1 / end / max | unaligned-flow defect at end | "
              "same code as backprop: flow at s = 1 / mean / end | unaligned flow mean / end | "
+             "baseline (backprop's own start) at s = 1 / mean / end | "
              "clusters collapsed: flow / unaligned / backprop | NC1 at end: flow / unaligned / backprop |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["collapsed"]
         col = " / ".join(f"{c[k][0]}" + (f" (first {c[k][1]:.2f})" if c[k][1] is not None else "") for k in RUNS)
@@ -134,7 +138,8 @@ def markdown(rows: list[dict], steps: int, dt: float) -> str:
         lines.append(f"| {r['config']} (Q = {r['Q']}) | {f(r['backprop_defect_t1'])} / {f(r['backprop_defect_final'])} / "
                      f"{f(r['backprop_defect_max'])} | {f(r['unaligned_defect_final'])} | {f(r['agree_flow_t1'])} / "
                      f"{f(r['agree_flow_mean'])} / {f(r['agree_flow_final'])} | {f(r['agree_unaligned_mean'])} / "
-                     f"{f(r['agree_unaligned_final'])} | {col} | {nc1} |")
+                     f"{f(r['agree_unaligned_final'])} | {f(r['agree_initial_t1'])} / {f(r['agree_initial_mean'])} / "
+                     f"{f(r['agree_initial_final'])} | {col} | {nc1} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +157,7 @@ def figure(results: dict[str, dict], path: str) -> None:
             axs[row, 0].plot(d["times"], np.nanmax(_arr(d["values"]), axis=1), color=col, lw=1.6, label=name)
             d = s["alignment_defect"]["unaligned flow"]
             axs[row, 0].plot(d["times"], np.nanmax(_arr(d["values"]), axis=1), color=col, lw=1.0, ls="--")
-            for run, ls in (("effective flow", "-"), ("unaligned flow", "--")):
+            for run, ls in (("effective flow", "-"), ("unaligned flow", "--"), ("initial state", ":")):
                 a = s["pattern_agreement"][run]
                 axs[row, 1].plot(a["times"], np.nanmean(_arr(a["values"]), axis=1), color=col, ls=ls, lw=1.4,
                                  label=name if run == "effective flow" else None)
@@ -161,10 +166,12 @@ def figure(results: dict[str, dict], path: str) -> None:
                 y = np.array([np.nan if v is None else v for v in nc["nc1"]], dtype=np.float64)
                 axs[row, 2].semilogy(nc["times"], np.maximum(y, 1e-16), color=col, ls=ls, lw=1.4,
                                      label=name if run == "effective flow" else None)
-        axs[row, 0].set_title(f"{source}: alignment defect, max over layers\n(solid: backprop; dashed: unaligned flow)")
-        axs[row, 1].set_title(f"{source}: share of points with backprop's sector code\n"
-                              "(mean over layers; solid: effective flow; dashed: unaligned flow)")
-        axs[row, 2].set_title(f"{source}: NC1 (solid: flow, τ^(L)(x); dotted: backprop, last hidden layer)")
+        axs[row, 0].set_title(f"{source}: alignment defect (max over layers)\nsolid: backprop, dashed: unaligned flow",
+                              fontsize=10)
+        axs[row, 1].set_title(f"{source}: same sector code as backprop (mean over layers)\nsolid: flow, "
+                              "dashed: unaligned flow, dotted: backprop's own start", fontsize=10)
+        axs[row, 2].set_title(f"{source}: NC1\nsolid: flow (τ^(L)(x)), dotted: backprop (last hidden layer)",
+                              fontsize=10)
         for ax in axs[row]:
             ax.set_xlabel("flow time (backprop: step × lr)")
             ax.grid(True, alpha=0.3)

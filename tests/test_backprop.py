@@ -124,7 +124,7 @@ def test_compare_cli(tmp_path):
     # trajectory level (issue 17): every run, every recorded time
     runs = {"effective flow", "unaligned flow", "backprop (layers)"}
     assert set(s["alignment_defect"]) == runs == set(s["collapse_times"]) == set(s["neural_collapse"])
-    assert set(s["pattern_agreement"]) == {"effective flow", "unaligned flow"}
+    assert set(s["pattern_agreement"]) == {"effective flow", "unaligned flow", "initial state"}
     flow_defect = np.array(s["alignment_defect"]["effective flow"]["values"])
     assert flow_defect.shape == (31, 3) and flow_defect.max() < 1e-12  # R orthogonal: aligned
     assert np.array(s["alignment_defect"]["backprop (layers)"]["values"]).max() > 1e-6  # backprop leaves it

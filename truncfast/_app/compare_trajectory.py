@@ -15,7 +15,8 @@ Measured at every recorded time (docs/alignment_experiment.md writes the formula
   polar factor (0 for the aligned flow by construction);
 * ``pattern_agreement`` (K, L): the share of points whose sector code at layer ℓ is
   the same in the flow (aligned or unaligned) as in the network at the nearest
-  recorded backprop time;
+  recorded backprop time; and, as a baseline (``"initial state"``), the share whose
+  code in the network is still the one it had at time 0;
 * ``collapse_times`` (Q,): first recorded time at which some layer fully truncates
   cluster j (None if never);
 * ``neural_collapse``: NC1–NC4 (``tf.neural_collapse``) of τ^(L)(x) for the flows
@@ -113,6 +114,9 @@ def measure(X: np.ndarray, labels: np.ndarray, targets: np.ndarray, Y: np.ndarra
                 agree["times"].append(float(t))
                 agree["values"].append(np.mean(codes == bp_codes[i], axis=0).tolist())
         agreement[name] = agree
+    # baseline: how many points keep their initial code in the network (the "no dynamics" prediction)
+    agreement["initial state"] = {"times": [float(t) for t in bp_times],
+                                  "values": [np.mean(c == bp_codes[0], axis=0).tolist() for c in bp_codes]}
     return {
         "alignment_defect": {n: {"times": res[n]["times"], "values": res[n]["defect"]} for n in RUNS},
         "pattern_agreement": agreement,
@@ -146,10 +150,15 @@ def draw_panels(axs: dict, m: dict) -> None:
     axs["defect"].set_ylabel("defect")
     for name, a in m["pattern_agreement"].items():
         vals = np.asarray(a["values"], dtype=np.float64)
-        if vals.size:
-            for l in range(vals.shape[1]):
-                axs["agree"].plot(a["times"], vals[:, l], color=COLOURS[name], ls=styles[l % 4], lw=1.4,
-                                  label=f"{name} vs backprop, layer {l + 1}" if l < 4 else None)
+        if not vals.size:
+            continue
+        if name == "initial state":  # the baseline, averaged over layers
+            axs["agree"].plot(a["times"], vals.mean(axis=1), color="0.4", lw=1.2, ls=(0, (1, 1)),
+                              label="backprop vs its own start (mean over layers)")
+            continue
+        for l in range(vals.shape[1]):
+            axs["agree"].plot(a["times"], vals[:, l], color=COLOURS[name], ls=styles[l % 4], lw=1.4,
+                              label=f"{name} vs backprop, layer {l + 1}" if l < 4 else None)
     for name, times in m["collapse_times"].items():
         for t in times:
             if t is not None:
