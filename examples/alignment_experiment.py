@@ -20,7 +20,7 @@ Usage::
 
 Writes one ``truncfast compare`` directory per configuration, ``summary.json`` and
 ``summary.md`` in ``--out``, and the figure ``docs/figures/alignment_experiment.png``
-(``--figure`` to put it elsewhere).  Takes about 5–10 minutes on 2 cores (the
+(``--figure`` to put it elsewhere).  Takes about 4 minutes on 2 busy cores (the
 unaligned flow's small stable step on digits dominates); ``--quick`` runs the
 M = 4 configurations for 100 steps only.  Results: docs/alignment_experiment.md.
 """
