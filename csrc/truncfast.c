@@ -81,7 +81,7 @@ const char *tf_status_string(int status)
     case TF_ERR_NOT_ORTHOGONAL: return "R is not orthogonal (max|R^T R - I| > TF_ORTHOGONALITY_TOL)";
     case TF_ERR_DIVERGED: return "the flow diverged (loss or gradient not finite, or the loss grew); use a smaller dt";
     case TF_ERR_ARG: return "a scalar argument is out of range (dt <= 0 or an unknown method)";
-    case TF_ERR_SINGULAR: return "a matrix is singular (no unique polar factor)";
+    case TF_ERR_SINGULAR: return "a matrix is singular (no unique polar factor, or a W_l that cannot be inverted)";
     default: return "unknown status";
     }
 }
@@ -701,3 +701,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
 
 /* ------------------------ pattern form (docs/theory.md section 11) ---- */
 #include "tf_patterns.inc"
+
+/* --------------------------------------------- unaligned weights (§13) -- */
+
+#include "tf_unaligned.inc"

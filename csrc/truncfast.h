@@ -72,13 +72,15 @@ extern "C" {
 #define TF_ERR_NOT_ORTHOGONAL 7 /* some R_l has max|R_l^T R_l - I| > TF_ORTHOGONALITY_TOL */
 #define TF_ERR_DIVERGED 8 /* tf_integrate: the flow diverged (outputs: the last good state) */
 #define TF_ERR_ARG 9      /* a scalar argument is out of range (dt <= 0, unknown method) */
-#define TF_ERR_SINGULAR 10 /* tf_orthonormalize: a matrix is singular (no unique polar factor) */
+#define TF_ERR_SINGULAR 10 /* a matrix is singular (tf_orthonormalize: no unique polar factor;
+                            tf_unaligned_*: some W_l has an exactly zero pivot) */
 
 /* ----------------------------------------------------------------- versions */
 #define TF_ABI_VERSION_MAJOR 1
-#define TF_ABI_VERSION_MINOR 0
-/* TF_ABI_VERSION_MAJOR * 1000 + TF_ABI_VERSION_MINOR of this header */
-#define TF_ABI_VERSION 1000
+#define TF_ABI_VERSION_MINOR 1
+/* TF_ABI_VERSION_MAJOR * 1000 + TF_ABI_VERSION_MINOR of this header
+ * (1.1: the tf_unaligned_* functions were added) */
+#define TF_ABI_VERSION 1001
 
 /* Release of truncfast the library was built from, e.g. "0.1.0" (static storage). */
 const char *tf_version(void);
@@ -200,6 +202,42 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
  * integer max over the bits, OpenMP over the array).  For input validation.
  */
 int tf_any_nonfinite(const double *x, int64_t n, int nthreads);
+
+/* ------------------------------------------------ unaligned weights (§13) */
+/*
+ * General invertible cumulative weights W (L, M, M) instead of orthogonal R
+ * (docs/theory.md §13): tau_l(z) = W_l^{-1} ( max(W_l z + b_l, 0) - b_l ), an
+ * oblique projection onto the cone W_l z + b_l >= 0.  Each call inverts every
+ * W_l by Gauss-Jordan elimination with partial pivoting (the same loops as
+ * truncfast's Numba kernels, so both give the same bits, and no LAPACK) and
+ * returns TF_ERR_SINGULAR if some pivot is exactly 0.  Nothing here checks the
+ * condition number: truncfast's Python API refuses W with cond > 1e10
+ * (_config.UNALIGNED_MAX_CONDITION); results lose about log10(cond) digits.
+ */
+
+/* Winv (L, M, M) = the inverse of every W_l (Gauss-Jordan, partial pivoting). */
+int tf_unaligned_inverse(const double *W, int64_t M, int64_t L, double *Winv);
+
+/* tau^(L) of every row of X, out (N, M) (unaligned form of tf_truncate). */
+int tf_unaligned_truncate(const double *W, const double *b, const double *X, int64_t N, int64_t M, int64_t L,
+                          int64_t chunk, int nthreads, double *out);
+
+/* Sector codes along the composition, codes (N, L): bit i of codes[n*L + l] is
+ * H((W_l tau^(l-1)(x_n) + b_l)_i).  Needs M <= 64. */
+int tf_unaligned_codes(const double *W, const double *b, const double *X, int64_t N, int64_t M, int64_t L,
+                       int64_t chunk, int nthreads, uint64_t *codes);
+
+/*
+ * Euclidean loss and its plain gradients in (W, b) (docs/theory.md §13), raw sums
+ * over the N points (divide by N):
+ *   loss (scalar)  sum |tau^(L)(x_n) - T[labels[n]]|^2 / 2,   T (Q, M)
+ *   gb   (L, M)    sum -(1 - h_l) . r_l                       (r_l = W_l^{-T} g_l)
+ *   gW   (L, M, M) sum (h_l . r_l) z_{l-1}^T - r_l z_l^T
+ * want_grad == 0 computes the loss only (gb, gW are then zero).
+ */
+int tf_unaligned_general(const double *W, const double *b, const double *X, const int64_t *labels,
+                         int64_t N, int64_t M, int64_t L, int64_t Q, const double *T, int want_grad,
+                         int64_t chunk, int nthreads, double *loss, double *gb, double *gW);
 
 /* ------------------------------------------------------------ the flow */
 

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 import truncfast as tf
+import truncfast.unaligned as tu
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "errors.md"
@@ -64,6 +65,12 @@ def _set(a: np.ndarray, idx, value) -> np.ndarray:
 def _scaled(R: np.ndarray, layer: int, factor: float) -> np.ndarray:
     R = R.copy()
     R[layer] *= factor
+    return R
+
+
+def _row_scaled(R: np.ndarray, layer: int, row: int, factor: float) -> np.ndarray:
+    R = R.copy()
+    R[layer, row] *= factor
     return R
 
 
@@ -295,6 +302,38 @@ CASES: list[Case] = [
     Case("positive_sector_output_flow", "negative steps", "steps",
          lambda d, t: tf.positive_sector_output_flow(d["W_out"], d["b_out"], d["X"], d["labels"], d["Y"], dt=0.1, steps=-1)),
     Case("set_num_threads", "zero threads", "n", lambda d, t: tf.set_num_threads(0)),
+    # --- unaligned weights (docs/theory.md §13)
+    Case("unaligned.gradient", "W_ℓ not square", "W",
+         lambda d, t: tu.gradient(d["R"][:, :, :2], d["b"], d["X"], d["labels"], d["targets"])),
+    Case("unaligned.gradient", "singular W_ℓ", "W",
+         lambda d, t: tu.gradient(_set(d["R"], (1, 2), 0.0), d["b"], d["X"], d["labels"], d["targets"])),
+    Case("unaligned.loss", "ill-conditioned W_ℓ (one row scaled by 1e-12)", "W",
+         lambda d, t: tu.loss(_row_scaled(d["R"], 0, 1, 1e-12), d["b"], d["X"], d["labels"], d["targets"])),
+    Case("unaligned.truncate", "NaN in W", "W", lambda d, t: tu.truncate(_set(d["R"], (0, 0, 1), np.nan), d["b"], d["X"])),
+    Case("unaligned.truncate", "mismatched L between W and b", "b", lambda d, t: tu.truncate(d["R"], d["b"][:1], d["X"])),
+    Case("unaligned.gradient", "X of the wrong width", "X",
+         lambda d, t: tu.gradient(d["R"], d["b"], d["X"][:, :2], d["labels"], d["targets"])),
+    Case("unaligned.gradient", "mismatched N between X and labels", "labels",
+         lambda d, t: tu.gradient(d["R"], d["b"], d["X"], d["labels"][:-1], d["targets"])),
+    Case("unaligned.integrate", "dt ≤ 0", "dt",
+         lambda d, t: tu.integrate(d["R"], d["b"], d["X"], d["labels"], d["targets"], dt=0.0, steps=1)),
+    Case("unaligned.integrate", "unknown method", "method",
+         lambda d, t: tu.integrate(d["R"], d["b"], d["X"], d["labels"], d["targets"], dt=0.1, steps=1, method="rk4")),
+    Case("unaligned.alignment_defect", "W 2-D", "W", lambda d, t: tu.alignment_defect(d["R"][0])),
+    # --- diagnostics (docs/theory.md §§6, 7)
+    Case("sector_moments", "layer out of range", "layer",
+         lambda d, t: tf.sector_moments(d["R"], d["b"], d["X"], d["labels"], 2)),
+    Case("sector_moments", "negative label", "labels",
+         lambda d, t: tf.sector_moments(d["R"], d["b"], d["X"], _set(d["labels"], 0, -1), 0)),
+    Case("check_prop42", "L ≠ Q", "targets",
+         lambda d, t: tf.check_prop42(d["R"], d["b"], d["X"], d["labels"], np.zeros((3, 3)))),
+    Case("check_prop42", "negative eps", "eps", lambda d, t: tf.check_prop42(*_euclid(d)[0], eps=-0.1)),
+    Case("neural_collapse", "NaN in features", "features",
+         lambda d, t: tf.neural_collapse(_set(d["X"], (2, 1), np.nan), d["labels"])),
+    Case("neural_collapse", "classifier of the wrong shape", "classifier",
+         lambda d, t: tf.neural_collapse(d["X"], d["labels"], classifier=np.zeros((3, 3)))),
+    Case("neural_collapse", "predictions of the wrong length", "predictions",
+         lambda d, t: tf.neural_collapse(d["X"], d["labels"], predictions=d["labels"][:-1])),
 ]
 
 

@@ -121,6 +121,18 @@ def test_compare_cli(tmp_path):
         assert m["seconds_per_step"] > 0 and np.isfinite(m["final_loss"])
     z = np.load(out / "compare.npz")
     assert z["flow_loss"].shape == (31,) and z["backprop_counts"].shape == (31, 3, 3)
+    # trajectory level (issue 17): every run, every recorded time
+    runs = {"effective flow", "unaligned flow", "backprop (layers)"}
+    assert set(s["alignment_defect"]) == runs == set(s["collapse_times"]) == set(s["neural_collapse"])
+    assert set(s["pattern_agreement"]) == {"effective flow", "unaligned flow", "initial state"}
+    flow_defect = np.array(s["alignment_defect"]["effective flow"]["values"])
+    assert flow_defect.shape == (31, 3) and flow_defect.max() < 1e-12  # R orthogonal: aligned
+    assert np.array(s["alignment_defect"]["backprop (layers)"]["values"]).max() > 1e-6  # backprop leaves it
+    for name in ("effective flow", "unaligned flow"):  # same start: the same sector codes at time 0
+        a = s["pattern_agreement"][name]
+        assert a["times"][0] == 0.0 and a["values"][0] == [1.0, 1.0, 1.0]
+        assert len(s["neural_collapse"][name]["nc1"]) == 31 and len(s["collapse_times"][name]) == 3
+    assert s["trajectory_level"]["backprop_steps"] == round(30 * s["dt"] / s["lr"])
     from PIL import Image
 
     with Image.open(out / "compare.png") as im:

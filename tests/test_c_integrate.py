@@ -118,8 +118,9 @@ def installed(tmp_path_factory) -> str:
 
 def test_install_layout(installed):
     lib_dir = os.path.join(installed, "lib")
-    assert os.path.isfile(os.path.join(lib_dir, "libtruncfast.so.1.0"))
-    assert os.readlink(os.path.join(lib_dir, "libtruncfast.so.1")) == "libtruncfast.so.1.0"
+    real = f"libtruncfast.so.{lib.TF_ABI_VERSION_MAJOR}.{lib.TF_ABI_VERSION_MINOR}"
+    assert os.path.isfile(os.path.join(lib_dir, real))
+    assert os.readlink(os.path.join(lib_dir, "libtruncfast.so.1")) == real
     assert os.readlink(os.path.join(lib_dir, "libtruncfast.so")) == "libtruncfast.so.1"
     header = os.path.join(installed, "include", "truncfast.h")
     with open(header, encoding="utf-8") as fh:
@@ -131,7 +132,7 @@ def test_install_layout(installed):
     assert _read_pc(pc) == [f"-I{installed}/include", f"-L{lib_dir}", "-ltruncfast"]
     # the soname carries the ABI major (read from the ELF dynamic section by the loader's tool)
     if shutil.which("readelf"):
-        out = subprocess.run(["readelf", "-d", os.path.join(lib_dir, "libtruncfast.so.1.0")],
+        out = subprocess.run(["readelf", "-d", os.path.join(lib_dir, real)],
                              capture_output=True, text=True, timeout=60)
         assert "Library soname: [libtruncfast.so.1]" in out.stdout
 
@@ -153,7 +154,8 @@ def test_example_builds_against_the_installed_copy_and_passes(installed, tmp_pat
     env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(installed, "lib"))
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert f"truncfast C core {tf.__version__} (ABI 1.0)" in run.stdout
+    abi = f"{lib.TF_ABI_VERSION_MAJOR}.{lib.TF_ABI_VERSION_MINOR}"
+    assert f"truncfast C core {tf.__version__} (ABI {abi})" in run.stdout
     assert "Lie-Euler step = b - dt grad_b, exp(-dt omega) R" in run.stdout
     assert "FAILED" not in run.stdout and run.stdout.rstrip().endswith("all checks passed")
 
@@ -172,7 +174,7 @@ def _load_installed(prefix: str) -> ctypes.CDLL:
 def test_installed_library_gives_the_extensions_bits(installed):
     so = _load_installed(installed)
     assert so.tf_version().decode() == tf.__version__
-    assert so.tf_abi_version() == 1000
+    assert so.tf_abi_version() == lib.TF_ABI_VERSION
     p = make_problem(np.random.default_rng(3), N=1500, M=6, L=3, Q=3)
     steps = 12
     R, b, loss = np.empty_like(p.R), np.empty_like(p.b), np.empty(steps + 1)

@@ -17,6 +17,10 @@ from truncfast._errors import BackendUnavailable as BackendUnavailable
 from truncfast._errors import DivergenceError as DivergenceError
 from truncfast._errors import InputError as InputError
 from truncfast._errors import SeparationError as SeparationError
+from truncfast._flow.diagnostics import Prop42Check as Prop42Check
+from truncfast._flow.diagnostics import SectorMoments as SectorMoments
+from truncfast._flow.diagnostics import check_prop42 as check_prop42
+from truncfast._flow.diagnostics import sector_moments as sector_moments
 from truncfast._flow.exact import BiasComponentSolution as BiasComponentSolution
 from truncfast._flow.exact import exact_bias_events as exact_bias_events
 from truncfast._flow.exact import exact_bias_flow as exact_bias_flow
@@ -33,6 +37,7 @@ from truncfast._flow.model import layers_to_cumulative as layers_to_cumulative
 from truncfast._flow.model import orthonormalize as orthonormalize
 from truncfast._flow.model import pullback_targets as pullback_targets
 from truncfast._integrate.trajectory import Trajectory as Trajectory
+from truncfast._flow.neural_collapse import neural_collapse as neural_collapse
 from truncfast._flow.output_layer import OutputFlow as OutputFlow
 from truncfast._flow.output_layer import collapsed_output_flow as collapsed_output_flow
 from truncfast._flow.output_layer import collapsed_output_loss as collapsed_output_loss
@@ -55,10 +60,13 @@ __all__ = [
     "DivergenceError",
     "InputError",
     "OutputFlow",
+    "Prop42Check",
+    "SectorMoments",
     "SeparationError",
     "Trajectory",
     "aligned_from_cumulative",
     "backends",
+    "check_prop42",
     "cluster_moments",
     "collapsed_output_flow",
     "collapsed_output_loss",
@@ -72,6 +80,7 @@ __all__ = [
     "integrate",
     "layers_to_cumulative",
     "loss",
+    "neural_collapse",
     "orthogonality_defect",
     "orthonormalize",
     "positive_sector_output_flow",
@@ -79,6 +88,7 @@ __all__ = [
     "pullback_targets",
     "resume",
     "sector_codes",
+    "sector_moments",
     "set_num_threads",
     "spectral_gap_bound",
     "standard_gradient",

@@ -150,6 +150,26 @@ PATTERN_MAX_GROUP_BYTES: int = 2**30
 #: Safety factor of the rounding term of the margin bound (pattern_state docstring).
 PATTERN_ROUNDING_FACTOR: float = 32.0
 
+#: General (unaligned) cumulative weights W_ℓ (docs/theory.md §13): an input W
+#: whose condition number σ_max/σ_min exceeds this in some layer is refused
+#: (InputError), and ``truncfast.unaligned.integrate`` stops with
+#: DivergenceError when a step takes some W_ℓ beyond it.  τ_ℓ applies W_ℓ⁻¹, so
+#: results lose about log10(cond) of float64's 16 digits: at 1e10 about 6 are left.
+UNALIGNED_MAX_CONDITION: float = 1e10
+
+#: ``tf.check_prop42``: default smallness constant ε of the hypotheses [4.14]
+#: (mass of the positive sector ≤ ε) and [4.15] (off-diagonal first moments
+#: ≤ ε relative to the cluster's rms pre-activation); docs/theory.md §7.
+PROP42_EPS: float = 0.1
+
+#: ``tf.neural_collapse``: singular values of Σ_B below this (relative) count as
+#: zero in the pseudo-inverse of NC1 (Σ_B has rank ≤ C − 1 < M in general).
+NC_PINV_RCOND: float = 1e-12
+
+#: ``tf.sector_moments`` and ``tf.check_prop42``: rows per block of the grouped
+#: second-moment sums (bounded scratch of ROWS × M² doubles).
+SECTOR_MOMENT_ROWS: int = 1 << 13
+
 # ----------------------------------------------------------- environment ---
 #: The environment variables truncfast reads (``truncfast info`` lists them).
 ENV_VARIABLES = (

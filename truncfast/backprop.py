@@ -280,7 +280,7 @@ def cumulative_gd(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: floa
 
 
 def train_backprop(net: ReLUNetwork, X: Any, labels: Any, Y: Any, *, lr: float, steps: int,
-                   record_every: int = 1, train_output: bool = True) -> GDResult:
+                   record_every: int = 1, train_output: bool = True, record_networks: bool = False) -> GDResult:
     """Reference (b): full-batch gradient descent on the layer weights, standard loss.
 
     Loss ``C_std = 1/(2N) Σ_n |x⁽ᴸ⁺¹⁾(x_n) − y_{labels[n]}|²`` (docs/theory.md §3, ``Y`` is (Q, P));
@@ -288,6 +288,9 @@ def train_backprop(net: ReLUNetwork, X: Any, labels: Any, Y: Any, *, lr: float, 
     ``train_output``, the output layer — ordinary backprop, no cumulative
     parameters, no retraction.  Truncation counts are read off the network's
     own pre-activations.  Stops early (``info["diverged"]``) if the loss is not finite.
+    With ``record_networks`` the network at every recorded step is kept in
+    ``info["networks"]`` (a list of :class:`ReLUNetwork`, for trajectory-level
+    comparisons such as ``truncfast compare``'s alignment defect).
     """
     torch = require_torch()
     X = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
@@ -303,6 +306,8 @@ def train_backprop(net: ReLUNetwork, X: Any, labels: Any, Y: Any, *, lr: float, 
     trained = [p for p in params if p.requires_grad]
     rec_steps, losses, walls, counts = [], [], [], []
     info: dict = {"diverged": False}
+    if record_networks:
+        info["networks"] = []
     t0 = time.perf_counter()
     k = 0
     for k in range(steps + 1):
@@ -314,6 +319,8 @@ def train_backprop(net: ReLUNetwork, X: Any, labels: Any, Y: Any, *, lr: float, 
             losses.append(lv)
             walls.append(time.perf_counter() - t0)
             counts.append(truncation_counts(_codes(pre), M))
+            if record_networks:
+                info["networks"].append(ReLUNetwork.from_tensors(params))
         if k == steps or not np.isfinite(lv):
             info["diverged"] = not np.isfinite(lv)
             break

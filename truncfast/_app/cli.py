@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=2000, help="number of points (default 2000)")
     p.add_argument("--dim", type=int, default=4, help="input width M (default 4)")
     p.add_argument("--clusters", type=int, default=4, help="clusters Q = layers L (default 4)")
+    p.add_argument("--layers", type=int, default=0, help="hidden layers L (default 0: L = Q)")
+    p.add_argument("--init", default="auto", help="initial frames: auto, separated, toward, random (default auto)")
     p.add_argument("--spread", type=float, default=1.0, help="cluster std (default 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=200, help="steps of each trainer (default 200)")
@@ -252,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from truncfast._app import compare as _compare
 
     _compare.run_compare(args.out, source=args.source, n=args.n, dim=args.dim, clusters=args.clusters,
-                         spread=args.spread, seed=args.seed, steps=args.steps, dt=args.dt, lr=args.lr,
+                         layers=args.layers, init=args.init, spread=args.spread, seed=args.seed, steps=args.steps, dt=args.dt, lr=args.lr,
                          threshold=args.threshold, backend=args.backend, force=args.force, log=_log(args.quiet))
     _log(args.quiet)(f"results in {os.path.abspath(args.out)}: compare.json, compare.npz, compare.png")
     return EXIT_OK

@@ -15,14 +15,18 @@ Three trainers start from the same state on the same data (built by
 
 Written to the run directory (atomically, like ``truncfast run``):
 ``compare.json`` (wall time per step, time to reach the loss threshold, final
-loss, agreement of the two C_E trainers), ``compare.npz`` (the curves) and
+loss, agreement of the two C_E trainers; and, trajectory level (issue 17,
+``compare_trajectory``): ``alignment_defect``, ``pattern_agreement``,
+``collapse_times`` and ``neural_collapse`` of the flow, the unaligned flow and
+backprop at matched flow times), ``compare.npz`` (the curves) and
 ``compare.png`` (loss against step and against wall time, truncation counts
-per layer side by side).
+per layer side by side, and the trajectory-level measures against flow time).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -59,7 +63,7 @@ def _check(key: str, ok: bool, msg: str) -> None:
 
 
 def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int = 4, clusters: int = 4,
-                layers: int = 0, spread: float = 1.0, seed: int = 0, steps: int = 200, dt: float = 0.05,
+                layers: int = 0, init: str = "auto", spread: float = 1.0, seed: int = 0, steps: int = 200, dt: float = 0.05,
                 lr: float | None = None, threshold: float | None = None, record_every: int = 1,
                 backend: str = "auto", force: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run the three trainers and write the comparison into ``out``; returns the summary dict.
@@ -86,7 +90,8 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
     except Exception as exc:  # noqa: BLE001 - an unknown or unavailable backend is a usage error
         raise ConfigError("compare.backend", f"--backend: {exc}") from None
     try:
-        p = data.make_problem(source, n=n, dim=dim, clusters=clusters, layers=layers, spread=spread, seed=seed)
+        p = data.make_problem(source, n=n, dim=dim, clusters=clusters, layers=layers, spread=spread, seed=seed,
+                              init=init)
     except InputError as exc:
         arg = str(exc).split(":", 1)[0].strip()
         raise ConfigError(f"compare.{arg}", f"--{arg}: {str(exc).split(':', 1)[-1].strip()}") from None
@@ -116,12 +121,16 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
                 counts=np.asarray(traj.counts).sum(axis=2), seconds_per_step=flow_wall / steps)
     log(f"effective flow ({backend_name}): {flow['seconds_per_step'] * 1e3:.3f} ms/step")
 
-    ref = bp.cumulative_gd(R0, b0, X, labels, T, dt=dt, steps=steps, record_every=record_every)
-    log(f"autograd (R, b): {ref.seconds_per_step * 1e3:.3f} ms/step")
-    net = bp.ReLUNetwork.from_cumulative(R0, b0, p.W_out, p.b_out)
-    back = bp.train_backprop(net, X, labels, p.Y, lr=lr, steps=steps, record_every=record_every)
-    log(f"backprop (layers): {back.seconds_per_step * 1e3:.3f} ms/step"
-        + (" (diverged: lower --lr)" if back.info["diverged"] else ""))
+    # PyTorch on one thread: these full-batch steps are tiny (N·M ~ 10⁴), and with two threads
+    # on a busy host each step measured up to 35× slower (OpenMP workers waiting for a core)
+    torch = bp.require_torch()
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref, back, matched = _torch_runs(bp, p, R0, b0, X, labels, T, traj, dt=dt, lr=lr, steps=steps,
+                                         record_every=record_every, backend=backend_name, log=log)
+    finally:
+        torch.set_num_threads(torch_threads)
 
     curves = {
         "effective flow": flow,
@@ -148,7 +157,7 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
     agreement = float(np.max(np.abs(flow["loss"][:n_cmp][same] - ref.loss[:n_cmp][same]) / max(loss0, 1e-300)))
     summary = {
         "problem": {"source": source, "description": p.description, "N": p.N, "M": p.M, "L": p.L, "Q": p.Q,
-                    "seed": seed},
+                    "seed": seed, "init": init},
         "steps": steps, "dt": dt, "lr": lr, "backend": backend_name, "threshold": thr,
         "initial_loss": loss0, "methods": methods,
         "speedup_vs_autograd": ref.seconds_per_step / flow["seconds_per_step"],
@@ -157,6 +166,8 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
         "backprop_diverged": bool(back.info["diverged"]),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "torch_threads": 1,
+        **matched,
     }
     arrays = {}
     for key, c in zip(("flow", "autograd", "backprop"), curves.values()):
@@ -172,14 +183,66 @@ def run_compare(out: str, *, source: str = "clusters", n: int = 2000, dim: int =
     return summary
 
 
+def _torch_runs(bp, p, R0, b0, X, labels, T, traj, *, dt, lr, steps, record_every, backend, log):
+    """The PyTorch trainers: autograd in (R, b), backprop in layer weights, and the trajectory level."""
+    ref = bp.cumulative_gd(R0, b0, X, labels, T, dt=dt, steps=steps, record_every=record_every)
+    log(f"autograd (R, b): {ref.seconds_per_step * 1e3:.3f} ms/step")
+    net = bp.ReLUNetwork.from_cumulative(R0, b0, p.W_out, p.b_out)
+    back = bp.train_backprop(net, X, labels, p.Y, lr=lr, steps=steps, record_every=record_every)
+    log(f"backprop (layers): {back.seconds_per_step * 1e3:.3f} ms/step"
+        + (" (diverged: lower --lr)" if back.info["diverged"] else ""))
+
+    t_traj = time.perf_counter()
+    matched = _trajectory_level(bp, p, R0, b0, X, labels, T, traj, dt=dt, lr=lr, steps=steps,
+                                record_every=record_every, backend=backend, log=log)
+    log(f"trajectory-level measures (unaligned flow, backprop at matched flow times): "
+        f"{time.perf_counter() - t_traj:.1f} s")
+
+    return ref, back, matched
+
+
+def _trajectory_level(bp, p, R0, b0, X, labels, T, traj, *, dt, lr, steps, record_every, backend, log) -> dict:
+    """The unaligned flow from the same start and backprop at matched flow times (k·lr), measured by
+    ``compare_trajectory.measure`` (issue 17): the ``alignment_defect``, ``pattern_agreement``,
+    ``collapse_times`` and ``neural_collapse`` entries of compare.json."""
+    import truncfast.unaligned as tu
+    from truncfast._app import compare_trajectory as ct
+    from truncfast._errors import DivergenceError
+
+    # explicit Euler on the cumulative weights is stiff: ∇²_W C grows like |x|², and steps above
+    # ~1/max|x|² oscillate or diverge (measured, docs/alignment_experiment.md); so the unaligned
+    # flow takes `sub` steps of dt/sub per flow step and is recorded at the same times
+    sub = max(1, math.ceil(dt * float(np.max(np.einsum("ij,ij->i", X, X)))))
+    note = None
+    try:
+        unal = tu.integrate(R0, b0, X, labels, T, dt=dt / sub, steps=steps * sub, record_every=record_every * sub,
+                            backend="auto" if backend == "dask" else backend)
+    except DivergenceError as exc:  # keep what ran, and say why it stopped
+        unal, note = exc.trajectory, str(exc)
+        log(f"unaligned flow stopped: {note}")
+    ratio = dt / lr
+    net = bp.ReLUNetwork.from_cumulative(R0, b0, p.W_out, p.b_out)
+    back = bp.train_backprop(net, X, labels, p.Y, lr=lr, steps=max(1, int(round(steps * ratio))),
+                             record_every=max(1, int(round(record_every * ratio))), record_networks=True)
+    out = ct.measure(X, labels, T, p.Y, traj, unal, back.info["networks"], back.steps * lr)
+    out["trajectory_level"] = {"matched_time": "flow time s = step·dt (flows), step·lr (backprop)",
+                               "backprop_steps": int(back.steps[-1]), "unaligned_dt": dt / sub,
+                               "unaligned_flow_stopped": note}
+    return out
+
+
 def compare_figure(path: str, curves: dict[str, dict[str, Any]], summary: dict, dpi: int = 110) -> str:
-    """Loss vs step, loss vs wall time, and truncated points per layer (flow | backprop)."""
+    """Loss vs step, loss vs wall time, truncated points per layer (flow | backprop), and, when the
+    summary has them, the trajectory-level panels of ``compare_trajectory.draw_panels``."""
     from matplotlib.figure import Figure
 
     from truncfast._app.plot_style import LOSS_FLOOR, _save, colour
 
-    fig = Figure(figsize=(15, 8.4), layout="constrained")
-    axs = fig.subplot_mosaic([["loss", "wall"], ["flowc", "backc"]])
+    rows = [["loss", "wall"], ["flowc", "backc"]]
+    if "alignment_defect" in summary:
+        rows += [["defect", "agree"], ["nc1", "nc234"]]
+    fig = Figure(figsize=(15, 4.2 * len(rows)), layout="constrained")
+    axs = fig.subplot_mosaic(rows)
     thr = summary["threshold"]
     for name, c in curves.items():
         st = STYLE[name]
@@ -217,6 +280,10 @@ def compare_figure(path: str, curves: dict[str, dict[str, Any]], summary: dict, 
         ax.grid(True, alpha=0.3)
         ax.set_title(f"Truncated points per layer: {name}")
     axs["flowc"].legend(fontsize=8, ncol=2, title="solid: partially, dashed: fully truncated", title_fontsize=8)
+    if "alignment_defect" in summary:
+        from truncfast._app.compare_trajectory import draw_panels
+
+        draw_panels(axs, summary)
     fig.suptitle(f"truncfast compare — {P['description']}: N = {N}, M = {P['M']}, L = {P['L']}\n"
                  f"{summary['steps']} steps, dt = {summary['dt']:g}, backprop lr = {summary['lr']:g}; "
                  f"flow per step: {summary['speedup_vs_autograd']:.1f}× faster than autograd, "

@@ -35,3 +35,11 @@ class CBackend(LocalBackend):
 
     def violations(self, R, b, X, labels, Q):
         return _c.violations(R, b, X, labels, Q, _config.CHUNK_SIZE)
+
+    def unaligned_forward(self, W, b, X, want_codes):
+        return _c.unaligned_forward(W, b, X, want_codes, _config.CHUNK_SIZE)
+
+    def unaligned_general(self, W, b, X, labels, T, want_grad):
+        loss, gb, gW = _c.unaligned_general(W, b, X, labels, T, want_grad, _config.CHUNK_SIZE)
+        N = X.shape[0]
+        return loss / N, gb / N, gW / N

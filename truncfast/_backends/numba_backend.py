@@ -137,6 +137,60 @@ class NumbaBackend(LocalBackend):
             out += part
         return out
 
+    # ------------------------------------------ unaligned weights (§13) ---
+    @staticmethod
+    def _unaligned_ops(W):
+        """``(Winv, S, Zt)`` of ``unaligned_numba.operators`` (once per call, O(L M³))."""
+        from truncfast._kernels import unaligned_numba as _u
+
+        L, M, _ = W.shape
+        Winv = np.empty((L, M, M))
+        bad = _u.inverse(W, Winv)
+        if bad >= 0:
+            raise ValueError(f"numba backend: W_{bad} has an exactly zero pivot (singular)")
+        S, Zt = np.zeros((max(L - 1, 0), M, M)), np.empty((M, M))
+        _u.operators(W, Winv, S, Zt)
+        return readonly(Winv, S, Zt)
+
+    def unaligned_forward(self, W, b, X, want_codes):
+        from truncfast._kernels import unaligned_numba as _u
+
+        N, M = X.shape
+        L = b.shape[0]
+        W, b, X = readonly(W, b, X)
+        _, S, Zt = self._unaligned_ops(W)
+        chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+        out = np.empty((0 if want_codes else N, M))
+        codes = np.empty((N if want_codes else 0, L), dtype=np.uint64)
+        _par.run_ranges(lambda a, c, _: _u.truncate_range(W, S, Zt, b, X, a, c, chunk, block, out, codes, want_codes),
+                        0, (N + chunk - 1) // chunk, split=4)
+        return codes if want_codes else out
+
+    def unaligned_general(self, W, b, X, labels, T, want_grad):
+        from truncfast._kernels import unaligned_numba as _u
+
+        N = X.shape[0]
+        L, M = b.shape
+        W, b, X, labels, T = readonly(W, b, X, labels, T)
+        Winv, S, Zt = self._unaligned_ops(W)
+        chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
+        nchunks = (N + chunk - 1) // chunk
+        nb_max = batch(nchunks, 8 * (L * M * (M + 1) + 1))
+        gb, G, loss = np.zeros((L, M)), np.zeros((L, M, M)), np.zeros(1)
+        pgb, pG, ploss = np.empty((nb_max, L, M)), np.empty((nb_max, L, M, M)), np.empty((nb_max, 1))
+        for c0 in range(0, nchunks, nb_max):
+            nb = min(nb_max, nchunks - c0)
+            _par.run_ranges(
+                lambda a, c, _: _u.general_range(W, S, Zt, b, X, labels, T, want_grad, a, c, chunk, block, c0,
+                                                 pgb, pG, ploss[:, 0]),
+                c0, c0 + nb, split=4)
+            for total, part in ((loss, ploss), (gb, pgb), (G, pG)):  # chunk order, as the C core
+                _k.add_slots(total, part, nb)
+        gW = np.zeros((L, M, M))
+        if want_grad:
+            _u.finish_grad_w(G, Winv, gW)
+        return loss[0] / N, gb / N, gW / N
+
     # -------------------------------------------------- compiled step loop ---
     def runs_compiled_loop(self, N, form, method_code):
         return form == "general" and method_code is not None and N <= _config.COMPILED_LOOP_MAX_N

@@ -1,12 +1,16 @@
 """The NumPy reference backend: readable, chunked, the oracle the others are checked against.
 
-Kernels in ``truncfast._kernels.reference`` (docs/theory.md §§2, 5, 6).
+Kernels in ``truncfast._kernels.reference`` (docs/theory.md §§2, 5, 6) and
+``unaligned_reference`` (§13).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from truncfast._backends.local import LocalBackend
 from truncfast._kernels import reference as _ref
+from truncfast._kernels import unaligned_reference as _uref
 
 __all__ = ["NumpyBackend"]
 
@@ -34,3 +38,12 @@ class NumpyBackend(LocalBackend):
 
     def violations(self, R, b, X, labels, Q):
         return _ref.separation_violations(R, b, X, labels, Q)
+
+    def unaligned_forward(self, W, b, X, want_codes):
+        return _uref.sector_codes(W, b, X) if want_codes else _uref.truncate(W, b, X)
+
+    def unaligned_general(self, W, b, X, labels, T, want_grad):
+        loss, gb, gW = _uref.general(W, b, X, labels, T)
+        if not want_grad:
+            gb, gW = np.zeros_like(gb), np.zeros_like(gW)
+        return loss, gb, gW

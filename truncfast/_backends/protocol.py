@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from truncfast._errors import BackendUnavailable
+
 __all__ = ["Backend", "UNTRUNCATED", "PARTIAL", "FULL"]
 
 #: Categories of the truncation counts ``counts[ℓ, j, c]`` (docs/theory.md §2).
@@ -111,6 +113,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def rows_of(self, X: Any, labels: Any, j: int) -> np.ndarray:
         """The rows of cluster j, in row order, as an in-memory float64 array (N_j, M)."""
+
+    # ------------------------------------------ unaligned weights (§13) ---
+    # Optional: general invertible cumulative weights W (docs/theory.md §13).  The
+    # in-memory backends implement both; a backend that does not raises
+    # BackendUnavailable naming the ones that do (dask data: docs/distributed.md).
+    def unaligned_forward(self, W: np.ndarray, b: np.ndarray, X: Any, want_codes: bool) -> Any:
+        """τ^(L)(x) (N, M), or the sector codes (N, L) uint64 (M ≤ 64), with ``τ_ℓ(z) =
+        W_ℓ⁻¹(σ(W_ℓ z + b_ℓ) − b_ℓ)`` (docs/theory.md §13).  W is validated and invertible."""
+        raise BackendUnavailable(self._no_unaligned())
+
+    def unaligned_general(self, W: np.ndarray, b: np.ndarray, X: Any, labels: Any, T: np.ndarray,
+                          want_grad: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(loss, grad_b (L, M), grad_W (L, M, M))`` of C_E in (W, b), divided by N
+        (docs/theory.md §13); the gradients are zero unless ``want_grad``."""
+        raise BackendUnavailable(self._no_unaligned())
+
+    def _no_unaligned(self) -> str:
+        return (f"backend {self.name!r} does not run unaligned weights (truncfast.unaligned, docs/theory.md §13); "
+                "use backend='numpy', 'numba' or 'c' with in-memory data")
 
     # -------------------------------------------------- compiled step loop ---
     def runs_compiled_loop(self, N: int, form: str, method_code: int | None) -> bool:

@@ -28,7 +28,8 @@ import numpy as np
 from truncfast import _config
 
 __all__ = ["available", "unavailable_reason", "calls", "has_openmp", "max_threads", "block_size", "acc_lanes", "moments_box",
-           "truncate", "codes", "general", "moments", "violations", "retraction", "integrate"]
+           "truncate", "codes", "general", "moments", "violations", "retraction", "integrate",
+           "unaligned_inverse", "unaligned_forward", "unaligned_general"]
 
 #: Calls into the C core per function name (lets tests prove the C path ran).
 calls: collections.Counter = collections.Counter()
@@ -231,6 +232,51 @@ def violations(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, 
         _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
         N, M, L, Q, chunk, _threads(threads), _buf("int64_t *", counts, np.int64, "counts")), "violations")
     return counts
+
+
+# ------------------------------------------------- unaligned weights (§13) ---
+
+def unaligned_inverse(W: np.ndarray) -> np.ndarray:
+    """W_ℓ⁻¹ of every layer by the core's Gauss–Jordan elimination (``ValueError`` if a pivot is 0)."""
+    calls["unaligned_inverse"] += 1
+    L, M, _ = W.shape
+    out = np.empty_like(W)
+    _check(lib.tf_unaligned_inverse(_buf("double *", W, np.float64, "W"), M, L,
+                                    _buf("double *", out, np.float64, "Winv")), "unaligned_inverse")
+    return out
+
+
+def unaligned_forward(W: np.ndarray, b: np.ndarray, X: np.ndarray, want_codes: bool, chunk: int,
+                      threads: int | None = None) -> np.ndarray:
+    """τ^(L)(x) (N, M) or the sector codes (N, L) uint64 with general invertible W (docs/theory.md §13)."""
+    calls["unaligned_forward"] += 1
+    N, M, L = _dims(W, b, X)
+    args = (_buf("double *", W, np.float64, "W"), _buf("double *", b, np.float64, "b"),
+            _buf("double *", X, np.float64, "X"), N, M, L, chunk, _threads(threads))
+    if want_codes:
+        out = np.empty((N, L), dtype=np.uint64)
+        _check(lib.tf_unaligned_codes(*args, _buf("uint64_t *", out, np.uint64, "codes")), "unaligned codes")
+    else:
+        out = np.empty((N, M))
+        _check(lib.tf_unaligned_truncate(*args, _buf("double *", out, np.float64, "out")), "unaligned truncate")
+    return out
+
+
+def unaligned_general(W: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, T: np.ndarray,
+                      want_grad: bool, chunk: int, threads: int | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Raw sums ``(loss, gb (L, M), gW (L, M, M))`` of the Euclidean loss in (W, b) (docs/theory.md §13),
+    the same bits as ``truncfast._kernels.unaligned_numba`` with the same chunk."""
+    calls["unaligned_general"] += 1
+    N, M, L = _dims(W, b, X)
+    loss = ffi.new("double *")
+    gb, gW = np.empty((L, M)), np.empty((L, M, M))
+    _check(lib.tf_unaligned_general(
+        _buf("double *", W, np.float64, "W"), _buf("double *", b, np.float64, "b"),
+        _buf("double *", X, np.float64, "X"), _buf("int64_t *", labels, np.int64, "labels"),
+        N, M, L, T.shape[0], _buf("double *", T, np.float64, "T"), int(bool(want_grad)), chunk,
+        _threads(threads), loss, _buf("double *", gb, np.float64, "gb"),
+        _buf("double *", gW, np.float64, "gW")), "unaligned general")
+    return float(loss[0]), gb, gW
 
 
 # ------------------------------------------------------------- the flow ---
