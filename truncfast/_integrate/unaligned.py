@@ -63,7 +63,7 @@ class UnalignedTrajectory:
     ``record_every``, the last): ``times`` (= step·dt), ``steps``, ``loss`` (C_E),
     ``grad_b_norm``, ``grad_W_norm`` (Frobenius over all layers), ``condition``
     (K, L) and ``alignment_defect`` (K, L) of every W_ℓ, ``counts`` (K, L, Q, 3)
-    as :attr:`truncfast.Trajectory.counts`, and the states ``Ws``, ``bs``.
+    as ``truncfast.Trajectory.counts``, and the states ``Ws``, ``bs``.
     """
 
     W: np.ndarray
