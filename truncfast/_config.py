@@ -86,6 +86,13 @@ DIVERGENCE_LOSS_FLOOR: float = 1e-8
 #: points at a time (bounded scratch, independent of N).
 COUNTS_ROWS: int = 4 * CHUNK_SIZE
 
+#: Most worker threads one call may use (``tf.set_num_threads`` refuses more,
+#: ``TRUNCFAST_NUM_THREADS`` is clamped to it).  Mirrors ``TF_MAX_THREADS`` of
+#: ``csrc/truncfast.h``, which the C core clamps every ``nthreads`` to (a test
+#: checks they are equal): far above any useful count, far below the counts at
+#: which creating OpenMP threads fails and aborts the process.
+MAX_THREADS: int = 1024
+
 #: Largest width for which sector codes fit a uint64 bitmask.
 MAX_CODE_WIDTH: int = 64
 
@@ -159,17 +166,53 @@ def env_positive_int(name: str) -> int | None:
     return int(val) if val.isdigit() and int(val) > 0 else None
 
 
+_warned_env: set = set()
+
+
+def _warn_env_once(name: str, value: str, what: str) -> None:
+    """One warning per (variable, value) and process: a bad setting is reported, not repeated per call."""
+    if (name, value) in _warned_env:
+        return
+    _warned_env.add((name, value))
+    import warnings
+
+    warnings.warn(f"{name}={value!r} {what}", RuntimeWarning, stacklevel=3)
+
+
 def env_num_threads() -> int | None:
-    """``TRUNCFAST_NUM_THREADS`` when set to a positive integer."""
-    return env_positive_int("TRUNCFAST_NUM_THREADS")
+    """``TRUNCFAST_NUM_THREADS``: a positive integer, at most :data:`MAX_THREADS`.
+
+    Unset: None.  Not a positive integer: None and one ``RuntimeWarning``
+    (the next source of the thread count is used).  Above MAX_THREADS:
+    MAX_THREADS and one warning.  Never raises: a bad environment must not
+    break every call of the library.
+    """
+    val = env_raw("TRUNCFAST_NUM_THREADS")
+    if not val:
+        return None
+    if not (val.isdigit() and int(val) > 0):
+        _warn_env_once("TRUNCFAST_NUM_THREADS", val, "is not a positive integer; ignored (truncfast uses "
+                       "NUMBA_NUM_THREADS, OMP_NUM_THREADS or the CPU count)")
+        return None
+    n = int(val)
+    if n > MAX_THREADS:
+        _warn_env_once("TRUNCFAST_NUM_THREADS", val, f"exceeds truncfast's maximum of {MAX_THREADS} threads; "
+                       f"using {MAX_THREADS}")
+        return MAX_THREADS
+    return n
 
 
 def env_default_threads() -> int | None:
-    """The first positive integer among TRUNCFAST_NUM_THREADS, NUMBA_NUM_THREADS, OMP_NUM_THREADS."""
-    for var in ("TRUNCFAST_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+    """The thread count from the environment: ``TRUNCFAST_NUM_THREADS`` (:func:`env_num_threads`),
+    else the first positive integer among NUMBA_NUM_THREADS, OMP_NUM_THREADS (other libraries'
+    variables: invalid values are theirs to report and skipped here), at most :data:`MAX_THREADS`."""
+    n = env_num_threads()
+    if n is not None:
+        return n
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
         n = env_positive_int(var)
         if n is not None:
-            return n
+            return min(n, MAX_THREADS)
     return None
 
 

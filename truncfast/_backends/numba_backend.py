@@ -118,9 +118,11 @@ class NumbaBackend(LocalBackend):
         chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
         nchunks = (N + chunk - 1) // chunk
         # integer counts: any summation order gives the same result
-        parts = np.zeros((max(1, min(_par.get_num_threads(), nchunks)), Q, L), dtype=np.int64)
+        threads = _par.get_num_threads()  # read once: the slots must match the ranges
+        parts = np.zeros((max(1, min(threads, nchunks)), Q, L), dtype=np.int64)
         _par.run_ranges(
-            lambda a, c, i: _k.violations_range(R, S, b, X, labels, a, c, chunk, block, parts[i]), 0, nchunks)
+            lambda a, c, i: _k.violations_range(R, S, b, X, labels, a, c, chunk, block, parts[i]), 0, nchunks,
+            threads=threads)
         return parts.sum(axis=0)
 
     def counts(self, R, b, X, labels, Q):
