@@ -175,7 +175,7 @@ def _numba_cache_report() -> list[str]:
             continue  # compiled extensions (the cffi core) hold no Numba kernels
         try:
             with open(source, encoding="utf-8") as fh:
-                if "njit" not in fh.read():
+                if "@jit" not in fh.read():
                     continue  # only modules that define Numba kernels (importing is not free)
             modname = info.name
             mod = importlib.import_module(modname)
@@ -235,6 +235,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("numba kernels:")
     for line in _numba_cache_report():
         print(line)
+    from truncfast._kernels.numba_cache import uncached
+
+    if uncached:
+        print(f"  {len(uncached)} kernels compiled uncached: no writable cache directory (set NUMBA_CACHE_DIR)")
     return EXIT_OK
 
 
