@@ -16,6 +16,8 @@ in the paper's setting (docs/theory.md §§3, 6, 7):
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,6 +313,28 @@ def _output_layer(targets: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray
     return W, bo, Y
 
 
+def _int_arg(name: str, value: Any, low: int | None) -> int:
+    """An integer argument (NumPy integers too; bools, floats and strings refused), ≥ ``low``."""
+    try:
+        v = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or (low is not None and v < low):
+        need = "an integer" if low is None else f"an integer ≥ {low}"
+        raise InputError(f"{name}: expected {need}, got {value!r} ({type(value).__name__})")
+    return int(v)
+
+
+def _real_arg(name: str, value: Any, low: float | None, strict: bool) -> float:
+    """A finite real argument, > ``low`` (``strict``) or ≥ ``low``."""
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+    v = float(value) if ok else math.nan
+    if not math.isfinite(v) or (low is not None and (v <= low if strict else v < low)):
+        need = "a finite number" if low is None else f"a finite number {'>' if strict else '≥'} {low:g}"
+        raise InputError(f"{name}: expected {need}, got {value!r}")
+    return v
+
+
 def make_problem(
     source: str = "paper-2d",
     *,
@@ -352,6 +376,11 @@ def make_problem(
     average ``separation`` apart, which makes ``target_shift`` mean the same thing
     as for synthetic clusters.
     """
+    n, dim, clusters, seed, layers, label_column = (
+        _int_arg("n", n, 1), _int_arg("dim", dim, 1), _int_arg("clusters", clusters, 1), _int_arg("seed", seed, 0),
+        _int_arg("layers", layers, 0), _int_arg("label_column", label_column, None))
+    spread, separation = _real_arg("spread", spread, 0.0, False), _real_arg("separation", separation, 0.0, True)
+    target_shift = _real_arg("target_shift", target_shift, None, False)
     names: list[str] = []
     description = ""
     if source == "paper-2d":

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from truncfast import _config
+from truncfast._atomic import remove_leftovers
 from truncfast._errors import InputError
 from truncfast._flow import separated as _separated
 from truncfast._flow.evaluator import Evaluator
@@ -105,6 +106,9 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
     train_weights = check_flag("train_weights", train_weights)
     train_biases = check_flag("train_biases", train_biases)
+    if not (train_weights or train_biases):
+        raise InputError("train_weights: train_weights=False and train_biases=False freeze the whole state: "
+                         "nothing would move (use tf.loss / tf.gradient to evaluate a fixed state)")
     progress = check_flag("progress", progress)
     check_checkpoint_path(checkpoint)
     N, M = p.X.shape
@@ -152,6 +156,7 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     Checkpoints keep being written to ``checkpoint`` (default: ``path``) every
     ``checkpoint_every`` steps (default: the original setting).
     """
+    remove_leftovers(path)  # what a kill -9 during a checkpoint write left next to it
     traj, header = Trajectory._load_with_header(path)
     meta = header.get("checkpoint")
     if not isinstance(meta, dict):

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from truncfast import _config
+from truncfast._atomic import remove_leftovers
 from truncfast._errors import DivergenceError, SeparationError
 from truncfast._flow.evaluator import RHS, Evaluator
 from truncfast._kernels.polar import orthonormalize
@@ -40,6 +41,7 @@ from truncfast._integrate.solvers import SOLVERS, Solver
 from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
 from truncfast._kernels.step_loop import DIVERGED, REORTH
+from truncfast._validate import overflow_error
 
 __all__ = ["Run"]
 
@@ -49,9 +51,10 @@ _after_boundary: Callable[[int], None] | None = None
 
 
 class _Diverged(Exception):
-    def __init__(self, step, loss, good_step, R, b):
+    def __init__(self, step, loss, good_step, R, b, state: bool = False):
         super().__init__(step)
         self.step, self.loss, self.good_step, self.R, self.b = step, loss, good_step, R, b
+        self.state = state  # the step made (R, b) itself non-finite (a huge dt), not only the loss
 
 
 class Run:
@@ -69,6 +72,8 @@ class Run:
         self.train_w = bool(settings["train_weights"])
         self.train_b = bool(settings["train_biases"])
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        if self.checkpoint is not None:
+            remove_leftovers(self.checkpoint)  # temp files of a write that a kill -9 cut short
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.digest = digest
@@ -151,6 +156,8 @@ class Run:
     def _advance_python(self, k, stop, R, b, rhs, nrec, reorth):
         while k < stop:
             R_new, b_new = self.solver.step(R, b, rhs, self.dt, self.train_w, self.train_b)
+            if not (np.isfinite(R_new).all() and np.isfinite(b_new).all()):
+                raise _Diverged(k + 1, math.nan, k, R, b, state=True)  # the step overflowed: dt, not the data
             R_new, fixed = self._reorthonormalize(R_new)
             rhs_new = self.ev.rhs(R_new, b_new)
             if not rhs_new.finite() or rhs_new.loss > self.loss_limit:
@@ -177,8 +184,11 @@ class Run:
                 self.loss_limit)
             k += done
             if status == DIVERGED:
-                raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy())
+                raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy(),
+                                state=not (np.isfinite(Rw).all() and np.isfinite(bw).all()))
             if status == REORTH:
+                if not (np.isfinite(Rw).all() and np.isfinite(bw).all()):
+                    raise _Diverged(k, math.nan, k - 1, Rprev.copy(), bprev.copy(), state=True)
                 Rw = orthonormalize(Rw)
                 reorth += 1
                 loss_c = bk.evaluate_seq(Rw, bw, ev.X, ev.labels, ev.targets, gb, om)
@@ -195,6 +205,9 @@ class Run:
         try:
             rhs = self.ev.rhs(R, b)
             if not rhs.finite():
+                if nrec == 0:  # the caller's data, not the step: name the input that is too large
+                    raise overflow_error("integrate (the loss and gradient at the initial state)",
+                                         dict(X=self.ev.X, b=b, targets=self.ev.targets), self.ev.N, b.shape[1])
                 raise _Diverged(k, rhs.loss, None, R, b)
             if nrec == 0:
                 self._record(0, k, R, b, rhs)
@@ -287,7 +300,9 @@ class Run:
         suggest = min(self.dt / 2.0, 1.0)
         where = (f"the last good state (step {d.good_step}) is kept in err.trajectory"
                  if d.good_step is not None else "the initial state already has a non-finite loss")
-        if not math.isfinite(d.loss):
+        if d.state:
+            what = "could not be evaluated: the step made the state (R, b) non-finite"
+        elif not math.isfinite(d.loss):
             what = f"became {float(d.loss)!r}"
         elif d.loss > self.loss_limit:
             what = (f"grew to {float(d.loss)!r}, more than {_config.DIVERGENCE_LOSS_FACTOR:g} × its reference "

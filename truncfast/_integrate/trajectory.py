@@ -72,6 +72,24 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
     atomic_write(path, write)
 
 
+def _check_save_path(path: Any) -> None:
+    """A file path whose directory exists and is writable (else InputError naming the path,
+    not the temporary file the atomic write would have used)."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InputError(f"path: expected a file path (str or os.PathLike), got {path!r}") from None
+    folder = os.path.dirname(os.path.abspath(p))
+    if os.path.isdir(p):
+        raise InputError(f"path: {p!r} is a directory; give a file name such as 'run.npz'")
+    if not os.path.exists(folder):
+        raise InputError(f"path: cannot write {p!r}: the directory {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise InputError(f"path: cannot write {p!r}: {folder!r} is not a directory")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"path: cannot write {p!r}: the directory {folder!r} is not writable")
+
+
 @dataclass(eq=False)  # arrays: element-wise == would make `a == b` ambiguous
 class Trajectory:
     """A recorded run of the effective gradient flow (docs/theory.md §§5, 9).
@@ -174,6 +192,7 @@ class Trajectory:
         }
         if extra:
             header.update(extra)
+        _check_save_path(path)
         hb = json.dumps(header, sort_keys=True).encode()
         arrays = self._arrays()
         digest = _checksum(hb, arrays)
