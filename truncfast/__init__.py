@@ -16,6 +16,7 @@ from truncfast._backends.registry import backends as backends
 from truncfast._errors import BackendUnavailable as BackendUnavailable
 from truncfast._errors import DivergenceError as DivergenceError
 from truncfast._errors import InputError as InputError
+from truncfast._errors import InstabilityWarning as InstabilityWarning
 from truncfast._errors import SeparationError as SeparationError
 from truncfast._flow.exact import BiasComponentSolution as BiasComponentSolution
 from truncfast._flow.exact import exact_bias_events as exact_bias_events
@@ -54,6 +55,7 @@ __all__ = [
     "BiasComponentSolution",
     "DivergenceError",
     "InputError",
+    "InstabilityWarning",
     "OutputFlow",
     "SeparationError",
     "Trajectory",

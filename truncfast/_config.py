@@ -82,6 +82,24 @@ DIVERGENCE_LOSS_FACTOR: float = 1e3
 #: ~1e-32 of it, a diverging run reaches many times it).
 DIVERGENCE_LOSS_FLOOR: float = 1e-8
 
+#: ``integrate`` reports unstable steps (``_integrate.monitor``) when the loss
+#: exceeds the lowest loss so far by this relative amount (plus the divergence
+#: test's noise floor).  Measured on the data generators' problems (paper-2d,
+#: clusters, iris, digits; 3 seeds; dt = 0.01, 0.05; both retractions; frozen or
+#: trained weights): stable runs never rise by more than 1e-5 relative, while
+#: every run whose steps do not follow the flow (a different end state at dt/2)
+#: rose by 1.6e-3 to 2.4 — and the issue's dt = 1, 2.5, 10 by far more.
+INSTABILITY_GROWTH_RTOL: float = 1e-3
+
+#: ... or when the loss rose (by more than this relative amount over the step
+#: before) in at least INSTABILITY_RISES of the last INSTABILITY_WINDOW steps:
+#: a period-2 oscillation rises every other step.  Above the chatter of a flow
+#: sliding along a sector boundary, whose fixed steps zig-zag across it with
+#: loss wiggles of 5e-8 (dt = 0.01) to 3e-7 (dt = 0.05) relative.
+INSTABILITY_RISE_RTOL: float = 1e-5
+INSTABILITY_WINDOW: int = 16
+INSTABILITY_RISES: int = 6
+
 #: ``integrate`` records truncation counts from the sector codes of this many
 #: points at a time (bounded scratch, independent of N).
 COUNTS_ROWS: int = 4 * CHUNK_SIZE

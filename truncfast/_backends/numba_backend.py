@@ -145,12 +145,13 @@ class NumbaBackend(LocalBackend):
 
     @staticmethod
     def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, dt, method_code, train_w, train_b, nsteps,
-                       tol, Rprev, bprev, loss_limit):
-        """Up to ``nsteps`` steps in compiled code (``step_loop.compiled_steps``): ``(status, done, loss)``."""
+                       tol, Rprev, bprev, loss_limit, losses):
+        """Up to ``nsteps`` steps in compiled code (``step_loop.compiled_steps``): ``(status, done, loss)``;
+        the loss after each step goes to ``losses``."""
         from truncfast._kernels.step_loop import compiled_steps
 
         return compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, _config.CHUNK_SIZE, _config.BLOCK_SIZE,
-                              dt, method_code, train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit)
+                              dt, method_code, train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit, losses)
 
     @staticmethod
     def evaluate_seq(R, b, X, labels, T, gb, omega) -> float:

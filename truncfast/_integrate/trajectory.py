@@ -120,6 +120,10 @@ class Trajectory:
     last_step : int
         Step index of ``R, b``; smaller than ``settings["steps"]`` for a
         partial trajectory (interrupted or diverged run, or a checkpoint).
+    warnings : list of str
+        What went wrong without stopping the run, e.g. unstable steps (the
+        loss rose: ``integrate(..., on_instability="warn")``).  Saved in the
+        file (files written before it existed load with an empty list).
     """
 
     R: np.ndarray
@@ -136,6 +140,7 @@ class Trajectory:
     reorthonormalizations: int = 0
     settings: dict = field(default_factory=dict)
     last_step: int = 0
+    warnings: list = field(default_factory=list)
 
     # ---------------------------------------------------------- derived ---
     @property
@@ -189,6 +194,7 @@ class Trajectory:
             "settings": self.settings,
             "reorthonormalizations": int(self.reorthonormalizations),
             "last_step": int(self.last_step),
+            "warnings": [str(w) for w in self.warnings],
         }
         if extra:
             header.update(extra)
@@ -241,5 +247,6 @@ class Trajectory:
                              f"{header.get('format_version')!r}; this truncfast reads version ≤ {FORMAT_VERSION}")
         traj = cls(R=data["R"], b=data["b"], **{k: data[k] for k in _RECORDED},
                    reorthonormalizations=int(header["reorthonormalizations"]),
-                   settings=header["settings"], last_step=int(header["last_step"]))
+                   settings=header["settings"], last_step=int(header["last_step"]),
+                   warnings=list(header.get("warnings", [])))
         return traj, header

@@ -65,7 +65,7 @@ def evaluate_seq(R, b, X, labels, T, W, bout, Y, chunk, block, gb, omega, G, pgb
 
 @jit
 def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, method,
-                    train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit):
+                    train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit, losses):
     """Up to ``nsteps`` Lie–Euler / Cayley steps without leaving compiled code.
 
     On entry (R, b) is state k and (gb, omega) its right-hand side; on return
@@ -74,6 +74,8 @@ def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, 
     caller re-orthonormalises and re-evaluates, exactly like the Python loop),
     or with DIVERGED when the new loss or gradient is not finite or the loss
     exceeds ``loss_limit`` (Rprev, bprev then hold the last good state).
+    ``losses[i]`` receives the loss after step i + 1 of the call (for the run's
+    instability monitor; not written for a step that returns REORTH).
     Returns ``(status, done, loss)``.
     """
     L, M = b.shape
@@ -96,6 +98,7 @@ def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, 
         if train_w and _expm.defect(R) > tol:
             return REORTH, it + 1, loss
         loss = evaluate_seq(R, b, X, labels, T, W, bout, Y, chunk, block, gb, omega, G, pgb, pG, pgW, pgbo)
+        losses[it] = loss
         s = loss
         for l in range(L):
             for i in range(M):
