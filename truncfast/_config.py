@@ -121,6 +121,12 @@ MAX_CODE_WIDTH: int = 64
 #: a fixed binary tree by block index (deterministic, log depth, within 1e-12).
 DISTRIBUTED_REDUCTION: str = "ordered"
 
+#: ``data.make_problem`` with more layers than clusters: layer ℓ ≥ Q repeats cluster
+#: ℓ mod Q and has its cone's apex moved back along the cone's axis by this × the
+#: centre separation × (ℓ // Q), so that points an earlier copy projected onto its
+#: boundary are strictly inside (no ties at sector boundaries in generated states).
+REPEAT_APEX_SHIFT: float = 1e-2
+
 #: Rows per chunk of the data generators (``truncfast.data``) and of the file
 #: loaders' scans.  Each generated chunk draws from its own generator seeded by
 #: (seed, chunk index), so the values depend on the seed only — never on how

@@ -371,7 +371,11 @@ def make_problem(
     otherwise ``"toward"``), ``"separated"`` (insist on them), ``"toward"``
     (:func:`toward_frames`) or ``"random"`` (seeded random rotations).  In every
     case layer ℓ's apex sits at the centre of cluster ℓ mod Q, so that cluster is
-    partially truncated and the flow has something to do.  ``layers = 0`` means L = Q.
+    partially truncated and the flow has something to do; a layer that repeats a
+    cluster (ℓ ≥ Q) has its apex moved back along its cone's axis by
+    ``_config.REPEAT_APEX_SHIFT · separation · (ℓ // Q)``, so that no point sits on a
+    sector boundary of the initial state (docs/guarantees.md: the precondition of
+    backend agreement).  ``layers = 0`` means L = Q.
     Real data (iris, digits, files) are rescaled so their class centroids are on
     average ``separation`` apart, which makes ``target_shift`` mean the same thing
     as for synthetic clusters.
@@ -448,6 +452,11 @@ def make_problem(
         raise InputError(f"init: unknown initialisation {init!r}; choose 'auto', 'separated', 'toward' or 'random'")
     own = np.arange(L) % Q
     b0 = -np.einsum("lij,lj->li", R0, centres[own])  # apex of layer ℓ at its cluster's centre
+    # A layer that repeats a cluster (ℓ ≥ Q) must not repeat its apex: points an earlier layer
+    # projected onto its boundary (or apex) would lie exactly on the later boundary, where H(0)
+    # is decided by rounding and backends may disagree.  Moving the apex back along the cone's
+    # axis by s·R_ℓᵀ1 adds s to every pre-activation: those points are then inside by s.
+    b0 += (_config.REPEAT_APEX_SHIFT * separation / np.sqrt(M) * (np.arange(L) // Q))[:, None]
     firsts = [int(np.flatnonzero(own == j)[0]) if np.any(own == j) else 0 for j in range(Q)]
     t = centres + target_shift * np.einsum("qij,i->qj", R0[firsts], np.ones(M))
     W, bo, Y = _output_layer(t, output, seed)
