@@ -127,6 +127,11 @@ DISTRIBUTED_REDUCTION: str = "ordered"
 #: boundary are strictly inside (no ties at sector boundaries in generated states).
 REPEAT_APEX_SHIFT: float = 1e-2
 
+#: ``data.make_problem`` refuses a separation, spread or target_shift larger than
+#: this in magnitude: losses are squared distances (summed over N points), and
+#: must stay far below the float64 maximum ~1.8e308.
+GENERATOR_MAX_SCALE: float = 1e100
+
 #: Rows per chunk of the data generators (``truncfast.data``) and of the file
 #: loaders' scans.  Each generated chunk draws from its own generator seeded by
 #: (seed, chunk index), so the values depend on the seed only — never on how

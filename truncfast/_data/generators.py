@@ -141,6 +141,7 @@ def separated_frames(vertices: np.ndarray, Q: int) -> np.ndarray:
     R = np.empty((Q, M, M))
     for j in range(Q):
         others = np.delete(V, j, axis=0) - V[j]
+        others = others / np.max(np.abs(others), axis=1, keepdims=True)  # scaled first: the norm cannot underflow
         U = others / np.linalg.norm(others, axis=1, keepdims=True)
         R[j] = _lowdin_frame(U)
     return R
@@ -162,6 +163,8 @@ def toward_frames(centres: np.ndarray, L: int | None = None) -> np.ndarray:
     for l in range(L):
         j = l % Q
         d = (C.mean(axis=0) * Q - C[j]) / max(Q - 1, 1) - C[j] if Q > 1 else ones
+        big = np.max(np.abs(d))
+        d = d / big if big > 0 else d  # scaled first: the norm cannot underflow or overflow
         nd = np.linalg.norm(d)
         d = ones if nd == 0 else d / nd
         v = ones - d
@@ -385,6 +388,10 @@ def make_problem(
         _int_arg("layers", layers, 0), _int_arg("label_column", label_column, None))
     spread, separation = _real_arg("spread", spread, 0.0, False), _real_arg("separation", separation, 0.0, True)
     target_shift = _real_arg("target_shift", target_shift, None, False)
+    for name, v in (("separation", separation), ("spread", spread), ("target_shift", target_shift)):
+        if abs(v) > _config.GENERATOR_MAX_SCALE:  # the flow's squared distances would overflow float64
+            raise InputError(f"{name}: {v:g} is too large; keep it at most {_config.GENERATOR_MAX_SCALE:g} in "
+                             "magnitude (the losses are squares of distances and must stay finite)")
     names: list[str] = []
     description = ""
     if source == "paper-2d":
@@ -443,7 +450,7 @@ def make_problem(
     if init in ("auto", "separated") and source == "clusters" and Q <= M + 1:
         if L != Q:
             raise InputError(f"layers: cluster-separated frames need one layer per cluster (L = {Q}), got {L}")
-        R0 = separated_frames(simplex_vertices(M + 1, M, separation), Q)
+        R0 = separated_frames(simplex_vertices(M + 1, M, 1.0), Q)  # frames are scale-free: no under/overflow
     elif init in ("auto", "toward"):
         R0 = toward_frames(centres, L)
     elif init == "random":
