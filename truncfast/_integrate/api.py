@@ -167,8 +167,8 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     ``checkpoint_every`` steps (default: the original setting); ``on_instability``
     defaults to the original setting too.
     """
-    remove_leftovers(path)  # what a kill -9 during a checkpoint write left next to it
     traj, header = Trajectory._load_with_header(path)
+    remove_leftovers(path)  # what a kill -9 during a checkpoint write left next to it
     meta = header.get("checkpoint")
     if not isinstance(meta, dict):
         raise InputError(f"path: {os.fspath(path)!r} is a saved trajectory, not a checkpoint "

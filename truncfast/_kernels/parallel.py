@@ -81,8 +81,8 @@ def check_num_threads(n: object, name: str = "n") -> int:
         raise InputError(f"{name}: number of threads must be a positive integer, got {v}")
     if v > _config.MAX_THREADS:
         raise InputError(f"{name}: {v} threads is more than truncfast's maximum of {_config.MAX_THREADS} "
-                         "(_config.MAX_THREADS, the C core's TF_MAX_THREADS); this machine has "
-                         f"{os.cpu_count()} CPUs")
+                         "(_config.MAX_THREADS, the C core's TF_MAX_THREADS); os.cpu_count() tells how many "
+                         "CPUs this machine has")
     return v
 
 
