@@ -187,7 +187,7 @@ static double *transfer_matrices(const double *R, int64_t M, int64_t L)
 }
 
 /* Threads of a call: nthreads > 0 as asked, else the OpenMP default; never
- * more than TF_MAX_THREADS, OMP_THREAD_LIMIT or the `items` of work there are
+ * more than TF_MAX_THREADS, 8 per CPU, OMP_THREAD_LIMIT or the `items` of work there are
  * (idle threads cost their scratch and their creation; libgomp aborts the
  * process when it cannot create the threads asked for).  1 without OpenMP.
  * The count never changes the bits. */
@@ -196,6 +196,8 @@ static int threads_for(int nthreads, int64_t items)
 #ifdef _OPENMP
     int n = nthreads > 0 ? nthreads : omp_get_max_threads();
     if (n > TF_MAX_THREADS) n = TF_MAX_THREADS;
+    const int procs = omp_get_num_procs(); /* more than 8 threads a CPU only oversubscribes */
+    if (procs > 0 && n > 8 * procs) n = 8 * procs;
     const int limit = omp_get_thread_limit();
     if (limit > 0 && n > limit) n = limit;
     if (items < n) n = (int)max64(1, items);

@@ -18,8 +18,8 @@
  *     sums are added in chunk order, so the results are bitwise independent of
  *     the number of threads.  `nthreads` is the number of OpenMP threads of
  *     a call; nthreads <= 0 means the OpenMP default (OMP_NUM_THREADS).  Any
- *     int is safe: a call uses at most TF_MAX_THREADS threads, at most
- *     OMP_THREAD_LIMIT, and never more than it has chunks of work.  With the
+ *     int is safe: a call uses at most TF_MAX_THREADS threads, at most 8 per
+ *     CPU, at most OMP_THREAD_LIMIT, and never more than it has chunks of work.  With the
  *     same `chunk`, the results have the same bits as truncfast's Numba kernels.
  *   - Gradient sums are returned raw (not divided by N, G not antisymmetrised):
  *     the effective flow is grad_b = gb / N, omega_l = (G_l - G_l^T) / (2 N),

@@ -204,3 +204,27 @@ def test_quiet_run_prints_no_numpy_warnings(tmp_path):
     assert [line for line in lines if "RuntimeWarning" in line or "warn" in line.lower() and "warning:" not in line] == []
     assert lines[-1].startswith("error: DivergenceError") and all(
         line.startswith(("error:", "warning: integrate:")) for line in lines), res.stderr
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    (tmp_path / "d.csv").write_bytes("\ufeff1.5,2.5,0\n1,2,1\n".encode("utf-8"))
+    X, labels, _ = load_file(tmp_path / "d.csv")
+    assert X.shape == (2, 2) and labels.tolist() == [0, 1]
+
+
+def test_nan_label_in_npy_names_the_row(tmp_path):
+    np.save(tmp_path / "d.npy", np.array([[0.0, 0.0, 0], [1.0, 1.0, np.nan], [1.0, 1.0, 1]]))
+    res = run_cli("run", _file_config(tmp_path, "d.npy"), "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
+    _assert_usage_error(res, "'data.path'", "row 1", "nan")
+
+
+def test_data_path_is_a_directory(tmp_path):
+    (tmp_path / "d.npy").mkdir()
+    res = run_cli("run", _file_config(tmp_path, "d.npy"), "--out", tmp_path / "o", "--quiet", cwd=tmp_path)
+    _assert_usage_error(res, "'data.path'", "directory")
+
+
+def test_data_file_in_a_missing_directory(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[data]\nsource = "clusters"\ndata_file = "nowhere/x.npy"\n' + QUIET_OUTPUT)
+    _assert_usage_error(run_cli("run", cfg, "--out", tmp_path / "o", cwd=tmp_path), "'data.data_file'")

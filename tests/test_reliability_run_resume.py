@@ -165,3 +165,27 @@ def test_checkpoints_can_be_switched_off(tmp_path):
                    "[output]\nfigures = false\nanimation = false\n")
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert json.loads((tmp_path / "run" / "config.toml").read_text().split("checkpoint_every = ")[1].split("\n")[0]) == 0
+
+
+def test_resume_from_a_damaged_checkpoint_exits_2(tmp_path, capsys):
+    from truncfast._integrate import run as _run
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(LONG.replace("steps = 12000", "steps = 900"))
+    out = tmp_path / "run"
+
+    def stop(step):
+        if step >= 600:
+            raise KeyboardInterrupt
+
+    _run._after_boundary = stop
+    try:
+        assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 130
+    finally:
+        _run._after_boundary = None
+    capsys.readouterr()
+    raw = (out / "checkpoint.npz").read_bytes()
+    (out / "checkpoint.npz").write_bytes(raw[: len(raw) // 2])
+    assert main(["run", "--resume", str(out), "--quiet"]) == 2
+    msg = capsys.readouterr().err.strip().splitlines()
+    assert len(msg) == 1 and "cannot resume from" in msg[0] and "checkpoint.npz" in msg[0]

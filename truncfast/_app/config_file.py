@@ -202,10 +202,17 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], base_dir: str | None) -> None:
     if d["source"] == "file":
         if not d["path"]:
             raise ConfigError("data.path", "config key 'data.path' must name a data file when data.source = \"file\"")
-        if not os.path.isfile(d["path"]):
+        if not os.path.exists(d["path"]):
             raise ConfigError("data.path", f"config key 'data.path' names a file that does not exist: {d['path']}")
+        if not os.path.isfile(d["path"]):
+            raise ConfigError("data.path", f"config key 'data.path' names a directory, not a file: {d['path']}")
         if d["labels_path"] and not os.path.isfile(d["labels_path"]):
             raise ConfigError("data.labels_path", f"config key 'data.labels_path' names a file that does not exist: {d['labels_path']}")
+    if d["data_file"]:
+        folder = os.path.dirname(os.path.abspath(d["data_file"]))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ConfigError("data.data_file", f"config key 'data.data_file': the directory {folder!r} does not "
+                                                "exist or is not writable")
     if d["source"] == "paper-2d" and m["layers"] not in (0, 2):
         raise ConfigError("model.layers", f"config key 'model.layers' must be 0 or 2 for source = \"paper-2d\", got {m['layers']}")
     if (i["method"] == "exp-euler" or i["form"] == "separated") and d["source"] == "clusters" \

@@ -256,6 +256,15 @@ def preflight(cfg: dict[str, dict[str, Any]], problem) -> None:
             f"config keys 'integrate.steps' = {ic['steps']} and 'integrate.record_every' = {ic['record_every']} "
             f"keep {n:.3g} records of {per} bytes in memory, more than half of the {human_bytes(avail)} "
             f"available; set integrate.record_every ≥ {k} or run fewer steps"))
+    from truncfast._validate import max_abs, safe_magnitude
+
+    # data too large for float64 (a file; the generators bound their scales): one pass over X
+    big = max(max_abs(problem.X), max_abs(problem.targets), max_abs(problem.b0))
+    if big > safe_magnitude(problem.N, M):
+        key = "data.path" if cfg["data"]["source"] == "file" else "data.separation"
+        raise ConfigError(key, f"config key '{key}': the data reach {big:.3g} in magnitude; the losses of "
+                               f"N = {problem.N} points in R^{M} overflow float64 above about "
+                               f"{safe_magnitude(problem.N, M):.2g} — rescale the data")
     out = cfg["output"]
     if out["figures"] or out["animation"]:
         from truncfast._app.plot_style import check_settings
@@ -301,7 +310,10 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     t0 = time.perf_counter()
     try:
         if resume:
-            traj = resume_run(ck, problem.X, problem.labels, problem.targets, progress=not quiet)
+            try:
+                traj = resume_run(ck, problem.X, problem.labels, problem.targets, progress=not quiet)
+            except InputError as exc:  # a damaged checkpoint, or data that changed since
+                raise RunDirError(f"cannot resume from {ck!r}: {exc}") from None
         else:
             traj = integrate(
                 problem.R0, problem.b0, problem.X, problem.labels, problem.targets,

@@ -21,7 +21,8 @@ def _relabel(raw: np.ndarray, what: str) -> tuple[np.ndarray, list[str]]:
     raw = np.asarray(raw)
     if raw.dtype.kind == "f":
         if not np.all(np.isfinite(raw)):
-            raise InputError(f"{what}: labels contain NaN or inf")
+            bad = int(np.flatnonzero(~np.isfinite(raw))[0])
+            raise InputError(f"{what}: labels must be integers, row {bad} has {float(raw[bad])!r}")
         if not np.all(raw == np.round(raw)):
             bad = np.flatnonzero(raw != np.round(raw))[0]
             raise InputError(f"{what}: labels must be integers, row {bad} has {raw[bad]!r}")
@@ -160,7 +161,7 @@ def _load_csv(p: str, label_column: int) -> tuple[np.ndarray, np.ndarray, list[s
     and the value (a wrong number of columns, a non-numeric data cell, NaN or inf, an empty
     label, a text label among numeric ones, a non-integer numeric label)."""
     try:
-        with open(p, encoding="utf-8") as fh:
+        with open(p, encoding="utf-8-sig") as fh:  # a byte-order mark must not read as a header cell
             lines = fh.read().splitlines()
     except UnicodeDecodeError as exc:
         raise InputError(f"path: {p!r} is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
