@@ -182,3 +182,15 @@ def test_dense_helpers_refuse_overflow(call):
         warnings.simplefilter("error")  # and no RuntimeWarning on the way
         with pytest.raises(tf.InputError, match=r"^\w+: .*(too large|overflows float64)"):
             call()
+
+
+def test_cumulative_gd_stops_at_a_non_finite_loss():
+    """truncfast.backprop.cumulative_gd (public): a diverging dt is reported, not a run of NaN."""
+    pytest.importorskip("torch")
+    from truncfast import backprop as bp
+
+    p = data.make_problem("clusters", n=60, dim=2, clusters=2, seed=0)
+    r = bp.cumulative_gd(p.R0, p.b0, p.X, p.labels, p.targets, dt=1e10, steps=20)
+    assert r.info["diverged"] and not np.isfinite(r.loss[-1]) and np.isfinite(r.loss[:-1]).all()
+    ok = bp.cumulative_gd(p.R0, p.b0, p.X, p.labels, p.targets, dt=0.05, steps=5)
+    assert not ok.info["diverged"] and np.isfinite(ok.loss).all()
