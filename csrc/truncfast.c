@@ -194,13 +194,25 @@ static double *transfer_matrices(const double *R, int64_t M, int64_t L)
     return S;
 }
 
-/* Threads of a call: nthreads > 0 as asked (1 without OpenMP), else the OpenMP default. */
-static int threads_for(int nthreads)
+/* Threads of a call: nthreads > 0 as asked, else the OpenMP default; never
+ * more than TF_MAX_THREADS, 8 per CPU, OMP_THREAD_LIMIT or the `items` of work there are
+ * (idle threads cost their scratch and their creation; libgomp aborts the
+ * process when it cannot create the threads asked for).  1 without OpenMP.
+ * The count never changes the bits. */
+static int threads_for(int nthreads, int64_t items)
 {
 #ifdef _OPENMP
-    return nthreads > 0 ? nthreads : omp_get_max_threads();
+    int n = nthreads > 0 ? nthreads : omp_get_max_threads();
+    if (n > TF_MAX_THREADS) n = TF_MAX_THREADS;
+    const int procs = omp_get_num_procs(); /* more than 8 threads a CPU only oversubscribes */
+    if (procs > 0 && n > 8 * procs) n = 8 * procs;
+    const int limit = omp_get_thread_limit();
+    if (limit > 0 && n > limit) n = limit;
+    if (items < n) n = (int)max64(1, items);
+    return n < 1 ? 1 : n;
 #else
     (void)nthreads;
+    (void)items;
     return 1;
 #endif
 }
@@ -376,7 +388,7 @@ static int truncate_or_codes(const double *R, const double *b, const double *X,
                              double *out, uint64_t *codes)
 {
     const int64_t nchunks = (N + chunk - 1) / chunk;
-    nthreads = threads_for(nthreads);
+    nthreads = threads_for(nthreads, nchunks);
     const size_t wsz = work_doubles(M, L, 0, 0);
     double *S = transfer_matrices(R, M, L);
     double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));
@@ -458,7 +470,7 @@ int tf_general_unchecked(const double *R, const double *b, const double *X, cons
     const int64_t nchunks = (N + chunk - 1) / chunk;
     /* one partial record per chunk of the batch: loss, gb, G, gW, gbo */
     const int64_t rec = 1 + LM + LMM + PM + P;
-    nthreads = threads_for(nthreads);
+    nthreads = threads_for(nthreads, nchunks);
     const int64_t batch = batch_size(nchunks, 8 * rec, nthreads);
     const size_t wsz = work_doubles(M, L, P, want_grad);
     /* Euclidean loss: targets in the last layer's frame, y'_j = R_L y_j (same
@@ -558,7 +570,7 @@ int tf_moments_box(const double *R, const double *b, const double *X, const int6
     const int64_t nchunks = (N + chunk - 1) / chunk;
     /* one record per chunk: S0, S1, S2, counts, lo, hi */
     const int64_t rec = QM + 2 * QMM + Q + 2 * QM;
-    nthreads = threads_for(nthreads);
+    nthreads = threads_for(nthreads, nchunks);
     const int64_t batch = batch_size(nchunks, 8 * rec, nthreads);
     double *part = (double *)malloc((size_t)batch * (size_t)rec * sizeof(double));
     double *vs = (double *)malloc((size_t)nthreads * (size_t)(3 * M) * sizeof(double));
@@ -625,7 +637,7 @@ int tf_any_nonfinite(const double *x, int64_t n, int nthreads)
     if (!x) return 0;
     const uint64_t expo = 0x7FF0000000000000ULL;
     uint64_t m = 0;
-    nthreads = threads_for(nthreads);
+    nthreads = threads_for(nthreads, n >> 12); /* at least 4096 numbers a thread */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) reduction(max : m) num_threads(nthreads) if (n >= (1 << 16))
 #endif
@@ -654,7 +666,7 @@ int tf_violations(const double *R, const double *b, const double *X, const int64
     if (N == 0) return TF_OK;
 
     const int64_t nchunks = (N + chunk - 1) / chunk;
-    nthreads = threads_for(nthreads);
+    nthreads = threads_for(nthreads, nchunks);
     const size_t wsz = work_doubles(M, L, 0, 0);
     double *S = transfer_matrices(R, M, L);
     double *ws = (double *)malloc((size_t)nthreads * wsz * sizeof(double));

@@ -17,8 +17,10 @@
  *     (truncfast uses 4096).  A chunk is summed sequentially, chunk partial
  *     sums are added in chunk order, so the results are bitwise independent of
  *     the number of threads.  `nthreads` is the number of OpenMP threads of
- *     a call; nthreads <= 0 means the OpenMP default (OMP_NUM_THREADS).  With the same `chunk`, the results have the same
- *     bits as truncfast's Numba kernels.
+ *     a call; nthreads <= 0 means the OpenMP default (OMP_NUM_THREADS).  Any
+ *     int is safe: a call uses at most TF_MAX_THREADS threads, at most 8 per
+ *     CPU, at most OMP_THREAD_LIMIT, and never more than it has chunks of work.  With the
+ *     same `chunk`, the results have the same bits as truncfast's Numba kernels.
  *   - Gradient sums are returned raw (not divided by N, G not antisymmetrised):
  *     the effective flow is grad_b = gb / N, omega_l = (G_l - G_l^T) / (2 N),
  *     loss = loss_sum / N (docs/theory.md section 5).
@@ -108,6 +110,10 @@ int tf_abi_version(void);
  * truncfast's _config.ACC_LANES for bitwise agreement): point p of a chunk
  * adds into lane (p - chunk start) % TF_ACC_LANES; lanes are added in order. */
 #define TF_ACC_LANES 8
+
+/* Most OpenMP threads one call uses (larger `nthreads` are clamped to it);
+ * truncfast's _config.MAX_THREADS, which tf.set_num_threads accepts at most. */
+#define TF_MAX_THREADS 1024
 
 /* Human-readable text of a status code (static storage). */
 const char *tf_status_string(int status);

@@ -31,6 +31,7 @@ import numpy as np
 
 import truncfast as tf
 import truncfast.unaligned as tu
+from truncfast import data as tf_data
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "errors.md"
@@ -334,7 +335,77 @@ CASES: list[Case] = [
          lambda d, t: tf.neural_collapse(d["X"], d["labels"], classifier=np.zeros((3, 3)))),
     Case("neural_collapse", "predictions of the wrong length", "predictions",
          lambda d, t: tf.neural_collapse(d["X"], d["labels"], predictions=d["labels"][:-1])),
+    # --- issue 18: the second reliability round
+    Case("set_num_threads", "a bool", "n", lambda d, t: tf.set_num_threads(True)),
+    Case("set_num_threads", "a float", "n", lambda d, t: tf.set_num_threads(2.0)),
+    Case("set_num_threads", "a string", "n", lambda d, t: tf.set_num_threads("4")),
+    Case("set_num_threads", "more than MAX_THREADS (200000)", "n", lambda d, t: tf.set_num_threads(200_000)),
+    Case("gradient", "X ~1e155 and targets ~1e154: the sums overflow", "X",
+         lambda d, t: _call("gradient", _euclid(d, X=d["X"] * 1e155, targets=d["targets"] * 1e154))),
+    Case("loss", "b ~ −1e300 (every point fully truncated): the loss overflows", "b",
+         lambda d, t: _call("loss", _euclid(d, b=-np.abs(d["b"]) * 1e300 - 1e300))),
+    Case("cluster_moments", "X and b ~1e200: the moments overflow", "X",
+         lambda d, t: _call("cluster_moments", _euclid(d, X=d["X"] * 2e200, b=d["b"] * 1e200))),
+    Case("standard_gradient", "W_out ~1e200: the residuals overflow", "W_out",
+         lambda d, t: _call("standard_gradient", _std(d, W_out=d["W_out"] * 1e200))),
+    Case("sector_codes", "X ~1e307: the pre-activations could overflow", "X",
+         lambda d, t: tf.sector_codes(d["R"], d["b"], d["X"] * 1e307)),
+    Case("integrate", "data so large that the initial loss overflows", "X",
+         lambda d, t: _integ(d, X=d["X"] * 1e160, targets=d["targets"] * 1e150)),
+    Case("integrate", "train_weights and train_biases both False", "train_weights",
+         lambda d, t: _integ(d, train_weights=False, train_biases=False)),
+    Case("integrate", "unknown on_instability", "on_instability", lambda d, t: _integ(d, on_instability="error")),
+    Case("resume", "unknown on_instability", "on_instability",
+         lambda d, t: tf.resume(_checkpoint(d, t), d["X"], d["labels"], d["targets"], on_instability="loud")),
+    Case("Trajectory.save", "into a directory that does not exist", "path",
+         lambda d, t: _integ(d).save(t / "missing" / "run.npz")),
+    Case("collapsed_output_flow", "steps=True", "steps",
+         lambda d, t: tf.collapsed_output_flow(d["W_out"], d["Xc"], d["Y"], d["pi"], dt=0.1, steps=True)),
+    Case("collapsed_output_flow", "steps=2.0", "steps",
+         lambda d, t: tf.collapsed_output_flow(d["W_out"], d["Xc"], d["Y"], d["pi"], dt=0.1, steps=2.0)),
+    Case("collapsed_output_flow", "dt=True", "dt",
+         lambda d, t: tf.collapsed_output_flow(d["W_out"], d["Xc"], d["Y"], d["pi"], dt=True, steps=2)),
+    Case("positive_sector_output_flow", "steps=2.0", "steps",
+         lambda d, t: tf.positive_sector_output_flow(d["W_out"], d["b_out"], d["X"], d["labels"], d["Y"], dt=0.1,
+                                                     steps=2.0)),
+    Case("collapsed_output_loss", "W and Xc ~1e200: the loss overflows", "W",
+         lambda d, t: tf.collapsed_output_loss(d["W_out"] * 1e200, d["Xc"] * 1e200, d["Y"], d["pi"])),
+    Case("aligned_from_cumulative", "zero weights (singular D)", "Wc",
+         lambda d, t: tf.aligned_from_cumulative(np.zeros((2, 3, 3)), d["b"])),
+    Case("layers_to_cumulative", "a product of layers overflows", "Ws",
+         lambda d, t: tf.layers_to_cumulative(d["R"] * 1e200, d["b"])),
+    Case("pullback_targets", "W_out tiny: its inverse overflows", "W_out",
+         lambda d, t: tf.pullback_targets(np.eye(2, 3) * 1e-300, d["b_out"], d["Y"] * 1e10)),
+    Case("exact_bias_flow", "check_separation='no' (a string)", "check_separation",
+         lambda d, t: tf.exact_bias_flow(*_euclid(d)[0], [0.0], check_separation="no")),
+    Case("data.make_problem", "n='10' (a string)", "n", lambda d, t: tf_data.make_problem("clusters", n="10")),
+    Case("data.make_problem", "dim=2.5", "dim", lambda d, t: tf_data.make_problem("clusters", dim=2.5)),
+    Case("data.make_problem", "seed=-1", "seed", lambda d, t: tf_data.make_problem("clusters", seed=-1)),
+    Case("data.make_problem", "seed=1.5", "seed", lambda d, t: tf_data.make_problem("clusters", seed=1.5)),
+    Case("data.make_problem", "separation=0", "separation", lambda d, t: tf_data.make_problem("clusters", separation=0)),
+    Case("data.make_problem", "separation=1e300", "separation",
+         lambda d, t: tf_data.make_problem("clusters", separation=1e300)),
+    Case("data.load_file", "CSV with an empty label", "path", lambda d, t: tf_data.load_file(_text(t, "e.csv", "1,2,0\n1.5,2.5,\n"))),
+    Case("data.load_file", "CSV with a stray text label among numbers", "path",
+         lambda d, t: tf_data.load_file(_text(t, "s.csv", "1,2,0\n1,2,café\n1,2,1\n2,2,0\n"))),
+    Case("data.load_file", "CSV with a fractional label", "path",
+         lambda d, t: tf_data.load_file(_text(t, "f.csv", "1,2,0\n1,2,1.5\n"))),
+    Case("data.load_file", "CSV with a short line", "path", lambda d, t: tf_data.load_file(_text(t, "c.csv", "1,2,0\n3\n"))),
+    Case("data.load_file", "CSV with NaN", "path", lambda d, t: tf_data.load_file(_text(t, "n.csv", "1,2,0\nnan,2,1\n"))),
+    Case("data.load_file", "a text file named .npy", "path", lambda d, t: tf_data.load_file(_text(t, "t.npy", "1,2,0\n"))),
+    Case("data.load_file", "a pickled (object) .npy", "path", lambda d, t: tf_data.load_file(_pickled(t))),
 ]
+
+
+def _text(tmp: Path, name: str, text: str) -> Path:
+    (tmp / name).write_text(text, encoding="utf-8")
+    return tmp / name
+
+
+def _pickled(tmp: Path) -> Path:
+    np.save(tmp / "p.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return tmp / "p.npy"
+
 
 
 def run_case(case: Case, tmp: Path) -> BaseException | None:
@@ -369,10 +440,17 @@ def table() -> str:
         "strided views, nested lists. A C-contiguous float64 array (including a read-only memmap) is",
         "passed to the kernels without a copy.",
         "",
+        "Finite inputs too large for float64 (their squares or sums overflow) are bad input too: the",
+        "message names the largest input and the magnitude that is safe, instead of returning NaN",
+        "([guarantees.md](guarantees.md)). The data functions of `truncfast.data` (`make_problem`,",
+        "`load_file`) follow the same rule; file problems name the file, the line and the value.",
+        "",
         "Other errors: `truncfast.SeparationError` (the separated form's assumption fails at run time),",
         "`truncfast.DivergenceError` (`integrate`: the loss became non-finite or grew beyond",
-        "`_config.DIVERGENCE_LOSS_FACTOR`; carries `step`, `loss`, `suggested_dt`, `trajectory`),",
-        "`truncfast.BackendUnavailable` (a backend asked for by name is not built here).",
+        "`_config.DIVERGENCE_LOSS_FACTOR`, or rose with `on_instability=\"raise\"`; carries `step`,",
+        "`loss`, `suggested_dt`, `trajectory`; the output-layer flows raise it too),",
+        "`truncfast.BackendUnavailable` (a backend asked for by name is not built here). A warning,",
+        "`truncfast.InstabilityWarning`, reports unstable steps (the loss rose) with a smaller dt to try.",
         "",
         "| function | case | argument | message |",
         "|---|---|---|---|",

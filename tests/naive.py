@@ -226,3 +226,18 @@ def cumulative(Ws, bs):
         Wc.append(W)
         bc.append(c)
     return np.array(Wc), np.array(bc)
+
+
+def boundary_margin(R, b, X):
+    """Smallest |pre-activation| along the composition, relative to its scale:
+    min over points n, layers ℓ and directions i of |u_ℓ,i| / (|z_{ℓ−1}| + |b_ℓ|),
+    u_ℓ = R_ℓ z_{ℓ−1} + b_ℓ, z_ℓ = τ_ℓ(z_{ℓ−1}).  Of order 1e-16 when a point sits on a
+    sector boundary up to rounding (where H is decided by rounding)."""
+    worst = np.inf
+    for x in X:
+        z = np.array(x, dtype=np.float64)
+        for Rl, bl in zip(R, b):
+            u = Rl @ z + bl
+            worst = min(worst, float(np.min(np.abs(u))) / (np.linalg.norm(z) + np.linalg.norm(bl)))
+            z = tau_layer(Rl, bl, z)
+    return worst

@@ -188,12 +188,21 @@ def test_invalid_toml_and_missing_file(tmp_path: Path):
     assert res.returncode == 2  # argparse usage error
 
 
-def test_runtime_failure_exits_1(tmp_path: Path):
+def test_bad_data_exits_2(tmp_path: Path):
+    """A NaN in the data file is a data problem (issue 18: exit 2 naming the key and the file)."""
     np.save(tmp_path / "nan.npy", np.array([[np.nan, 0.0, 0], [1.0, 1.0, 1]]))
     cfg = write_config(tmp_path / "c.toml", '[data]\nsource = "file"\npath = "nan.npy"\n')
     res = run_cli("run", cfg, "--out", tmp_path / "o", "--quiet")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and "NaN" in res.stderr and "nan.npy" in res.stderr
+
+
+def test_runtime_failure_exits_1(tmp_path: Path):
+    cfg = write_config(tmp_path / "c.toml", '[data]\nsource = "clusters"\nn = 50\n[integrate]\ndt = 1e150\n'
+                                            'steps = 5\n[output]\nfigures = false\nanimation = false\n')
+    res = run_cli("run", cfg, "--out", tmp_path / "o", "--quiet")
     assert res.returncode == 1, res.stderr
-    assert res.stderr.startswith("error: ") and "NaN" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: DivergenceError")
 
 
 def test_info():
@@ -259,5 +268,8 @@ def test_failed_forced_rerun_leaves_no_stale_results(tmp_path: Path, capsys):
     assert main(["run", str(bad), "--out", str(out), "--quiet", "--force"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: SeparationError")
-    assert not (out / "summary.json").exists() and not (out / "trajectory.npz").exists()
+    # the summary now is the failed run's (issue 18: a failure writes what it has), never the old one
+    failed = json.loads((out / "summary.json").read_text())
+    assert failed["status"] == "separation_error" and failed["steps"] == 0 and failed["Q"] == 5
+    assert not (out / "trajectory.npz").exists()  # it failed before its first record
     assert (out / "notes.txt").read_text() == "mine"  # files that are not ours are kept

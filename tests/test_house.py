@@ -178,3 +178,12 @@ def test_nothing_points_outside_the_repository(pattern):
             for i, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
             if re.search(pattern, line)]
     assert not hits, hits
+
+
+def test_every_numba_kernel_goes_through_the_one_decorator():
+    """``_kernels.numba_cache.jit`` caches where it can and compiles uncached (one warning) where it
+    cannot (a read-only install): a bare ``@njit(cache=True)`` would crash ``import truncfast`` there."""
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in _modules() if p.name != "numba_cache.py"
+           for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+           if re.match(r"\s*@(numba\.n?jit|njit)\b", line) or re.search(r"from numba import .*\bn?jit\b", line)]
+    assert not bad, bad

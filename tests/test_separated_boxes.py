@@ -65,7 +65,9 @@ def test_box_image_under_own_truncation_is_exact(rng):
     lo, hi = _box(p, 3)
     for j in range(3):
         Xj = p.X[p.labels == j]
-        t = np.maximum(Xj @ p.R[j].T + p.b[j], 0.0) - p.b[j]  # R_j τ_j(x) in the frame of layer j
+        # R_j τ_j(x) in the frame of layer j, with v = R_j x summed as the reference (and the
+        # kernels) sum it, so that the box and t hold the same rounded v
+        t = np.maximum(_reference._matvec(p.R[j], Xj) + p.b[j], 0.0) - p.b[j]
         np.testing.assert_array_equal(t.min(axis=0), np.maximum(lo[j] + p.b[j], 0.0) - p.b[j])
         np.testing.assert_array_equal(t.max(axis=0), np.maximum(hi[j] + p.b[j], 0.0) - p.b[j])
 

@@ -16,6 +16,7 @@ from truncfast._backends.registry import backends as backends
 from truncfast._errors import BackendUnavailable as BackendUnavailable
 from truncfast._errors import DivergenceError as DivergenceError
 from truncfast._errors import InputError as InputError
+from truncfast._errors import InstabilityWarning as InstabilityWarning
 from truncfast._errors import SeparationError as SeparationError
 from truncfast._flow.diagnostics import Prop42Check as Prop42Check
 from truncfast._flow.diagnostics import SectorMoments as SectorMoments
@@ -59,6 +60,7 @@ __all__ = [
     "BiasComponentSolution",
     "DivergenceError",
     "InputError",
+    "InstabilityWarning",
     "OutputFlow",
     "Prop42Check",
     "SectorMoments",

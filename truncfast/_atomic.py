@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Callable
 
-__all__ = ["atomic_write", "file_mode"]
+__all__ = ["atomic_write", "file_mode", "temp_prefix", "remove_leftovers"]
 
 
 def file_mode() -> int:
@@ -30,7 +30,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -44,3 +44,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
         except OSError:
             pass
         raise
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """Name prefix of :func:`atomic_write`'s temporary files for ``path`` (in its folder)."""
+    return ".tmp-" + os.path.basename(os.fspath(path)) + "-"
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[str]:
+    """Delete the temporary files an interrupted :func:`atomic_write` of ``path`` left behind.
+
+    A ``kill -9`` (or a power cut) between ``mkstemp`` and ``os.replace`` leaves
+    ``.tmp-<name>-XXXXXXXX`` next to ``path``; the cleanup of ``atomic_write`` never
+    ran.  Only this exact prefix is touched — never other files.  Called when a run
+    that checkpoints to ``path`` starts and by :func:`truncfast.resume` (one writer
+    per checkpoint path is assumed, as for the checkpoint itself).  Returns the
+    removed paths; errors (a file vanishing, no permission) are ignored.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = temp_prefix(path)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix):
+            full = os.path.join(folder, name)
+            try:
+                if os.path.isfile(full) and not os.path.islink(full):
+                    os.unlink(full)
+                    removed.append(full)
+            except OSError:
+                pass
+    return removed

@@ -90,9 +90,34 @@ DIVERGENCE_LOSS_FACTOR: float = 1e3
 #: ~1e-32 of it, a diverging run reaches many times it).
 DIVERGENCE_LOSS_FLOOR: float = 1e-8
 
+#: ``integrate`` reports unstable steps (``_integrate.monitor``) when the loss
+#: exceeds the lowest loss so far by this relative amount (plus the divergence
+#: test's noise floor).  Measured on the data generators' problems (paper-2d,
+#: clusters, iris, digits; 3 seeds; dt = 0.01, 0.05; both retractions; frozen or
+#: trained weights): stable runs never rise by more than 1e-5 relative, while
+#: every run whose steps do not follow the flow (a different end state at dt/2)
+#: rose by 1.6e-3 to 2.4 — and the issue's dt = 1, 2.5, 10 by far more.
+INSTABILITY_GROWTH_RTOL: float = 1e-3
+
+#: ... or when the loss rose (by more than this relative amount over the step
+#: before) in at least INSTABILITY_RISES of the last INSTABILITY_WINDOW steps:
+#: a period-2 oscillation rises every other step.  Above the chatter of a flow
+#: sliding along a sector boundary, whose fixed steps zig-zag across it with
+#: loss wiggles of 5e-8 (dt = 0.01) to 3e-7 (dt = 0.05) relative.
+INSTABILITY_RISE_RTOL: float = 1e-5
+INSTABILITY_WINDOW: int = 16
+INSTABILITY_RISES: int = 6
+
 #: ``integrate`` records truncation counts from the sector codes of this many
 #: points at a time (bounded scratch, independent of N).
 COUNTS_ROWS: int = 4 * CHUNK_SIZE
+
+#: Most worker threads one call may use (``tf.set_num_threads`` refuses more,
+#: ``TRUNCFAST_NUM_THREADS`` is clamped to it).  Mirrors ``TF_MAX_THREADS`` of
+#: ``csrc/truncfast.h``, which the C core clamps every ``nthreads`` to (a test
+#: checks they are equal): far above any useful count, far below the counts at
+#: which creating OpenMP threads fails and aborts the process.
+MAX_THREADS: int = 1024
 
 #: Largest width for which sector codes fit a uint64 bitmask.
 MAX_CODE_WIDTH: int = 64
@@ -103,6 +128,17 @@ MAX_CODE_WIDTH: int = 64
 #: CHUNK_SIZE), latency one task hop per block; ``"tree"`` — block sums added in
 #: a fixed binary tree by block index (deterministic, log depth, within 1e-12).
 DISTRIBUTED_REDUCTION: str = "ordered"
+
+#: ``data.make_problem`` with more layers than clusters: layer ℓ ≥ Q repeats cluster
+#: ℓ mod Q and has its cone's apex moved back along the cone's axis by this × the
+#: centre separation × (ℓ // Q), so that points an earlier copy projected onto its
+#: boundary are strictly inside (no ties at sector boundaries in generated states).
+REPEAT_APEX_SHIFT: float = 1e-2
+
+#: ``data.make_problem`` refuses a separation, spread or target_shift larger than
+#: this in magnitude: losses are squared distances (summed over N points), and
+#: must stay far below the float64 maximum ~1.8e308.
+GENERATOR_MAX_SCALE: float = 1e100
 
 #: Rows per chunk of the data generators (``truncfast.data``) and of the file
 #: loaders' scans.  Each generated chunk draws from its own generator seeded by
@@ -201,17 +237,53 @@ def env_positive_int(name: str) -> int | None:
     return int(val) if val.isdigit() and int(val) > 0 else None
 
 
+_warned_env: set = set()
+
+
+def _warn_env_once(name: str, value: str, what: str) -> None:
+    """One warning per (variable, value) and process: a bad setting is reported, not repeated per call."""
+    if (name, value) in _warned_env:
+        return
+    _warned_env.add((name, value))
+    import warnings
+
+    warnings.warn(f"{name}={value!r} {what}", RuntimeWarning, stacklevel=3)
+
+
 def env_num_threads() -> int | None:
-    """``TRUNCFAST_NUM_THREADS`` when set to a positive integer."""
-    return env_positive_int("TRUNCFAST_NUM_THREADS")
+    """``TRUNCFAST_NUM_THREADS``: a positive integer, at most :data:`MAX_THREADS`.
+
+    Unset: None.  Not a positive integer: None and one ``RuntimeWarning``
+    (the next source of the thread count is used).  Above MAX_THREADS:
+    MAX_THREADS and one warning.  Never raises: a bad environment must not
+    break every call of the library.
+    """
+    val = env_raw("TRUNCFAST_NUM_THREADS")
+    if not val:
+        return None
+    if not (val.isdigit() and int(val) > 0):
+        _warn_env_once("TRUNCFAST_NUM_THREADS", val, "is not a positive integer; ignored (truncfast uses "
+                       "NUMBA_NUM_THREADS, OMP_NUM_THREADS or the CPU count)")
+        return None
+    n = int(val)
+    if n > MAX_THREADS:
+        _warn_env_once("TRUNCFAST_NUM_THREADS", val, f"exceeds truncfast's maximum of {MAX_THREADS} threads; "
+                       f"using {MAX_THREADS}")
+        return MAX_THREADS
+    return n
 
 
 def env_default_threads() -> int | None:
-    """The first positive integer among TRUNCFAST_NUM_THREADS, NUMBA_NUM_THREADS, OMP_NUM_THREADS."""
-    for var in ("TRUNCFAST_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+    """The thread count from the environment: ``TRUNCFAST_NUM_THREADS`` (:func:`env_num_threads`),
+    else the first positive integer among NUMBA_NUM_THREADS, OMP_NUM_THREADS (other libraries'
+    variables: invalid values are theirs to report and skipped here), at most :data:`MAX_THREADS`."""
+    n = env_num_threads()
+    if n is not None:
+        return n
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
         n = env_positive_int(var)
         if n is not None:
-            return n
+            return min(n, MAX_THREADS)
     return None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "SeparationError", "BackendUnavailable", "DivergenceError"]
+__all__ = ["InputError", "SeparationError", "BackendUnavailable", "DivergenceError", "InstabilityWarning"]
 
 
 class InputError(ValueError):
@@ -31,3 +31,8 @@ class BackendUnavailable(RuntimeError):
 
 class DivergenceError(FloatingPointError):
     """An integration step produced a non-finite or exploding loss."""
+
+
+class InstabilityWarning(RuntimeWarning):
+    """``integrate``: the loss rose or oscillated — the steps are unstable (a gradient flow never
+    increases its loss); the message suggests a smaller dt (``_integrate.monitor``)."""

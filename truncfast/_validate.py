@@ -10,6 +10,7 @@ read-only memmaps) are passed through without copying.  Kernels never validate.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,13 @@ __all__ = [
     "check_output_layer",
     "orthogonality_defect",
     "square_matrices",
+    "max_abs",
+    "overflow_error",
+    "check_results_finite",
+    "check_forward_magnitude",
+    "forward_magnitude",
+    "safe_magnitude",
+    "refuse_nonfinite",
 ]
 
 _CHUNK_ROWS = 1 << 16
@@ -245,3 +253,113 @@ def check_output_layer(M: int, W_out: Any, b_out: Any, Y: Any) -> tuple[np.ndarr
         raise InputError("Y: has no rows (Q = 0)")
     check_finite("Y", Y)
     return W_out, b_out, Y
+
+
+# ------------------------------------------------------------- magnitudes ---
+# Inputs are finite, but products of two of them (squared residuals, the pair
+# sums of omega, loss sums over N points) may overflow float64.  Rather than
+# scale (which only widens the window by sqrt(N M)), truncfast refuses: a result
+# that came out non-finite from finite inputs raises, naming the largest input
+# and the magnitude that is safe (docs/guarantees.md, "No silent NaN").
+
+_DBL_MAX = float(np.finfo(np.float64).max)
+
+
+def max_abs(a: Any) -> float:
+    """max |a| (0 for an empty array), in bounded chunks; a dask array is reduced on its workers."""
+    if a is None:
+        return 0.0
+    if hasattr(a, "compute") and not isinstance(a, np.ndarray):
+        return float(abs(a).max().compute()) if a.size else 0.0
+    arr = np.asarray(a)
+    if arr.size == 0:
+        return 0.0
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    m = 0.0
+    for start in range(0, flat.shape[0], _CHUNK_ROWS):
+        m = max(m, float(np.max(np.abs(flat[start : start + _CHUNK_ROWS]))))
+    return m
+
+
+def safe_magnitude(N: int, M: int) -> float:
+    """Magnitude of X, b and targets below which the §5 sums cannot overflow: sqrt(max float64 / (2 N M))
+    (a loss sum adds N squared residuals of M coordinates; omega's pair sums are alike)."""
+    return math.sqrt(_DBL_MAX / (2.0 * max(int(N), 1) * max(int(M), 1)))
+
+
+def forward_magnitude(M: int, L: int) -> float:
+    """Magnitude of X and b below which the forward pass of τ^(L) cannot overflow (docs/theory.md §2).
+
+    Every quantity of the forward pass is at most sqrt(M)·s·(2L + 3) with s the
+    largest |x| or |b| (each τ_ℓ is a projection: ‖z_ℓ‖ ≤ ‖z_{ℓ−1}‖ + 2‖b_ℓ‖, and
+    the rows of R_ℓ and S_ℓ are unit vectors); a factor 2 is left for rounding.
+    """
+    return _DBL_MAX / (2.0 * math.sqrt(max(int(M), 1)) * (2 * int(L) + 3))
+
+
+def overflow_error(what: str, inputs: dict[str, Any], N: int, M: int,
+                   scaled: str = "X, b and targets", bound: float | None = None,
+                   formula: str = "sqrt(max float64 / (2·N·M))") -> Exception:
+    """The error for a non-finite result of ``what`` computed from finite ``inputs``.
+
+    Names the input of largest magnitude and the safe magnitude
+    (:func:`safe_magnitude`); an :class:`InputError` when that input exceeds
+    it, else a ``FloatingPointError`` (a non-finite result from moderate
+    inputs would be a bug: never silent either way).
+    """
+    mags = {name: max_abs(a) for name, a in inputs.items() if a is not None}
+    name, mag = max(mags.items(), key=lambda kv: kv[1])
+    bound = safe_magnitude(N, M) if bound is None else bound
+    if mag <= bound:
+        return FloatingPointError(
+            f"{what}: the result is not finite although every input is finite and at most {mag:.3g} in "
+            f"magnitude (safe up to about {bound:.2g}); please report this with the inputs")
+    return InputError(
+        f"{name}: values up to {mag:.3g} in magnitude are too large: {what} overflows float64 (its result "
+        f"would hold inf or NaN). For N = {N}, M = {M} keep {scaled} below about {bound:.2g} "
+        f"({formula}); the flow is positively homogeneous, so rescale {scaled} together "
+        "by one factor c (the loss scales by c², grad_b by c, omega by c²)")
+
+
+def check_results_finite(what: str, results: Any, inputs: dict[str, Any], N: int, M: int,
+                         scaled: str = "X, b and targets", **bound: Any) -> None:
+    """Raise :func:`overflow_error` when any array or number in ``results`` is not finite
+    (``bound``: the ``bound`` and ``formula`` of the message, default :func:`safe_magnitude`)."""
+    for r in results:
+        if r is None or (hasattr(r, "compute") and not isinstance(r, np.ndarray)):
+            continue  # a lazy dask result: its values do not exist yet
+        a = np.asarray(r)
+        if a.dtype.kind in "fc" and a.size and _maybe_nonfinite(np.ascontiguousarray(a, dtype=np.float64)) \
+                and not np.isfinite(a).all():
+            raise overflow_error(what, inputs, N, M, scaled, **bound)
+
+
+def check_forward_magnitude(what: str, b: np.ndarray, X: Any) -> None:
+    """Refuse X or b above :func:`forward_magnitude`, before the forward pass.
+
+    Needed where an overflow would not show in the result (sector codes: a NaN
+    pre-activation silently reads as "truncated").
+    """
+    L, M = b.shape
+    bound = forward_magnitude(M, L)
+    for name, a in (("X", X), ("b", b)):
+        mag = max_abs(a)
+        if mag > bound:
+            raise InputError(f"{name}: values up to {mag:.3g} in magnitude are too large for {what}: the "
+                             f"pre-activations could overflow float64; keep X and b below about {bound:.2g} "
+                             f"for M = {M}, L = {L} (max float64 / (2·sqrt(M)·(2L + 3)))")
+
+
+def refuse_nonfinite(what: str, results: Any, inputs: dict[str, Any], small: str | None = None) -> None:
+    """For the small dense helpers (layer maps, output-layer formulas): a non-finite result
+    from finite inputs raises :class:`InputError` naming the input of largest magnitude —
+    or, when every input is moderate (≤ 1e150) and the caller knows the other cause (an
+    inverse of a tiny or nearly singular matrix), the message ``small``."""
+    for r in results:
+        if r is not None and not np.all(np.isfinite(np.asarray(r, dtype=np.float64))):
+            mags = {name: max_abs(a) for name, a in inputs.items() if a is not None}
+            name, mag = max(mags.items(), key=lambda kv: kv[1])
+            if small is not None and mag <= 1e150:
+                raise InputError(small)
+            raise InputError(f"{name}: values up to {mag:.3g} in magnitude are too large: {what} overflows "
+                             "float64 (its result would hold inf or NaN); rescale the inputs")

@@ -235,6 +235,8 @@ def cumulative_gd(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: floa
     this reproduces to rounding.  Like the integrator, R is re-orthonormalised
     (polar factor) after a step whose defect max|RᵀR − I| exceeds
     ``reorthonormalize_tol`` (default ``_config.REORTHONORMALIZE_TOL``).
+    Stops early, with ``info["diverged"] = True``, at the first non-finite loss
+    (as :func:`train_backprop`; never a run of NaN).
     """
     torch = require_torch()
     from truncfast import _config
@@ -247,17 +249,20 @@ def cumulative_gd(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: floa
     M = R.shape[1]
     eye = torch.eye(M, dtype=torch.float64)
     rec_steps, losses, walls, counts = [], [], [], []
+    info: dict = {"diverged": False}
     t0 = time.perf_counter()
     for k in range(steps + 1):
         Rk = Rt.clone().requires_grad_(train_weights)
         bk = bt.clone().requires_grad_(train_biases)
         loss, pre = cumulative_loss(Rk, bk, Xt, Tt)
-        if k % record_every == 0 or k == steps:
+        lv = loss.detach().item()
+        if k % record_every == 0 or k == steps or not np.isfinite(lv):
             rec_steps.append(k)
-            losses.append(loss.detach().item())
+            losses.append(lv)
             walls.append(time.perf_counter() - t0)
             counts.append(truncation_counts(_codes(pre), M))
-        if k == steps:
+        if k == steps or not np.isfinite(lv):
+            info["diverged"] = not np.isfinite(lv)
             break
         loss.backward()
         with torch.no_grad():
@@ -273,7 +278,7 @@ def cumulative_gd(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: floa
                     Rt = U @ Vh
     wall = time.perf_counter() - t0
     return GDResult(np.array(rec_steps), np.array(losses), np.array(walls), np.stack(counts),
-                    (Rt.numpy().copy(), bt.numpy().copy()), wall / max(steps, 1))
+                    (Rt.numpy().copy(), bt.numpy().copy()), wall / max(steps, 1), info)
 
 
 # --------------------------------------------------------------------------- reference (b)

@@ -1,8 +1,12 @@
 """The ``truncfast`` command line: ``demo``, ``run``, ``plot``, ``info``, ``compare``.
 
-Exit status: 0 on success; 2 for usage and configuration errors (one line,
-``error: ...``, naming the offending config key); 1 for failures while running;
-130 when interrupted.  ``python -m truncfast`` and ``python -m truncfast.cli``
+Exit status: 0 on success; 2 for usage, configuration and data errors (one line,
+``error: ...``, naming the offending config key or file); 1 for failures while
+running (divergence, unstable steps with ``on_instability = "raise"``, a
+separation error); 130 when interrupted — the run directory then holds the
+partial results and a checkpoint, and ``truncfast run --resume DIR`` continues.
+Warnings are one ``warning: ...`` line each; under ``--quiet`` only truncfast's
+own (unstable steps, a bad environment variable) are shown.  ``python -m truncfast`` and ``python -m truncfast.cli``
 are the same program.
 """
 
@@ -12,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Sequence
 
 from truncfast import _config
@@ -50,9 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="flow steps of each run (default 2000, i.e. flow time s = 100 at dt = 0.05)")
 
-    p = sub.add_parser("run", help="run the simulation a TOML config describes (docs/config.md)")
-    p.add_argument("config", metavar="CONFIG.toml", help="configuration file")
+    p = sub.add_parser("run", help="run the simulation a TOML config describes (docs/config.md)",
+                       description="Run the simulation CONFIG.toml describes into a run directory, with "
+                                   "checkpoints (integrate.checkpoint_every); or continue an interrupted run "
+                                   "with --resume DIR.")
+    p.add_argument("config", metavar="CONFIG.toml", nargs="?", help="configuration file")
     _out_args(p, None)
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the interrupted run in DIR from its checkpoint (its own config.toml)")
 
     p = sub.add_parser("plot", help="redraw the figures of a run directory")
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by 'truncfast run' or 'truncfast demo'")
@@ -93,6 +103,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from truncfast._app import config_file as _config_file
     from truncfast._app import runs as _runs
 
+    if args.resume is not None:
+        if args.config is not None or args.out is not None or args.force:
+            raise _runs.RunDirError("--resume DIR continues the run in DIR with its own config.toml; give no "
+                                    "CONFIG, --out or --force with it")
+        d = args.resume
+        if not os.path.isdir(d):
+            raise _runs.RunDirError(f"run directory {d!r} does not exist")
+        if not os.path.isfile(os.path.join(d, "config.toml")):
+            raise _runs.RunDirError(f"{d!r} is not a run directory (no config.toml)")
+        cfg = _config_file.load(os.path.join(d, "config.toml"))
+        _runs.execute(cfg, d, quiet=args.quiet, log=_log(args.quiet), resume=True)
+        _log(args.quiet)(f"results in {os.path.abspath(d)}")
+        return EXIT_OK
+    if args.config is None:
+        raise _runs.RunDirError("give a CONFIG.toml to run, or --resume DIR to continue an interrupted run")
     cfg = _config_file.load(args.config)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     _runs.execute(cfg, out, force=args.force, quiet=args.quiet, log=_log(args.quiet),
@@ -177,7 +202,7 @@ def _numba_cache_report() -> list[str]:
             continue  # compiled extensions (the cffi core) hold no Numba kernels
         try:
             with open(source, encoding="utf-8") as fh:
-                if "njit" not in fh.read():
+                if "@jit" not in fh.read():
                     continue  # only modules that define Numba kernels (importing is not free)
             modname = info.name
             mod = importlib.import_module(modname)
@@ -237,6 +262,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("numba kernels:")
     for line in _numba_cache_report():
         print(line)
+    from truncfast._kernels.numba_cache import uncached
+
+    if uncached:
+        print(f"  {len(uncached)} kernels compiled uncached: no writable cache directory (set NUMBA_CACHE_DIR)")
     return EXIT_OK
 
 
@@ -270,19 +299,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with 2 and a usage line on bad arguments
+    quiet = bool(getattr(args, "quiet", False))
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(quiet)
+            return COMMANDS[args.command](args)
     except (ConfigError, RunDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = ""
+        traj = getattr(exc, "trajectory", None)
+        if traj is not None:
+            where = f" at step {traj.last_step}; partial results written"
+            if getattr(args, "command", "") == "run":
+                d = args.resume or args.out or os.path.join(
+                    "runs", os.path.splitext(os.path.basename(args.config or ""))[0])
+                if os.path.isfile(os.path.join(d, "checkpoint.npz")):
+                    where += f" (continue with: truncfast run --resume {d})"
+        print(f"error: interrupted{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - one line for the user; TRUNCFAST_DEBUG=1 for the traceback
         if _config.env_debug():
             raise
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        msg = " ".join(str(exc).split())  # one line, whatever the exception's message holds
+        print(f"error: {type(exc).__name__}: {msg}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _one_line_warning(quiet: bool):
+    """``warnings.showwarning`` for the CLI: one line ``warning: …`` per warning.  truncfast's
+    own warnings (unstable steps, a bad environment variable) are always shown; other
+    libraries' RuntimeWarnings (NumPy's overflow notes, …) only without --quiet."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from truncfast._errors import InstabilityWarning
+
+        ours = issubclass(category, InstabilityWarning) or str(message).startswith(("truncfast", "TRUNCFAST_"))
+        if quiet and not ours:
+            return
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":

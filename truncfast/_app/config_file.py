@@ -143,6 +143,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any], str]]] = {
         "record_every": (10, positive_int, "record the state every this many steps (and always the last)"),
         "backend": ("auto", choice("auto", "numpy", "numba", "c"), "compute backend"),
         "form": ("general", choice("general", "separated"), "right-hand side: general (§5) or separated (§6)"),
+        "checkpoint_every": (1000, nonneg_int, "write checkpoint.npz every this many steps (0: never); "
+                                               "continue an interrupted run with truncfast run --resume DIR"),
+        "on_instability": ("warn", choice("warn", "raise", "ignore"),
+                           "a loss that rises (unstable steps): warn, stop (exit 1), or ignore"),
     },
     "output": {
         "figures": (True, boolean, "draw the PNG figures"),
@@ -150,7 +154,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any], str]]] = {
         "frames": (40, positive_int, "number of frames in the animation"),
         "snapshots": (4, positive_int, "number of times shown in the input-space figure"),
         "max_points": (1500, positive_int, "points per cluster drawn in figures (a deterministic subsample)"),
-        "dpi": (100, positive_int, "resolution of the PNG figures"),
+        "dpi": (100, positive_int, "resolution of the PNG figures (every figure must stay below 65536 pixels a side)"),
     },
 }
 
@@ -198,12 +202,24 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], base_dir: str | None) -> None:
     if d["source"] == "file":
         if not d["path"]:
             raise ConfigError("data.path", "config key 'data.path' must name a data file when data.source = \"file\"")
-        if not os.path.isfile(d["path"]):
+        if not os.path.exists(d["path"]):
             raise ConfigError("data.path", f"config key 'data.path' names a file that does not exist: {d['path']}")
+        if not os.path.isfile(d["path"]):
+            raise ConfigError("data.path", f"config key 'data.path' names a directory, not a file: {d['path']}")
         if d["labels_path"] and not os.path.isfile(d["labels_path"]):
             raise ConfigError("data.labels_path", f"config key 'data.labels_path' names a file that does not exist: {d['labels_path']}")
+    if d["data_file"]:
+        folder = os.path.dirname(os.path.abspath(d["data_file"]))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ConfigError("data.data_file", f"config key 'data.data_file': the directory {folder!r} does not "
+                                                "exist or is not writable")
     if d["source"] == "paper-2d" and m["layers"] not in (0, 2):
         raise ConfigError("model.layers", f"config key 'model.layers' must be 0 or 2 for source = \"paper-2d\", got {m['layers']}")
+    if (i["method"] == "exp-euler" or i["form"] == "separated") and d["source"] == "clusters" \
+            and m["layers"] not in (0, d["clusters"]):
+        key = "integrate.method" if i["method"] == "exp-euler" else "integrate.form"
+        raise ConfigError(key, f"config key '{key}' = {_fmt(i[key.split('.')[1]])} needs one layer per cluster, "
+                               f"but model.layers = {m['layers']} and data.clusters = {d['clusters']}")
     if not (i["train_weights"] or i["train_biases"]):
         raise ConfigError("integrate.train_weights", "config keys 'integrate.train_weights' and 'integrate.train_biases' are both false: nothing would move")
 
@@ -219,8 +235,15 @@ def load(path: str) -> dict[str, dict[str, Any]]:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError("", f"config file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError("", f"config file {path!r} is a directory, not a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"config file {path!r} is not UTF-8 text (TOML must be UTF-8): byte "
+                              f"{exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"config file {path!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError("", f"config file {path!r} cannot be read: {exc.strerror or exc}") from None
     return resolve(raw, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -1,4 +1,4 @@
-"""What every figure shares: cluster colours, the loss floor of log axes, atomic PNG writes, run labels."""
+"""What every figure shares: cluster colours, the loss floor of log axes, atomic PNG writes, run labels, sizes and their check."""
 
 from __future__ import annotations
 
@@ -52,3 +52,45 @@ def _run_label(traj) -> str:
 
 
 # --------------------------------------------------------------------------- loss
+
+
+# --------------------------------------------------------------------------- sizes
+# Figure sizes in inches, one place: the figures use them and ``check_settings``
+# checks a config against them before a run integrates (not after).
+
+LOSS_SIZE = (7.5, 4.6)
+GIF_SIZE, GIF_DPI = (5.4, 6.2), 80
+#: Agg cannot draw 2^16 pixels a side; above MAX_PIXELS one figure needs > 400 MB.
+MAX_SIDE, MAX_PIXELS = 2**16 - 1, 10**8
+#: GIF frames are kept in memory until written (about 0.2 MB each).
+MAX_FRAMES = 1000
+
+
+def truncation_size(L: int) -> tuple[float, float]:
+    shown = min(L, 6)
+    return 4.2 * min(shown, 3), 3.4 * ((shown + 2) // 3)
+
+
+def sectors_size(n: int) -> tuple[float, float]:
+    return 3.6 * n + 0.5, 5.4
+
+
+def check_settings(out: dict, L: int, n_records: int) -> tuple[str, str] | None:
+    """``(config key, message)`` when the ``[output]`` settings cannot be drawn, else None."""
+    if out["animation"] and out["frames"] > MAX_FRAMES:
+        return "output.frames", (f"config key 'output.frames' = {out['frames']} is more than {MAX_FRAMES} "
+                                 "(every frame of the GIF is held in memory)")
+    if not out["figures"]:
+        return None
+    dpi = out["dpi"]
+    for name, (w, h), key in (("loss.png", LOSS_SIZE, "output.dpi"), ("truncation.png", truncation_size(L), "output.dpi"),
+                              ("sectors.png", sectors_size(min(out["snapshots"], n_records)), "output.snapshots")):
+        wp, hp = w * dpi, h * dpi
+        if wp > MAX_SIDE or hp > MAX_SIDE or wp * hp > MAX_PIXELS:
+            if key == "output.snapshots" and LOSS_SIZE[0] * dpi <= MAX_SIDE and sectors_size(1)[0] * dpi <= MAX_SIDE \
+                    and sectors_size(1)[0] * sectors_size(1)[1] * dpi * dpi <= MAX_PIXELS:
+                return key, (f"config key 'output.snapshots' = {out['snapshots']} makes sectors.png "
+                             f"{wp:.0f} × {hp:.0f} pixels at output.dpi = {dpi}; use fewer snapshots")
+            return "output.dpi", (f"config key 'output.dpi' = {dpi} makes {name} {wp:.0f} × {hp:.0f} pixels "
+                                  f"(at most {MAX_SIDE} a side and {MAX_PIXELS:.0e} in all); use a smaller dpi")
+    return None

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
-from truncfast._app.plot_style import LOSS_FLOOR, _names, _run_label, _save, _str, colour
+from truncfast._app.plot_style import LOSS_FLOOR, LOSS_SIZE, _names, _run_label, _save, _str, colour, truncation_size
 
 __all__ = ["draw_run", "draw_overview", "loss_figure", "truncation_figure"]
 
@@ -94,7 +94,7 @@ def _loss_axes(ax, traj, fd: dict, *, legend: bool = True, title: str | None = N
 
 def loss_figure(traj, fd: dict) -> Figure:
     """Loss over time (log scale) with collapse times and the theoretical rates."""
-    fig = Figure(figsize=(7.5, 4.6), layout="constrained")
+    fig = Figure(figsize=LOSS_SIZE, layout="constrained")
     ax = fig.add_subplot()
     _loss_axes(ax, traj, fd)
     fig.suptitle(f"Loss along the effective gradient flow — {_run_label(traj)}\n{_str(fd['title'])}", fontsize=10)
@@ -115,7 +115,7 @@ def truncation_figure(traj, fd: dict) -> Figure:
         return fig
     K, L, Q, _ = counts.shape
     shown = min(L, 6)
-    fig = Figure(figsize=(4.2 * min(shown, 3), 3.4 * ((shown + 2) // 3)), layout="constrained")
+    fig = Figure(figsize=truncation_size(L), layout="constrained")
     axes = fig.subplots((shown + 2) // 3, min(shown, 3), squeeze=False).ravel()
     pos = t[t > 0]
     ct = np.asarray(traj.collapse_times, dtype=float)

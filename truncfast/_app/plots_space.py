@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Polygon
 
-from truncfast._app.plot_style import _names, _run_label, _str, colour
+from truncfast._app.plot_style import GIF_DPI, GIF_SIZE, _names, _run_label, _str, colour, sectors_size
 
 __all__ = ["sectors_figure", "animation", "pick_records"]
 
@@ -175,7 +175,7 @@ def sectors_figure(traj, fd: dict, snapshots: int = 4) -> Figure:
     view = _View(fd["X"], fd["targets"], fd.get("axis_names", ()))
     idx = pick_records(t, snapshots)
     n = len(idx)
-    fig = Figure(figsize=(3.6 * n + 0.5, 5.4), layout="constrained")
+    fig = Figure(figsize=sectors_size(n), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False).ravel()
     for ax, k in zip(axes, idx):
         _draw_state(ax, view, fd, Rs[k], bs[k])
@@ -191,7 +191,7 @@ def sectors_figure(traj, fd: dict, snapshots: int = 4) -> Figure:
     return fig
 
 
-def animation(traj, fd: dict, path: str, frames: int = 40, dpi: int = 80) -> str:
+def animation(traj, fd: dict, path: str, frames: int = 40, dpi: int = GIF_DPI) -> str:
     """GIF of τ^(L) applied to the data at the recorded states: the clusters collapsing."""
     from PIL import Image  # Pillow: a dependency of matplotlib
 
@@ -201,7 +201,7 @@ def animation(traj, fd: dict, path: str, frames: int = 40, dpi: int = 80) -> str
     view = _View(fd["X"], fd["targets"], fd.get("axis_names", ()))
     idx = pick_records(t, frames)
     M = fd["X"].shape[1]
-    fig = Figure(figsize=(5.4, 6.2), layout="constrained", dpi=dpi)
+    fig = Figure(figsize=GIF_SIZE, layout="constrained", dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     drawing = _draw_state(ax, view, fd, Rs[0], bs[0])

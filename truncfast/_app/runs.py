@@ -1,18 +1,29 @@
-"""Run directories: execute a resolved config, write every output atomically.
+"""Run directories: execute a resolved config, write every output atomically, never lose a run.
 
 A run directory holds
 
-* ``config.toml``   — the resolved configuration (every key, defaults filled in);
-* ``trajectory.npz`` — :meth:`truncfast.Trajectory.save` of the run;
-* ``summary.json``  — sizes, backend, wall time, losses, collapse times, counts;
-* ``figdata.npz``   — what the figures need besides the trajectory (a
+* ``config.toml``    — the resolved configuration (every key, defaults filled in);
+* ``checkpoint.npz`` — while the run is going: its state every
+  ``integrate.checkpoint_every`` steps (and at Ctrl-C); ``truncfast run --resume DIR``
+  continues from it, bitwise as if never interrupted.  Removed once the run is complete;
+* ``trajectory.npz`` — :meth:`truncfast.Trajectory.save` of the run (partial if it failed);
+* ``summary.json``   — status (``complete``, ``interrupted``, ``diverged``, ``unstable``,
+  ``separation_error``), the error if any, sizes, backend, wall time, losses, collapse
+  times, counts, warnings;
+* ``figdata.npz``    — what the figures need besides the trajectory (a
   deterministic subsample of the data, targets, cluster sizes, names), so
   ``truncfast plot`` redraws without regenerating or reloading 10⁷ points;
 * the figures of :mod:`truncfast._app.plots`.
 
+Order (:func:`execute`): check the directory, build the problem and check every
+setting that can be checked before integrating (config errors name the key and
+come before anything is written), write ``config.toml``, integrate with
+checkpoints, then the outputs.  On Ctrl-C, divergence, unstable steps (with
+``on_instability = "raise"``) or a separation error the partial trajectory and a
+summary saying what happened are written before the error reaches the CLI.
 Every file is written to a temporary name in the same directory and moved into
 place with ``os.replace``, so an interrupted run never leaves half a file; a
-non-empty directory is only reused when the caller passes ``force``.
+non-empty directory is only reused with ``force`` (or continued with ``resume``).
 """
 
 from __future__ import annotations
@@ -27,23 +38,48 @@ from typing import Any, Callable
 import numpy as np
 
 from truncfast._app import config_file as _config_file
-from truncfast._atomic import atomic_write, file_mode
+from truncfast._atomic import atomic_write, file_mode, remove_leftovers
 from truncfast._app.config_file import ConfigError
-from truncfast._errors import InputError
+from truncfast._errors import DivergenceError, InputError, SeparationError
 
-__all__ = ["RunDirError", "prepare_dir", "atomic_write", "build_problem", "execute", "figure_data", "summary"]
+__all__ = ["RunDirError", "prepare_dir", "atomic_write", "build_problem", "execute", "figure_data", "summary",
+           "preflight", "CHECKPOINT"]
 
 
 _FILE_MODE = file_mode()
 
+#: The checkpoint of a CLI run, inside its directory.
+CHECKPOINT = "checkpoint.npz"
 
 #: Files a run (or the demo, at its top level) writes; ``--force`` removes exactly these.
 OUTPUT_FILES = ("config.toml", "trajectory.npz", "summary.json", "figdata.npz", "loss.png", "truncation.png",
-                "sectors.png", "collapse.gif", "overview.png")
+                "sectors.png", "collapse.gif", "overview.png", CHECKPOINT)
 
 
 class RunDirError(RuntimeError):
-    """The output directory cannot be used (exists and is not empty without ``force``)."""
+    """The output directory cannot be used (exists and is not empty without ``force``, cannot be created)."""
+
+
+def _occupied(path: str) -> str:
+    """Why a non-empty ``path`` is refused, and what to do (--resume for an unfinished run)."""
+    ck = os.path.join(path, CHECKPOINT)
+    status = None
+    try:
+        with open(os.path.join(path, "summary.json"), encoding="utf-8") as fh:
+            status = json.load(fh).get("status")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if os.path.isfile(ck) and status != "complete":
+        why = f" ({status})" if status else ""
+        return (f"output directory {path!r} holds an unfinished run{why} with a checkpoint; continue it with "
+                f"'truncfast run --resume {path}', or pass --force to start over")
+    if sorted(os.listdir(path)) == ["config.toml"]:
+        return (f"output directory {path!r} holds only the config.toml of a run that stopped before its first "
+                "checkpoint; pass --force to start over")
+    if status not in (None, "complete"):
+        return (f"output directory {path!r} holds a run that stopped ({status}, see its summary.json) without a "
+                "checkpoint to resume; pass --force to start over")
+    return f"output directory {path!r} exists and is not empty; pass --force to overwrite it"
 
 
 def prepare_dir(path: str, force: bool) -> str:
@@ -53,7 +89,7 @@ def prepare_dir(path: str, force: bool) -> str:
         if not os.path.isdir(path):
             raise RunDirError(f"output path {path!r} exists and is not a directory")
         if os.listdir(path) and not force:
-            raise RunDirError(f"output directory {path!r} exists and is not empty; pass --force to overwrite it")
+            raise RunDirError(_occupied(path))
         # a forced rerun must not leave the previous run's results next to the new
         # config if it fails half-way: remove our own outputs (never other files)
         for name in OUTPUT_FILES:
@@ -61,7 +97,13 @@ def prepare_dir(path: str, force: bool) -> str:
                 os.unlink(os.path.join(path, name))
             except FileNotFoundError:
                 pass
-    os.makedirs(path, exist_ok=True)
+            remove_leftovers(os.path.join(path, name))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:  # a parent is a file (--out under a file), no permission, ...
+        raise RunDirError(f"cannot create the output directory {path!r}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK):
+        raise RunDirError(f"output directory {path!r} is not writable")
     return path
 
 
@@ -123,10 +165,16 @@ def _nan_to_none(a: Any) -> Any:
     return [None if not math.isfinite(x) else float(x) for x in arr.ravel()]
 
 
-def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
-    """The ``summary.json`` record of a run (sizes, timing, losses, collapse, counts)."""
+def summary(problem, traj, cfg, wall_time: float, status: str = "complete",
+            error: str | None = None) -> dict[str, Any]:
+    """The ``summary.json`` record of a run (status, sizes, timing, losses, collapse, counts, warnings)."""
     from truncfast._version import __version__
 
+    head = {"status": status, "error": error, "truncfast_version": __version__, "data": problem.name,
+            "N": problem.N, "M": problem.M, "L": problem.L, "Q": problem.Q,
+            "steps_requested": cfg["integrate"]["steps"]}
+    if traj is None or len(traj.times) == 0:  # failed before the first record
+        return {**head, "steps": 0, "records": 0, "wall_time_s": round(float(wall_time), 4), "warnings": []}
     s = traj.settings
     counts = np.asarray(traj.counts)
     sizes = problem.cluster_sizes()
@@ -140,6 +188,8 @@ def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
             "fully_truncated": [int(fin[j, j, 2]) for j in range(problem.Q)],
         }
     return {
+        "status": status,
+        "error": error,
         "truncfast_version": __version__,
         "data": problem.name,
         "description": problem.description,
@@ -164,6 +214,7 @@ def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
         "final_counts_own_layer": own,
         "reorthonormalizations": int(getattr(traj, "reorthonormalizations", 0)),
         "final_ortho_defect": float(np.asarray(traj.ortho_defect)[-1]) if len(traj.ortho_defect) else 0.0,
+        "warnings": list(getattr(traj, "warnings", [])),
         "python": platform.python_version(),
     }
 
@@ -187,31 +238,97 @@ def figure_data(problem, max_points: int) -> dict[str, np.ndarray]:
     }
 
 
+def preflight(cfg: dict[str, dict[str, Any]], problem) -> None:
+    """Every check that can run before integrating, as :class:`ConfigError` naming the key:
+    the separated form / exp-euler need L == Q, the records must fit in memory, the figures
+    must be drawable (so a run never fails after hours on its last, cheapest step)."""
+    from truncfast._integrate.checks import human_bytes, n_records, record_memory
+
+    ic, L, M, Q = cfg["integrate"], problem.L, problem.M, problem.Q
+    if (ic["method"] == "exp-euler" or ic["form"] == "separated") and L != Q:
+        key = "integrate.method" if ic["method"] == "exp-euler" else "integrate.form"
+        raise ConfigError(key, f"config key '{key}' = \"{ic[key.split('.')[1]]}\" needs one layer per cluster, "
+                               f"but the problem has L = {L} layers (model.layers) and Q = {Q} clusters")
+    bad = record_memory(ic["steps"], ic["record_every"], L, M, Q)
+    if bad is not None:
+        n, per, avail, k = bad
+        raise ConfigError("integrate.record_every", (
+            f"config keys 'integrate.steps' = {ic['steps']} and 'integrate.record_every' = {ic['record_every']} "
+            f"keep {n:.3g} records of {per} bytes in memory, more than half of the {human_bytes(avail)} "
+            f"available; set integrate.record_every ≥ {k} or run fewer steps"))
+    from truncfast._validate import max_abs, safe_magnitude
+
+    # data too large for float64 (a file; the generators bound their scales): one pass over X
+    big = max(max_abs(problem.X), max_abs(problem.targets), max_abs(problem.b0))
+    if big > safe_magnitude(problem.N, M):
+        key = "data.path" if cfg["data"]["source"] == "file" else "data.separation"
+        raise ConfigError(key, f"config key '{key}': the data reach {big:.3g} in magnitude; the losses of "
+                               f"N = {problem.N} points in R^{M} overflow float64 above about "
+                               f"{safe_magnitude(problem.N, M):.2g} — rescale the data")
+    out = cfg["output"]
+    if out["figures"] or out["animation"]:
+        from truncfast._app.plot_style import check_settings
+
+        bad_fig = check_settings(out, L, n_records(ic["steps"], ic["record_every"]))
+        if bad_fig is not None:
+            raise ConfigError(*bad_fig)
+
+
+#: summary.json status of each way a run can stop early
+_STATUS = ((KeyboardInterrupt, "interrupted"), (SeparationError, "separation_error"), (DivergenceError, "diverged"))
+
+
 def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False, quiet: bool = False,
-            log: Callable[[str], None] = print, header: str = "") -> dict[str, Any]:
-    """Run one configured simulation into ``out_dir``; return its summary.
+            log: Callable[[str], None] = print, header: str = "", resume: bool = False) -> dict[str, Any]:
+    """Run one configured simulation into ``out_dir`` (or continue it: ``resume``); return its summary.
 
-    Order: check the directory, build the problem (config errors surface before
-    anything is written), write ``config.toml``, integrate, then the trajectory,
-    summary, figure data and figures.
+    Order: check the directory, build the problem and :func:`preflight` it (config
+    errors surface before anything is written), write ``config.toml``, integrate
+    with checkpoints, then the trajectory, summary, figure data and figures.  A
+    run that stops early writes its partial trajectory and summary, then re-raises.
     """
-    from truncfast._integrate.api import integrate
+    from truncfast._integrate.api import integrate, resume as resume_run
 
-    out_dir = prepare_dir(out_dir, force)
-    problem = build_problem(cfg)
-    write_text(os.path.join(out_dir, "config.toml"), _config_file.dumps(cfg, header))
     ic = cfg["integrate"]
+    if resume:
+        out_dir = os.path.abspath(out_dir)
+        ck = os.path.join(out_dir, CHECKPOINT)
+        if not os.path.isfile(ck):
+            raise RunDirError(f"nothing to resume in {out_dir!r}: no {CHECKPOINT} (the run finished, or it stopped "
+                              "before its first checkpoint; start it again with --force)")
+    else:
+        out_dir = prepare_dir(out_dir, force)
+        ck = os.path.join(out_dir, CHECKPOINT) if ic["checkpoint_every"] else None
+    problem = build_problem(cfg)
+    preflight(cfg, problem)
+    if not resume:
+        write_text(os.path.join(out_dir, "config.toml"), _config_file.dumps(cfg, header))
     if not quiet:
         log(f"{problem.description or problem.name}: N = {problem.N}, M = {problem.M}, L = {problem.L}, "
             f"Q = {problem.Q}; {ic['steps']} steps of {ic['method']} (dt = {ic['dt']:g}, "
-            f"weights {'trained' if ic['train_weights'] else 'frozen'})")
+            f"weights {'trained' if ic['train_weights'] else 'frozen'})" + (" — resumed" if resume else ""))
     t0 = time.perf_counter()
-    traj = integrate(
-        problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
-        dt=ic["dt"], steps=ic["steps"], method=ic["method"], train_weights=ic["train_weights"],
-        train_biases=ic["train_biases"], record_every=ic["record_every"], backend=ic["backend"],
-        progress=not quiet, form=ic["form"],
-    )
+    try:
+        if resume:
+            try:
+                traj = resume_run(ck, problem.X, problem.labels, problem.targets, progress=not quiet)
+            except InputError as exc:  # a damaged checkpoint, or data that changed since
+                raise RunDirError(f"cannot resume from {ck!r}: {exc}") from None
+        else:
+            traj = integrate(
+                problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
+                dt=ic["dt"], steps=ic["steps"], method=ic["method"], train_weights=ic["train_weights"],
+                train_biases=ic["train_biases"], record_every=ic["record_every"], backend=ic["backend"],
+                progress=not quiet, form=ic["form"], checkpoint=ck, checkpoint_every=ic["checkpoint_every"] or None,
+                on_instability=ic["on_instability"])
+    except BaseException as exc:
+        status = next((st for kind, st in _STATUS if isinstance(exc, kind)), None)
+        if status is not None:
+            if status == "diverged" and "on_instability" in str(exc):
+                status = "unstable"
+            _write_partial(out_dir, problem, getattr(exc, "trajectory", None), cfg, time.perf_counter() - t0,
+                           status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
     wall = time.perf_counter() - t0
     traj.save(os.path.join(out_dir, "trajectory.npz"))
     os.chmod(os.path.join(out_dir, "trajectory.npz"), _FILE_MODE)
@@ -220,6 +337,8 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     fd = figure_data(problem, cfg["output"]["max_points"])
     fd.update(_theory_curves(problem, traj, cfg))
     write_npz(os.path.join(out_dir, "figdata.npz"), fd)
+    if ck is not None and os.path.exists(ck):
+        os.unlink(ck)  # the complete trajectory supersedes it
     if not quiet:
         ct = ", ".join("never" if c is None else f"s = {c:g}" for c in summ["collapse_times"])
         log(f"done in {wall:.2f} s on backend {summ['backend']}: loss {summ['initial_loss']:.4g} → "
@@ -231,6 +350,16 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
         if not quiet:
             log("wrote " + ", ".join(os.path.basename(p) for p in written))
     return summ
+
+
+def _write_partial(out_dir: str, problem, traj, cfg, wall: float, status: str, error: str) -> None:
+    """The partial trajectory (if any step was recorded) and a summary saying how the run stopped."""
+    if traj is not None and len(traj.times):
+        traj.save(os.path.join(out_dir, "trajectory.npz"))
+        # what `truncfast plot DIR` needs to draw the partial run
+        write_npz(os.path.join(out_dir, "figdata.npz"), figure_data(problem, cfg["output"]["max_points"]))
+    summ = summary(problem, traj, cfg, wall, status=status, error=error)
+    write_text(os.path.join(out_dir, "summary.json"), json.dumps(summ, indent=2) + "\n")
 
 
 def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:

@@ -140,15 +140,17 @@ def cluster_balls(X, labels, Q: int) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(labels, minlength=Q).astype(np.float64)
     chunk = _config.BALL_CHUNK_ROWS
     nchunks = (N + chunk - 1) // chunk
-    slots = max(1, min(parallel.get_num_threads(), nchunks))
+    threads = parallel.get_num_threads()  # read once: the slots must match the ranges
+    slots = max(1, min(threads, nchunks))
     parts = np.zeros((slots, Q, M))
-    n = parallel.run_ranges(lambda a, c, i: k.cluster_sums_range(X, labels, a, c, chunk, parts[i]), 0, nchunks)
+    n = parallel.run_ranges(lambda a, c, i: k.cluster_sums_range(X, labels, a, c, chunk, parts[i]), 0, nchunks,
+                            threads=threads)
     sums = np.zeros((Q, M))
     k.add_slots(sums, parts, n)
     centers = sums / np.maximum(counts, 1.0)[:, None]
     rparts = np.zeros((slots, Q))
     parallel.run_ranges(lambda a, c, i: k.cluster_radius_range(X, labels, centers, a, c, chunk, rparts[i]),
-                        0, nchunks)
+                        0, nchunks, threads=threads)
     rad2 = rparts.max(axis=0)  # a max is exact in any order
     radius = np.sqrt(rad2) * (1.0 + _config.BALL_RADIUS_SLACK) + 1e-300
     return centers, radius

@@ -118,9 +118,11 @@ class NumbaBackend(LocalBackend):
         chunk, block = _config.CHUNK_SIZE, _config.BLOCK_SIZE
         nchunks = (N + chunk - 1) // chunk
         # integer counts: any summation order gives the same result
-        parts = np.zeros((max(1, min(_par.get_num_threads(), nchunks)), Q, L), dtype=np.int64)
+        threads = _par.get_num_threads()  # read once: the slots must match the ranges
+        parts = np.zeros((max(1, min(threads, nchunks)), Q, L), dtype=np.int64)
         _par.run_ranges(
-            lambda a, c, i: _k.violations_range(R, S, b, X, labels, a, c, chunk, block, parts[i]), 0, nchunks)
+            lambda a, c, i: _k.violations_range(R, S, b, X, labels, a, c, chunk, block, parts[i]), 0, nchunks,
+            threads=threads)
         return parts.sum(axis=0)
 
     def counts(self, R, b, X, labels, Q):
@@ -197,12 +199,13 @@ class NumbaBackend(LocalBackend):
 
     @staticmethod
     def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, dt, method_code, train_w, train_b, nsteps,
-                       tol, Rprev, bprev, loss_limit):
-        """Up to ``nsteps`` steps in compiled code (``step_loop.compiled_steps``): ``(status, done, loss)``."""
+                       tol, Rprev, bprev, loss_limit, losses):
+        """Up to ``nsteps`` steps in compiled code (``step_loop.compiled_steps``): ``(status, done, loss)``;
+        the loss after each step goes to ``losses``."""
         from truncfast._kernels.step_loop import compiled_steps
 
         return compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, _config.CHUNK_SIZE, _config.BLOCK_SIZE,
-                              dt, method_code, train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit)
+                              dt, method_code, train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit, losses)
 
     @staticmethod
     def evaluate_seq(R, b, X, labels, T, gb, omega) -> float:

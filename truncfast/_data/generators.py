@@ -16,6 +16,8 @@ in the paper's setting (docs/theory.md §§3, 6, 7):
 
 from __future__ import annotations
 
+import math
+import operator
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +141,7 @@ def separated_frames(vertices: np.ndarray, Q: int) -> np.ndarray:
     R = np.empty((Q, M, M))
     for j in range(Q):
         others = np.delete(V, j, axis=0) - V[j]
+        others = others / np.max(np.abs(others), axis=1, keepdims=True)  # scaled first: the norm cannot underflow
         U = others / np.linalg.norm(others, axis=1, keepdims=True)
         R[j] = _lowdin_frame(U)
     return R
@@ -160,6 +163,8 @@ def toward_frames(centres: np.ndarray, L: int | None = None) -> np.ndarray:
     for l in range(L):
         j = l % Q
         d = (C.mean(axis=0) * Q - C[j]) / max(Q - 1, 1) - C[j] if Q > 1 else ones
+        big = np.max(np.abs(d))
+        d = d / big if big > 0 else d  # scaled first: the norm cannot underflow or overflow
         nd = np.linalg.norm(d)
         d = ones if nd == 0 else d / nd
         v = ones - d
@@ -311,6 +316,28 @@ def _output_layer(targets: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray
     return W, bo, Y
 
 
+def _int_arg(name: str, value: Any, low: int | None) -> int:
+    """An integer argument (NumPy integers too; bools, floats and strings refused), ≥ ``low``."""
+    try:
+        v = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or (low is not None and v < low):
+        need = "an integer" if low is None else f"an integer ≥ {low}"
+        raise InputError(f"{name}: expected {need}, got {value!r} ({type(value).__name__})")
+    return int(v)
+
+
+def _real_arg(name: str, value: Any, low: float | None, strict: bool) -> float:
+    """A finite real argument, > ``low`` (``strict``) or ≥ ``low``."""
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+    v = float(value) if ok else math.nan
+    if not math.isfinite(v) or (low is not None and (v <= low if strict else v < low)):
+        need = "a finite number" if low is None else f"a finite number {'>' if strict else '≥'} {low:g}"
+        raise InputError(f"{name}: expected {need}, got {value!r}")
+    return v
+
+
 def make_problem(
     source: str = "paper-2d",
     *,
@@ -347,11 +374,24 @@ def make_problem(
     otherwise ``"toward"``), ``"separated"`` (insist on them), ``"toward"``
     (:func:`toward_frames`) or ``"random"`` (seeded random rotations).  In every
     case layer ℓ's apex sits at the centre of cluster ℓ mod Q, so that cluster is
-    partially truncated and the flow has something to do.  ``layers = 0`` means L = Q.
+    partially truncated and the flow has something to do; a layer that repeats a
+    cluster (ℓ ≥ Q) has its apex moved back along its cone's axis by
+    ``_config.REPEAT_APEX_SHIFT · separation · (ℓ // Q)``, so that no point sits on a
+    sector boundary of the initial state (docs/guarantees.md: the precondition of
+    backend agreement).  ``layers = 0`` means L = Q.
     Real data (iris, digits, files) are rescaled so their class centroids are on
     average ``separation`` apart, which makes ``target_shift`` mean the same thing
     as for synthetic clusters.
     """
+    n, dim, clusters, seed, layers, label_column = (
+        _int_arg("n", n, 1), _int_arg("dim", dim, 1), _int_arg("clusters", clusters, 1), _int_arg("seed", seed, 0),
+        _int_arg("layers", layers, 0), _int_arg("label_column", label_column, None))
+    spread, separation = _real_arg("spread", spread, 0.0, False), _real_arg("separation", separation, 0.0, True)
+    target_shift = _real_arg("target_shift", target_shift, None, False)
+    for name, v in (("separation", separation), ("spread", spread), ("target_shift", target_shift)):
+        if abs(v) > _config.GENERATOR_MAX_SCALE:  # the flow's squared distances would overflow float64
+            raise InputError(f"{name}: {v:g} is too large; keep it at most {_config.GENERATOR_MAX_SCALE:g} in "
+                             "magnitude (the losses are squares of distances and must stay finite)")
     names: list[str] = []
     description = ""
     if source == "paper-2d":
@@ -410,7 +450,7 @@ def make_problem(
     if init in ("auto", "separated") and source == "clusters" and Q <= M + 1:
         if L != Q:
             raise InputError(f"layers: cluster-separated frames need one layer per cluster (L = {Q}), got {L}")
-        R0 = separated_frames(simplex_vertices(M + 1, M, separation), Q)
+        R0 = separated_frames(simplex_vertices(M + 1, M, 1.0), Q)  # frames are scale-free: no under/overflow
     elif init in ("auto", "toward"):
         R0 = toward_frames(centres, L)
     elif init == "random":
@@ -419,6 +459,11 @@ def make_problem(
         raise InputError(f"init: unknown initialisation {init!r}; choose 'auto', 'separated', 'toward' or 'random'")
     own = np.arange(L) % Q
     b0 = -np.einsum("lij,lj->li", R0, centres[own])  # apex of layer ℓ at its cluster's centre
+    # A layer that repeats a cluster (ℓ ≥ Q) must not repeat its apex: points an earlier layer
+    # projected onto its boundary (or apex) would lie exactly on the later boundary, where H(0)
+    # is decided by rounding and backends may disagree.  Moving the apex back along the cone's
+    # axis by s·R_ℓᵀ1 adds s to every pre-activation: those points are then inside by s.
+    b0 += (_config.REPEAT_APEX_SHIFT * separation / np.sqrt(M) * (np.arange(L) // Q))[:, None]
     firsts = [int(np.flatnonzero(own == j)[0]) if np.any(own == j) else 0 for j in range(Q)]
     t = centres + target_shift * np.einsum("qij,i->qj", R0[firsts], np.ones(M))
     W, bo, Y = _output_layer(t, output, seed)

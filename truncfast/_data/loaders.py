@@ -21,7 +21,8 @@ def _relabel(raw: np.ndarray, what: str) -> tuple[np.ndarray, list[str]]:
     raw = np.asarray(raw)
     if raw.dtype.kind == "f":
         if not np.all(np.isfinite(raw)):
-            raise InputError(f"{what}: labels contain NaN or inf")
+            bad = int(np.flatnonzero(~np.isfinite(raw))[0])
+            raise InputError(f"{what}: labels must be integers, row {bad} has {float(raw[bad])!r}")
         if not np.all(raw == np.round(raw)):
             bad = np.flatnonzero(raw != np.round(raw))[0]
             raise InputError(f"{what}: labels must be integers, row {bad} has {raw[bad]!r}")
@@ -73,9 +74,40 @@ def load_file(
     p = os.fspath(path)
     if not os.path.exists(p):
         raise InputError(f"path: no such file {p!r}")
+    if not os.path.isfile(p):
+        raise InputError(f"path: {p!r} is not a file")
     X, labels, names = _load_any(p, label_column, labels_path)
-    _check_finite_rows(X, p)
+    _check_finite_rows(X, p)  # (a CSV was checked line by line already, naming the line)
     return X, labels, names
+
+
+def _load_npy(p: str, what: str, mmap: bool = True) -> np.ndarray:
+    """``np.load`` of a .npy file, refusing anything but a plain numeric array with a clear message."""
+    try:  # the header first: a text file named .npy, or an object (pickled) array, is refused by name
+        with open(p, "rb") as fh:
+            magic = fh.read(6)
+            if magic != b"\x93NUMPY":
+                raise InputError(f"{what}: {p!r} is not a NumPy .npy file (it starts with {magic!r}, not the "
+                                 "\\x93NUMPY signature)")
+            fh.seek(0)
+            major, _ = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            _, _, dtype = read(fh, max_header_size=1 << 20)
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{what}: cannot read {p!r} as a NumPy .npy file ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject:
+        raise InputError(f"{what}: {p!r} holds Python objects (pickled, dtype {dtype}), which truncfast never "
+                         "loads; save plain numbers (numpy.save of a float or int array)")
+    try:
+        A = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{what}: cannot read {p!r} as a NumPy .npy file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(A, np.ndarray) or A.dtype.kind not in "fiub":
+        raise InputError(f"{what}: {p!r} holds an array of dtype {getattr(A, 'dtype', type(A).__name__)}; "
+                         "expected numbers")
+    return A
 
 
 def _check_finite_rows(X: np.ndarray, p: str) -> None:
@@ -85,16 +117,16 @@ def _check_finite_rows(X: np.ndarray, p: str) -> None:
         bad = ~np.isfinite(block)
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise InputError(f"data file {p!r} contains {float(block[r, c])} (NaN or inf) at row {start + r}, "
+            raise InputError(f"path: data file {p!r} contains {float(block[r, c])} (NaN or inf) at row {start + r}, "
                              f"data column {c}; every value must be finite")
 
 
 def _load_any(p: str, label_column: int, labels_path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     ext = os.path.splitext(p)[1].lower()
     if ext == ".npy":
-        A = np.load(p, mmap_mode="r")
+        A = _load_npy(p, "path")
         if labels_path is not None:
-            lab = np.load(os.fspath(labels_path), mmap_mode="r")
+            lab = _load_npy(os.fspath(labels_path), "labels_path")
             if A.ndim != 2:
                 raise InputError(f"path: expected a 2-D array (N, M), got shape {A.shape}")
             if lab.shape != (A.shape[0],):
@@ -103,7 +135,13 @@ def _load_any(p: str, label_column: int, labels_path) -> tuple[np.ndarray, np.nd
             return A, labels, names
         return _split_label_column(A, label_column, "path")
     if ext == ".npz":
-        with np.load(p) as z:
+        try:
+            z = np.load(p, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign zip raises many types
+            raise InputError(f"path: cannot read {p!r} as a NumPy .npz file ({type(exc).__name__}: {exc})") from None
+        if not hasattr(z, "files"):
+            raise InputError(f"path: {p!r} is a .npy file named .npz; rename it")
+        with z:
             if "X" in z.files and "labels" in z.files:
                 X = np.asarray(z["X"], dtype=np.float64)
                 if X.ndim != 2 or z["labels"].shape != (X.shape[0],):
@@ -119,33 +157,83 @@ def _load_any(p: str, label_column: int, labels_path) -> tuple[np.ndarray, np.nd
 
 
 def _load_csv(p: str, label_column: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    with open(p, encoding="utf-8") as fh:
-        first = fh.readline()
-    cells = [c.strip() for c in first.split(",")]
+    """A comma-separated table, checked line by line: every problem names the file, the line
+    and the value (a wrong number of columns, a non-numeric data cell, NaN or inf, an empty
+    label, a text label among numeric ones, a non-integer numeric label)."""
     try:
-        [float(c) for i, c in enumerate(cells) if i != label_column % max(len(cells), 1)]
-        skip = 0
-    except ValueError:
-        skip = 1  # a header line
-    raw = np.loadtxt(p, delimiter=",", skiprows=skip, dtype=str, ndmin=2)
-    if raw.shape[1] < 2:
-        raise InputError(f"path: expected at least one data column and a label column, got {raw.shape[1]} column(s)")
-    ncol = raw.shape[1]
+        with open(p, encoding="utf-8-sig") as fh:  # a byte-order mark must not read as a header cell
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"path: {p!r} is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    rows = [(n, [c.strip() for c in line.split(",")]) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not rows:
+        raise InputError(f"path: {p!r} holds no data")
+    ncol = len(rows[0][1])
+    if ncol < 2:
+        raise InputError(f"path: {p!r} line {rows[0][0]}: expected at least one data column and a label "
+                         f"column, got {ncol} column(s)")
     if not -ncol <= label_column < ncol:
-        raise InputError(f"path: label column {label_column} is out of range for {ncol} columns")
+        raise InputError(f"path: label column {label_column} is out of range for the {ncol} columns of {p!r}")
     lc = label_column % ncol
     keep = [c for c in range(ncol) if c != lc]
-    try:
-        X = raw[:, keep].astype(np.float64)
-    except ValueError as exc:
-        raise InputError(f"path: a data column is not numeric ({exc})") from None
-    col = np.char.strip(raw[:, lc])
-    try:
-        col = col.astype(np.float64)
-    except ValueError:
-        pass  # string class names
-    labels, names = _relabel(col, "path")
-    return X, labels, names
+
+    def numeric(cells):
+        try:
+            [float(cells[c]) for c in keep]
+            return True
+        except ValueError:
+            return False
+
+    if not numeric(rows[0][1]):
+        rows = rows[1:]  # a header line
+    if not rows:
+        raise InputError(f"path: {p!r} holds a header line but no data")
+    X = np.empty((len(rows), ncol - 1))
+    raw = []
+    for r, (n, cells) in enumerate(rows):
+        if len(cells) != ncol:
+            raise InputError(f"path: {p!r} line {n} has {len(cells)} column(s), expected {ncol} "
+                             f"(as on line {rows[0][0]})")
+        for j, c in enumerate(keep):
+            try:
+                X[r, j] = float(cells[c])
+            except ValueError:
+                raise InputError(f"path: {p!r} line {n}, column {c + 1}: {cells[c]!r} is not a number") from None
+        if cells[lc] == "":
+            raise InputError(f"path: {p!r} line {n}: the label (column {lc + 1}) is empty")
+        raw.append(cells[lc])
+    for r, (n, _) in enumerate(rows):
+        if not np.all(np.isfinite(X[r])):
+            c = int(np.flatnonzero(~np.isfinite(X[r]))[0])
+            raise InputError(f"path: data file {p!r} contains {X[r, c]} (NaN or inf) at line {n}, data column "
+                             f"{c}; every value must be finite")
+    return (X, *_csv_labels(p, rows, raw))
+
+
+def _csv_labels(p: str, rows, raw: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Labels of a CSV: all numbers (integers, mapped to 0..Q−1 in numeric order) or all
+    class names (mapped in sorted order).  A text label among numbers — a stray ``café``
+    among 0/1 — or a fractional one is refused, naming its line."""
+    nums = []
+    for v in raw:
+        try:
+            nums.append(float(v))
+        except ValueError:
+            nums.append(None)
+    is_num = [x is not None for x in nums]
+    if any(is_num) and not all(is_num):
+        text = is_num.count(False) < is_num.count(True)  # the minority is the stray one
+        r = is_num.index(not text)
+        kind = "text" if text else "a number"
+        raise InputError(f"path: {p!r} line {rows[r][0]}: label {raw[r]!r} is {kind} while the other labels are "
+                         f"{'numbers' if text else 'text'}; every label must be of one kind")
+    if all(is_num):
+        arr = np.array(nums, dtype=np.float64)
+        for r, x in enumerate(arr):
+            if not np.isfinite(x) or x != np.round(x):
+                raise InputError(f"path: {p!r} line {rows[r][0]}: label {raw[r]!r} is not an integer")
+        return _relabel(arr, "path")
+    return _relabel(np.array(raw), "path")
 
 
 def load_sklearn(name: str, dim: int = 2) -> tuple[np.ndarray, np.ndarray, list[str]]:

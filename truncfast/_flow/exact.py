@@ -54,6 +54,7 @@ import numpy as np
 from truncfast._errors import InputError, SeparationError
 from truncfast._flow import separated as _separated
 from truncfast._flow.problem import euclid_args
+from truncfast._validate import check_results_finite
 
 __all__ = ["BiasComponentSolution", "exact_bias_flow", "exact_bias_events", "solve_bias_component"]
 
@@ -244,12 +245,14 @@ def exact_bias_flow(R: Any, b: Any, X: Any, labels: Any, targets: Any, times: An
         raise InputError(f"times: contains the negative time {float(t[k])!r} at index {k}; times must be ≥ 0")
     check_separation = _flag("check_separation", check_separation)
     p = _prepare(R, b, X, labels, targets, check_separation, backend)
-    sols = _events(p)
-    L, M = len(sols), len(sols[0])
-    out = np.empty((t.shape[0], L, M))
-    for j in range(L):
-        for i in range(M):
-            out[:, j, i] = sols[j][i](t)
+    with np.errstate(all="ignore"):  # an overflow is reported below, not as RuntimeWarnings
+        sols = _events(p)
+        L, M = len(sols), len(sols[0])
+        out = np.empty((t.shape[0], L, M))
+        for j in range(L):
+            for i in range(M):
+                out[:, j, i] = sols[j][i](t)
+    check_results_finite("exact_bias_flow", [out], dict(X=p.X, b=p.b, targets=p.targets), p.X.shape[0], M)
     if check_separation:
         for q in np.argsort(t, kind="stable"):
             try:

@@ -14,6 +14,7 @@ import numpy as np
 from truncfast._errors import InputError
 from truncfast._flow import separated as _separated
 from truncfast._flow.problem import euclid_args, standard_args
+from truncfast._validate import check_results_finite
 
 __all__ = ["loss", "gradient", "standard_loss", "standard_gradient", "cluster_moments", "euclid_general"]
 
@@ -32,7 +33,20 @@ def loss(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "a
     Dask arrays for X run on the dask cluster (docs/distributed.md).
     """
     p = euclid_args(R, b, X, labels, targets, backend)
-    return float(euclid_general(p.bk, p.R, p.b, p.X, p.labels, p.targets, False)[0])
+    with np.errstate(all="ignore"):  # an overflow is reported by _finite, not as RuntimeWarnings
+        value = float(euclid_general(p.bk, p.R, p.b, p.X, p.labels, p.targets, False)[0])
+    _finite("loss", [value], p)
+    return value
+
+
+def _finite(what: str, results, p) -> None:
+    """Never a silent NaN: a non-finite result from finite inputs names the input that is too large."""
+    check_results_finite(what, results, dict(X=p.X, b=p.b, targets=p.targets), p.X.shape[0], p.R.shape[1])
+
+
+def _finite_std(what: str, results, p) -> None:
+    check_results_finite(what, results, dict(X=p.X, b=p.b, W_out=p.W_out, b_out=p.b_out, Y=p.Y),
+                         p.X.shape[0], p.R.shape[1], scaled="X, b, b_out and Y")
 
 
 def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "general",
@@ -52,11 +66,14 @@ def gradient(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, form: str = "
     if form not in ("general", "separated"):
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
     p = euclid_args(R, b, X, labels, targets, backend)
-    if form == "general":
-        _, gb, omega, _, _ = euclid_general(p.bk, p.R, p.b, p.X, p.labels, p.targets, True)
-        return gb, omega
-    counts, S0, S1, S2 = _separated.checked_moments(p.bk, p.R, p.b, p.X, p.labels, p.targets.shape[0])
-    return _separated.assemble(p.R, p.b, p.targets, counts, S0, S1, S2, p.X.shape[0])
+    with np.errstate(all="ignore"):  # an overflow is reported below, not as RuntimeWarnings
+        if form == "general":
+            _, gb, omega, _, _ = euclid_general(p.bk, p.R, p.b, p.X, p.labels, p.targets, True)
+        else:
+            counts, S0, S1, S2 = _separated.checked_moments(p.bk, p.R, p.b, p.X, p.labels, p.targets.shape[0])
+            gb, omega = _separated.assemble(p.R, p.b, p.targets, counts, S0, S1, S2, p.X.shape[0])
+    _finite("gradient", (gb, omega), p)
+    return gb, omega
 
 
 def cluster_moments(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backend: str = "auto") -> dict:
@@ -70,13 +87,17 @@ def cluster_moments(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, backen
     Q = p.targets.shape[0]
     if p.R.shape[0] != Q:
         raise _separated.SeparationShapeError(f"targets: moments need L == Q, got L = {p.R.shape[0]}, Q = {Q}")
-    S0, S1, S2, counts, _, _ = p.bk.moments_box(p.R, p.b, p.X, p.labels, Q)
-    _separated.check_nonempty(counts)
-    return _separated.normalised_moments(p.R, p.b, p.targets, counts, S0, S1, S2, p.X.shape[0])
+    with np.errstate(all="ignore"):  # an overflow is reported below, not as RuntimeWarnings
+        S0, S1, S2, counts, _, _ = p.bk.moments_box(p.R, p.b, p.X, p.labels, Q)
+        _separated.check_nonempty(counts)
+        out = _separated.normalised_moments(p.R, p.b, p.targets, counts, S0, S1, S2, p.X.shape[0])
+    _finite("cluster_moments", list(out.values()), p)
+    return out
 
 
 def _standard(p, want_grad):
-    return p.bk.general(p.R, p.b, p.X, p.labels, np.zeros((0, p.R.shape[1])), p.W_out, p.b_out, p.Y, True, want_grad)
+    with np.errstate(all="ignore"):  # an overflow is reported by _finite_std, not as RuntimeWarnings
+        return p.bk.general(p.R, p.b, p.X, p.labels, np.zeros((0, p.R.shape[1])), p.W_out, p.b_out, p.Y, True, want_grad)
 
 
 def standard_loss(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y: Any, *,
@@ -86,7 +107,10 @@ def standard_loss(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y
     ``W_out`` (P, M) and ``b_out`` (P,) are the cumulative output weight and bias
     W^(L+1), b^(L+1); ``Y`` (Q, P) holds the reference outputs.
     """
-    return float(_standard(standard_args(R, b, X, labels, W_out, b_out, Y, backend), False)[0])
+    p = standard_args(R, b, X, labels, W_out, b_out, Y, backend)
+    value = float(_standard(p, False)[0])
+    _finite_std("standard_loss", [value], p)
+    return value
 
 
 def standard_gradient(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y: Any, *,
@@ -98,5 +122,7 @@ def standard_gradient(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: An
     to W_out and b_out: ``(1/N) Σ ρ_n z_nᵀ`` and ``(1/N) Σ ρ_n`` with residual
     ``ρ_n = W_out z_n + b_out − y_{j(n)}`` and ``z_n = τ^(L)(x_n)``.
     """
-    _, gb, omega, gW, gbo = _standard(standard_args(R, b, X, labels, W_out, b_out, Y, backend), True)
+    p = standard_args(R, b, X, labels, W_out, b_out, Y, backend)
+    _, gb, omega, gW, gbo = _standard(p, True)
+    _finite_std("standard_gradient", (gb, omega, gW, gbo), p)
     return gb, omega, gW, gbo

@@ -9,7 +9,7 @@ import numpy as np
 
 from truncfast._arrays import as_host_array
 from truncfast._errors import InputError
-from truncfast._validate import as_float_array, check_finite, square_matrices
+from truncfast._validate import as_float_array, check_finite, refuse_nonfinite, square_matrices
 
 __all__ = [
     "layers_to_cumulative",
@@ -59,9 +59,11 @@ def layers_to_cumulative(Ws: Any, bs: Any) -> tuple[np.ndarray, np.ndarray]:
     Wc = np.empty_like(Ws)
     bc = np.empty_like(bs)
     Wc[0], bc[0] = Ws[0], bs[0]
-    for l in range(1, L):
-        Wc[l] = Ws[l] @ Wc[l - 1]
-        bc[l] = Ws[l] @ bc[l - 1] + bs[l]
+    with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+        for l in range(1, L):
+            Wc[l] = Ws[l] @ Wc[l - 1]
+            bc[l] = Ws[l] @ bc[l - 1] + bs[l]
+    refuse_nonfinite("layers_to_cumulative", (Wc, bc), dict(Ws=Ws, bs=bs))
     return Wc, bc
 
 
@@ -88,8 +90,11 @@ def cumulative_to_layers(Wc: Any, bc: Any) -> tuple[np.ndarray, np.ndarray]:
         if not np.isfinite(cond) or cond > 1e14:
             raise InputError(f"Wc: layer {l - 1} is singular (condition number {cond:.3g}); cannot form W_{l}")
         # W_ℓ = W^(ℓ) prev⁻¹  ⇔  prevᵀ W_ℓᵀ = W^(ℓ)ᵀ
-        Ws[l] = np.linalg.solve(prev.T, Wc[l].T).T
-        bs[l] = bc[l] - Ws[l] @ bc[l - 1]
+        with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+            Ws[l] = np.linalg.solve(prev.T, Wc[l].T).T
+            bs[l] = bc[l] - Ws[l] @ bc[l - 1]
+    refuse_nonfinite("cumulative_to_layers", (Ws, bs), dict(Wc=Wc, bc=bc),
+                     small="Wc: inverting a layer overflows float64 (some W^(ℓ) is tiny or nearly singular)")
     return Ws, bs
 
 
@@ -109,10 +114,15 @@ def pullback_targets(W_out: Any, b_out: Any, Y: Any) -> np.ndarray:
     check_finite("b_out", b_out)
     Y = as_float_array("Y", Y, 2, (None, P))
     check_finite("Y", Y)
-    rhs = (Y - b_out).T  # (P, Q)
-    if P == M and np.linalg.cond(W_out) < 1e12:
-        return np.linalg.solve(W_out, rhs).T.copy()
-    return (np.linalg.pinv(W_out) @ rhs).T.copy()
+    with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+        rhs = (Y - b_out).T  # (P, Q)
+        if P == M and np.linalg.cond(W_out) < 1e12:
+            out = np.linalg.solve(W_out, rhs).T.copy()
+        else:
+            out = (np.linalg.pinv(W_out) @ rhs).T.copy()
+    refuse_nonfinite("pullback_targets", (out,), dict(W_out=W_out, b_out=b_out, Y=Y),
+                     small="W_out: its (pseudo-)inverse overflows float64 (W_out is tiny or nearly singular)")
+    return out
 
 
 def orthonormalize(R: Any) -> np.ndarray:
@@ -152,4 +162,14 @@ def aligned_from_cumulative(Wc: Any, bc: Any, *, tol: float = 1e-8):
                 f"Wc: layer {l} is not aligned with the activation: its polar factor D has"
                 f" off-diagonal entries up to {off[l]:.3g} (docs/theory.md §4 needs D diagonal)"
             )
-    return R, bc / d, d
+    for l in range(L):
+        if not np.all(d[l] > 0.0):
+            i = int(np.flatnonzero(~(d[l] > 0.0))[0])
+            raise InputError(
+                f"Wc: layer {l} is singular: W^(ℓ) = D R has D[{i}, {i}] = {float(d[l, i])!r}, so the aligned "
+                "biases beta = D⁻¹ b^(ℓ) are undefined (docs/theory.md §4 needs invertible weights)")
+    with np.errstate(all="ignore"):  # an overflow of a tiny D is refused below, not warned about
+        beta = bc / d
+    refuse_nonfinite("aligned_from_cumulative", (beta,), dict(bc=bc, Wc=Wc),
+                     small="Wc: D⁻¹ b^(ℓ) overflows float64 (some diagonal entry of D is tiny)")
+    return R, beta, d

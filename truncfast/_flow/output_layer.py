@@ -35,8 +35,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from truncfast._errors import InputError
-from truncfast._validate import as_float_array, as_labels, check_finite
+import operator
+
+from truncfast import _config
+from truncfast._errors import DivergenceError, InputError
+from truncfast._validate import as_float_array, as_labels, check_finite, refuse_nonfinite
 
 __all__ = [
     "OutputFlow",
@@ -95,23 +98,25 @@ def _check_collapsed(W, Xc, Y, pi):
 
 
 def _check_stepping(dt: Any, steps: Any, method: str, record_every: Any) -> tuple[float, int, int]:
-    # conversions of arbitrary objects (a string, None) must surface as InputError naming the argument
-    try:
-        dt = float(dt)
-    except (TypeError, ValueError):
-        raise InputError(f"dt: must be a finite positive step, got {dt!r} ({type(dt).__name__})") from None
+    # the same rules as integrate's (_integrate.checks): dt a real number, steps an
+    # integer (NumPy integers too) — never a bool, a float or a string
+    if isinstance(dt, (bool, np.bool_)) or not isinstance(dt, (int, float, np.integer, np.floating)):
+        raise InputError(f"dt: must be a finite positive step, got {dt!r} ({type(dt).__name__})")
+    dt = float(dt)
     if not np.isfinite(dt) or dt <= 0:
         raise InputError(f"dt: must be a finite positive step, got {dt!r}")
+    out = []
     for name, value, low, what in (("steps", steps, 0, "non-negative"), ("record_every", record_every, 1, "positive")):
         try:
-            ok = int(value) == value and value >= low
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:
-            raise InputError(f"{name}: must be a {what} integer, got {value!r}")
+            v = None if isinstance(value, (bool, np.bool_)) else operator.index(value)
+        except TypeError:
+            v = None
+        if v is None or v < low:
+            raise InputError(f"{name}: must be a {what} integer, got {value!r} ({type(value).__name__})")
+        out.append(int(v))
     if method not in _METHODS:
         raise InputError(f"method: unknown method {method!r}; choose one of {', '.join(_METHODS)}")
-    return dt, int(steps), int(record_every)
+    return dt, out[0], out[1]
 
 
 def _check_times(times: Any) -> np.ndarray:
@@ -126,25 +131,46 @@ def _check_times(times: Any) -> np.ndarray:
 
 
 def _step_loop(f: Callable, y0: tuple, dt: float, steps: int, method: str, record_every: int,
-               observe: Callable) -> tuple[np.ndarray, list]:
+               observe: Callable, name: str, scale2: float) -> tuple[np.ndarray, list]:
     """Fixed-step Euler / classical RK4 on a tuple of arrays; records step 0, every
-    ``record_every`` steps and the last step."""
+    ``record_every`` steps and the last step.
+
+    Both flows are gradient flows, so their loss never increases: a step that makes
+    the state non-finite or the loss exceed ``_config.DIVERGENCE_LOSS_FACTOR`` times
+    its start (the rule of :func:`truncfast.integrate`) raises :class:`DivergenceError`
+    instead of running on into NaN (``err.step``, ``err.suggested_dt``).
+    """
     y = tuple(a.copy() for a in y0)
-    times, recs = [0.0], [observe(y)]
+    first = observe(y)
+    times, recs = [0.0], [first]
+    # floored like integrate's reference (_integrate.run): a start at an exact equilibrium is
+    # not stopped by rounding noise; scale2 is the squared scale of the labels Y
+    limit = _config.DIVERGENCE_LOSS_FACTOR * max(first[-1], _config.DIVERGENCE_LOSS_FLOOR * scale2,
+                                                 np.finfo(np.float64).tiny)
     for k in range(1, steps + 1):
-        if method == "euler":
-            d = f(y)
-            y = tuple(a + dt * da for a, da in zip(y, d))
-        else:
-            k1 = f(y)
-            k2 = f(tuple(a + 0.5 * dt * d for a, d in zip(y, k1)))
-            k3 = f(tuple(a + 0.5 * dt * d for a, d in zip(y, k2)))
-            k4 = f(tuple(a + dt * d for a, d in zip(y, k3)))
-            y = tuple(a + (dt / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
-                      for a, d1, d2, d3, d4 in zip(y, k1, k2, k3, k4))
+        with np.errstate(all="ignore"):  # a diverging step is reported below, not as RuntimeWarnings
+            if method == "euler":
+                d = f(y)
+                y = tuple(a + dt * da for a, da in zip(y, d))
+            else:
+                k1 = f(y)
+                k2 = f(tuple(a + 0.5 * dt * d for a, d in zip(y, k1)))
+                k3 = f(tuple(a + 0.5 * dt * d for a, d in zip(y, k2)))
+                k4 = f(tuple(a + dt * d for a, d in zip(y, k3)))
+                y = tuple(a + (dt / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4)
+                          for a, d1, d2, d3, d4 in zip(y, k1, k2, k3, k4))
+            rec = observe(y)
+        if not (all(np.isfinite(a).all() for a in y) and np.isfinite(rec[-1])) or rec[-1] > limit:
+            what = "became non-finite" if not np.isfinite(rec[-1]) or not all(np.isfinite(a).all() for a in y) \
+                else f"grew to {rec[-1]:.6g}, more than {_config.DIVERGENCE_LOSS_FACTOR:g} × its start {first[-1]:.6g}"
+            err = DivergenceError(
+                f"{name}: the loss {what} at step {k} (time {k * dt:g}) with dt = {dt:g} (a gradient flow never "
+                f"increases its loss): the step is unstable; use a smaller dt, e.g. dt = {dt / 4:g}")
+            err.step, err.loss, err.suggested_dt = k, rec[-1], dt / 4  # type: ignore[attr-defined]
+            raise err
         if k % record_every == 0 or k == steps:
             times.append(k * dt)
-            recs.append(observe(y))
+            recs.append(rec)
     return np.asarray(times), recs
 
 
@@ -153,8 +179,11 @@ def _step_loop(f: Callable, y0: tuple, dt: float, steps: int, method: str, recor
 def collapsed_output_loss(W: Any, Xc: Any, Y: Any, pi: Any) -> float:
     """``C = ½ tr(E Π Eᵀ) = ½ Σ_j π_j |W x_j − y_j|²`` for collapsed clusters [8.2–8.3]."""
     W, Xc, Y, pi = _check_collapsed(W, Xc, Y, pi)
-    E = Xc @ W.T - Y
-    return float(0.5 * np.sum(pi[:, None] * E * E))
+    with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+        E = Xc @ W.T - Y
+        value = float(0.5 * np.sum(pi[:, None] * E * E))
+    refuse_nonfinite("collapsed_output_loss", [value], dict(W=W, Xc=Xc, Y=Y, pi=pi))
+    return value
 
 
 def collapsed_output_rhs(W: Any, Xc: Any, Y: Any, pi: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +193,10 @@ def collapsed_output_rhs(W: Any, Xc: Any, Y: Any, pi: Any) -> tuple[np.ndarray, 
     ``e_j = W x_j − y_j``.
     """
     W, Xc, Y, pi = _check_collapsed(W, Xc, Y, pi)
-    return _collapsed_rhs(W, Xc, Y, pi)
+    with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+        out = _collapsed_rhs(W, Xc, Y, pi)
+    refuse_nonfinite("collapsed_output_rhs", out, dict(W=W, Xc=Xc, Y=Y, pi=pi))
+    return out
 
 
 def _collapsed_rhs(W, Xc, Y, pi):
@@ -179,7 +211,10 @@ def conserved_gram(W: Any, Xc: Any) -> np.ndarray:
     """
     W = _finite("W", W, 2)
     Xc = _finite("Xc", Xc, 2, (None, W.shape[1]))
-    return W.T @ W - Xc.T @ Xc
+    with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+        K = W.T @ W - Xc.T @ Xc
+    refuse_nonfinite("conserved_gram", [K], dict(W=W, Xc=Xc))
+    return K
 
 
 def spectral_gap_bound(W: Any, Xc: Any, Y: Any, pi: Any, times: Any) -> tuple[float, np.ndarray]:
@@ -201,11 +236,15 @@ def spectral_gap_bound(W: Any, Xc: Any, Y: Any, pi: Any, times: Any) -> tuple[fl
             f"W, Xc: the spectral-gap bound [8.27] needs P = Q = M (square W and X), got P = {P}, Q = {Q}, M = {M}"
         )
     t = _check_times(times)
-    ev = np.linalg.eigvalsh(W.T @ W - Xc.T @ Xc)
+    with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+        K = W.T @ W - Xc.T @ Xc
+        E = Xc @ W.T - Y
+        C0 = 0.5 * float(np.sum(pi[:, None] * E * E))
+    refuse_nonfinite("spectral_gap_bound", [K, C0], dict(W=W, Xc=Xc, Y=Y, pi=pi))
+    ev = np.linalg.eigvalsh(K)
     lam = float(max(ev[0], -ev[-1], 0.0))
-    E = Xc @ W.T - Y
-    C0 = 0.5 * float(np.sum(pi[:, None] * E * E))
-    return lam, C0 * np.exp(-2.0 * lam * float(pi.min()) * t)
+    with np.errstate(under="ignore"):  # e^{−large} underflows to the correct 0
+        return lam, C0 * np.exp(-2.0 * lam * float(pi.min()) * t)
 
 
 def collapsed_output_flow(W: Any, Xc: Any, Y: Any, pi: Any, *, dt: float, steps: int,
@@ -231,7 +270,8 @@ def collapsed_output_flow(W: Any, Xc: Any, Y: Any, pi: Any, *, dt: float, steps:
         E = y[1] @ y[0].T - Y
         return y[0].copy(), y[1].copy(), 0.5 * float(np.sum(pi[:, None] * E * E))
 
-    times, recs = _step_loop(f, (W, Xc), dt, steps, method, record_every, observe)
+    times, recs = _step_loop(f, (W, Xc), dt, steps, method, record_every, observe, "collapsed_output_flow",
+                             float(np.max(np.sum(Y * Y, axis=1))))
     return OutputFlow(
         times=times,
         W=np.stack([r[0] for r in recs]),
@@ -292,7 +332,13 @@ def positive_sector_output_solution(W: Any, b_out: Any, X: Any, labels: Any, Y: 
     """
     W, b_out, X, labels, Y = _check_positive(W, b_out, X, labels, Y)
     t = _check_times(times)
+    with np.errstate(all="ignore"):  # an overflow is refused below, not warned about
+        return _positive_solution(W, b_out, X, labels, Y, t, rcond)
+
+
+def _positive_solution(W, b_out, X, labels, Y, t, rcond) -> OutputFlow:
     A, B, Xh = _moments(X, labels, Y)
+    refuse_nonfinite("positive_sector_output_solution", (A, B), dict(X=X, Y=Y))
     a, V = np.linalg.eigh(A)
     rank = a > rcond * max(a[-1], 0.0)
     a = np.where(rank, a, 0.0)
@@ -303,11 +349,13 @@ def positive_sector_output_solution(W: Any, b_out: Any, X: Any, labels: Any, Y: 
     decay = np.exp(-np.outer(t, a))  # (T, M+1); ker A: exp(0) = 1
     What = W_star[None] + np.einsum("pk,tk,mk->tpm", D0V, decay, V)
     M = W.shape[1]
+    loss = np.array([_loss_hat(Wh, Xh, labels, Y) for Wh in What])
+    refuse_nonfinite("positive_sector_output_solution", (What, loss), dict(W=W, b_out=b_out, X=X, Y=Y))
     return OutputFlow(
         times=t,
         W=What[:, :, :M].copy(),
         b=What[:, :, M].copy(),
-        loss=np.array([_loss_hat(Wh, Xh, labels, Y) for Wh in What]),
+        loss=loss,
         settings={"flow": "positive sectors [9.10]", "rank_A": int(rank.sum()), "W_star": W_star},
     )
 
@@ -335,7 +383,8 @@ def positive_sector_output_flow(W: Any, b_out: Any, X: Any, labels: Any, Y: Any,
     def observe(y):
         return y[0].copy(), _loss_hat(y[0], Xh, labels, Y)
 
-    times, recs = _step_loop(f, (np.hstack([W, b_out[:, None]]),), dt, steps, method, record_every, observe)
+    times, recs = _step_loop(f, (np.hstack([W, b_out[:, None]]),), dt, steps, method, record_every, observe,
+                             "positive_sector_output_flow", float(np.max(np.sum(Y * Y, axis=1))))
     What = np.stack([r[0] for r in recs])
     M = W.shape[1]
     return OutputFlow(

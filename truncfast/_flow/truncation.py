@@ -9,6 +9,7 @@ import numpy as np
 from truncfast import _config
 from truncfast._errors import InputError
 from truncfast._flow.problem import state_and_data
+from truncfast._validate import check_forward_magnitude, check_results_finite, forward_magnitude
 
 __all__ = ["truncate", "sector_codes"]
 
@@ -30,7 +31,12 @@ def truncate(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
     X is a dask array (docs/distributed.md).
     """
     bk, R, b, X = state_and_data(R, b, X, backend)
-    return bk.truncate(R, b, X)
+    with np.errstate(all="ignore"):  # an overflow is reported below, not as RuntimeWarnings
+        out = bk.truncate(R, b, X)
+    L, M = b.shape
+    check_results_finite("truncate", [out], dict(X=X, b=b), X.shape[0], M, scaled="X and b",
+                         bound=forward_magnitude(M, L), formula="max float64 / (2·sqrt(M)·(2L + 3))")
+    return out
 
 
 def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray:
@@ -45,4 +51,6 @@ def sector_codes(R: Any, b: Any, X: Any, *, backend: str = "auto") -> np.ndarray
     M = R.shape[1]
     if M > _config.MAX_CODE_WIDTH:
         raise InputError(f"R: sector codes are uint64 bitmasks and need M ≤ {_config.MAX_CODE_WIDTH}, got M = {M}")
+    # an overflowing pre-activation would silently read as "truncated": refuse such data up front
+    check_forward_magnitude("sector_codes", b, X)
     return bk.codes(R, b, X)

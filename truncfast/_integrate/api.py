@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from truncfast import _config
+from truncfast._atomic import remove_leftovers
 from truncfast._errors import InputError
 from truncfast._flow import separated as _separated
 from truncfast._flow.evaluator import Evaluator
@@ -24,6 +25,7 @@ from truncfast._kernels.polar import orthonormalize
 from truncfast._flow.problem import euclid_args
 from truncfast._integrate.checks import (check_checkpoint_path, check_dt, check_flag, check_int,
                                          check_resume_data)
+from truncfast._integrate.monitor import check_on_instability
 from truncfast._integrate.run import Run
 from truncfast._integrate.solvers import SOLVERS
 from truncfast._integrate.trajectory import Trajectory
@@ -37,7 +39,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
               method: str = "lie-euler", train_weights: bool = True, train_biases: bool = True,
               record_every: int = 1, backend: str = "auto", progress: bool = False,
               checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-              form: str = "general") -> Trajectory:
+              form: str = "general", on_instability: str = "warn") -> Trajectory:
     """Integrate the effective gradient flow with a fixed step (docs/theory.md §§5, 6, 9).
 
     State ``(R, b)`` ∈ O(M)^L × R^{L×M}; flow ``∂_s b = −∇_b C``,
@@ -70,6 +72,13 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         continue with :func:`truncfast.resume`.
     form
         ``"general"`` (docs/theory.md §5, exact for any data) or ``"separated"`` (§6).
+    on_instability
+        What to do when the loss rises or oscillates (``_integrate.monitor``: a
+        gradient flow never increases its loss, so the steps are unstable):
+        ``"warn"`` (default: one :class:`truncfast.InstabilityWarning` with a
+        suggested dt, and the message in ``Trajectory.warnings``), ``"raise"``
+        (:class:`DivergenceError`, the run up to the step before in
+        ``err.trajectory``) or ``"ignore"``.
 
     Returns
     -------
@@ -105,7 +114,11 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
     train_weights = check_flag("train_weights", train_weights)
     train_biases = check_flag("train_biases", train_biases)
+    if not (train_weights or train_biases):
+        raise InputError("train_weights: train_weights=False and train_biases=False freeze the whole state: "
+                         "nothing would move (use tf.loss / tf.gradient to evaluate a fixed state)")
     progress = check_flag("progress", progress)
+    on_instability = check_on_instability(on_instability)
     check_checkpoint_path(checkpoint)
     N, M = p.X.shape
     L = p.R.shape[0]
@@ -123,6 +136,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         "method": method, "dt": dt, "steps": steps, "record_every": record_every,
         "train_weights": train_weights, "train_biases": train_biases, "backend": bk.name,
         "form": form, "N": int(N), "M": int(M), "L": int(L), "Q": int(Q), "version": __version__,
+        "on_instability": on_instability,
         "compiled_loop": bk.runs_compiled_loop(N, form, solver_cls.code), **bk.run_settings(X),
     }
     R = p.R.copy()  # never alias the caller's arrays
@@ -141,7 +155,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
 
 def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backend: str | None = None,
            progress: bool = False, checkpoint: str | os.PathLike | None = None,
-           checkpoint_every: int | None = None) -> Trajectory:
+           checkpoint_every: int | None = None, on_instability: str | None = None) -> Trajectory:
     """Continue a checkpointed :func:`integrate` run to its requested number of steps.
 
     ``X, labels, targets`` must be the data of the original run (checked by
@@ -150,9 +164,11 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     result is bitwise equal to an uninterrupted run when the same backend is
     used (the default: the backend recorded in the checkpoint).
     Checkpoints keep being written to ``checkpoint`` (default: ``path``) every
-    ``checkpoint_every`` steps (default: the original setting).
+    ``checkpoint_every`` steps (default: the original setting); ``on_instability``
+    defaults to the original setting too.
     """
     traj, header = Trajectory._load_with_header(path)
+    remove_leftovers(path)  # what a kill -9 during a checkpoint write left next to it
     meta = header.get("checkpoint")
     if not isinstance(meta, dict):
         raise InputError(f"path: {os.fspath(path)!r} is a saved trajectory, not a checkpoint "
@@ -164,6 +180,8 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     progress = check_flag("progress", progress)
     check_checkpoint_path(path if checkpoint is None else checkpoint)
     s = dict(traj.settings)
+    if on_instability is not None:
+        s["on_instability"] = check_on_instability(on_instability)
     p = euclid_args(traj.R, traj.b, X, labels, targets, s["backend"] if backend is None else backend)
     bk = p.bk
     X, labels = bk.persist(p.X, p.labels)
@@ -175,5 +193,6 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
               "compiled_loop": bool(s["compiled_loop"]) and bk.runs_compiled_loop(s["N"], s["form"], solver_cls.code)})
     ev = Evaluator(bk, X, labels, p.targets, form=s["form"], needs_moments=solver_cls.needs_moments)
     run = Run(s, p.R.copy(), p.b.copy(), ev, checkpoint=path if checkpoint is None else checkpoint,
-              checkpoint_every=checkpoint_every, progress=progress, previous=traj, digest=digest)
+              checkpoint_every=checkpoint_every, progress=progress, previous=traj, digest=digest,
+              monitor_state=header.get("monitor"))
     return run.run()

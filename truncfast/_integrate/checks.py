@@ -16,7 +16,7 @@ import numpy as np
 from truncfast._errors import InputError
 
 __all__ = ["check_int", "check_dt", "check_flag", "check_checkpoint_path", "n_records", "record_step",
-           "check_record_memory", "check_resume_data"]
+           "check_record_memory", "record_memory", "human_bytes", "check_resume_data"]
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -75,6 +75,31 @@ def record_step(i: int, steps: int, record_every: int) -> int:
     return min(i * record_every, steps)
 
 
+def record_memory(steps: int, record_every: int, L: int, M: int, Q: int) -> tuple[int, int, int, int] | None:
+    """``(records, bytes per record, bytes available, smallest record_every that fits)`` when the
+    records of a run cannot fit in memory, else None (see :func:`check_record_memory`)."""
+    import psutil
+
+    per_record = 8 * (L * M * M + L * M + 3 * L * Q + 6)
+    n = n_records(steps, record_every)
+    avail = psutil.virtual_memory().available // 2
+    if n * per_record <= avail:
+        return None
+    fit = max(1, avail // per_record - 2)
+    return n, per_record, 2 * avail, max(record_every + 1, -(-steps // fit))
+
+
+def human_bytes(nbytes: float) -> str:
+    """``1.5 GiB``-style size; sizes beyond exbibytes are not spelled out."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if nbytes < 1024 or unit == "EiB":
+            break
+        nbytes /= 1024
+    if unit == "EiB" and nbytes >= 1024:
+        return "more than 1000 EiB"
+    return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+
+
 def check_record_memory(steps: int, record_every: int, L: int, M: int, Q: int) -> None:
     """Refuse, before the first step, a run whose records cannot fit in memory.
 
@@ -84,20 +109,13 @@ def check_record_memory(steps: int, record_every: int, L: int, M: int, Q: int) -
     hours in.  Compared with the memory available now (psutil), keeping half
     of it for the rest of the run.
     """
-    import psutil
-
-    per_record = 8 * (L * M * M + L * M + 3 * L * Q + 6)
-    n = n_records(steps, record_every)
-    need = n * per_record
-    avail = psutil.virtual_memory().available // 2
-    if need > avail:
-        fit = max(1, avail // per_record - 2)
-        k = max(record_every + 1, -(-steps // fit))
+    bad = record_memory(steps, record_every, L, M, Q)
+    if bad is not None:
+        n, per_record, avail, k = bad
         raise InputError(
-            f"record_every: {steps} steps recorded every {record_every} step(s) keep "
-            f"{n} records of {per_record} bytes ({need / 2**30:.1f} GiB) in memory, "
-            f"more than half of the {2 * avail / 2**30:.1f} GiB available; record less often "
-            f"(record_every ≥ {k}) or integrate in shorter runs")
+            f"record_every: {steps} steps recorded every {record_every} step(s) keep {n:.3g} records of "
+            f"{per_record} bytes in memory, more than half of the {human_bytes(avail)} available; record "
+            f"less often (record_every ≥ {k}) or integrate in shorter runs")
 
 
 def check_resume_data(settings: dict, meta: dict, X, targets, digest) -> str:

@@ -32,14 +32,17 @@ from typing import Callable
 import numpy as np
 
 from truncfast import _config
+from truncfast._atomic import remove_leftovers
 from truncfast._errors import DivergenceError, SeparationError
 from truncfast._flow.evaluator import RHS, Evaluator
 from truncfast._kernels.polar import orthonormalize
 from truncfast._integrate.checks import check_record_memory, n_records, record_step
+from truncfast._integrate.monitor import LossMonitor, suggested_dt
 from truncfast._integrate.solvers import SOLVERS, Solver
 from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
 from truncfast._kernels.step_loop import DIVERGED, REORTH
+from truncfast._validate import overflow_error
 
 __all__ = ["Run"]
 
@@ -49,9 +52,11 @@ _after_boundary: Callable[[int], None] | None = None
 
 
 class _Diverged(Exception):
-    def __init__(self, step, loss, good_step, R, b):
+    def __init__(self, step, loss, good_step, R, b, state: bool = False, unstable: dict | None = None):
         super().__init__(step)
         self.step, self.loss, self.good_step, self.R, self.b = step, loss, good_step, R, b
+        self.state = state  # the step made (R, b) itself non-finite (a huge dt), not only the loss
+        self.unstable = unstable  # the monitor's event (on_instability="raise")
 
 
 class Run:
@@ -59,7 +64,7 @@ class Run:
 
     def __init__(self, settings: dict, R, b, ev: Evaluator, *, checkpoint, checkpoint_every,
                  progress: bool, previous: Trajectory | None = None, digest: str | None = None,
-                 reorth0: int = 0):
+                 reorth0: int = 0, monitor_state: dict | None = None):
         self.settings = settings
         self.ev = ev
         self.bk = ev.bk
@@ -69,6 +74,8 @@ class Run:
         self.train_w = bool(settings["train_weights"])
         self.train_b = bool(settings["train_biases"])
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        if self.checkpoint is not None:
+            remove_leftovers(self.checkpoint)  # temp files of a write that a kill -9 cut short
         self.checkpoint_every = checkpoint_every
         self.progress = progress
         self.digest = digest
@@ -96,6 +103,12 @@ class Run:
         # the committed state, replaced by one assignment so that Ctrl-C never
         # sees a half-updated run: (step, R, b, records written, reorthonormalisations)
         self.state = (k, R, b, nrec, reorth)
+        self.warnings: list[str] = list(previous.warnings) if previous is not None else []
+        if previous is not None and monitor_state is None and len(previous.loss):
+            # a checkpoint from before the monitor: restart it from the recorded losses
+            monitor_state = {"best": float(np.min(previous.loss)), "prev": float(previous.loss[-1])}
+        self._monitor_state = monitor_state
+        self.monitor: LossMonitor | None = None  # built once the initial loss is known (run())
         self._chunk_len = 64
 
     # ------------------------------------------------------------ pieces ---
@@ -127,12 +140,14 @@ class Run:
         k, R, b, nrec, reorth = self.state
         rec = {name: arr[:nrec].copy() for name, arr in self.buf.items()}
         return Trajectory(R=R.copy(), b=b.copy(), **rec, reorthonormalizations=reorth,
-                          settings=dict(self.settings), last_step=k)
+                          settings=dict(self.settings), last_step=k, warnings=list(self.warnings))
 
     def write_checkpoint(self) -> None:
         if self.checkpoint is None:
             return
         extra = {"checkpoint": {"data_sha256": self.digest, "checkpoint_every": self.checkpoint_every}}
+        if self.monitor is not None:
+            extra["monitor"] = self.monitor.state()
         self.trajectory().save(self.checkpoint, extra=extra)
 
     def _next_boundary(self, k: int, nrec: int) -> int:
@@ -151,17 +166,21 @@ class Run:
     def _advance_python(self, k, stop, R, b, rhs, nrec, reorth):
         while k < stop:
             R_new, b_new = self.solver.step(R, b, rhs, self.dt, self.train_w, self.train_b)
+            if not (np.isfinite(R_new).all() and np.isfinite(b_new).all()):
+                raise _Diverged(k + 1, math.nan, k, R, b, state=True)  # the step overflowed: dt, not the data
             R_new, fixed = self._reorthonormalize(R_new)
             rhs_new = self.ev.rhs(R_new, b_new)
             if not rhs_new.finite() or rhs_new.loss > self.loss_limit:
                 raise _Diverged(k + 1, rhs_new.loss, k, R, b)
+            self._watch(k + 1, [rhs_new.loss], lambda good, R=R, b=b: (R, b))
             k, R, b, rhs = k + 1, R_new, b_new, rhs_new
             reorth += fixed
             if k < stop:  # intermediate states are never recorded: commit them at once
                 self.state = (k, R, b, nrec, reorth)
         return k, R, b, rhs, reorth
 
-    def _advance_compiled(self, k, stop, R, b, rhs, reorth):
+    def _advance_compiled(self, k, stop, R, b, rhs, reorth, watch: bool = True):
+        start = (k, R, b, rhs, reorth)
         # work on copies: the committed arrays must survive a Ctrl-C
         Rw, bw = R.copy(), b.copy()
         gb, om = rhs.grad_b.copy(), rhs.omega.copy()
@@ -170,23 +189,47 @@ class Run:
         M = R.shape[1]
         W0, bo0, Y0 = np.zeros((0, M)), np.zeros(0), np.zeros((ev.targets.shape[0], 0))
         loss = rhs.loss
+        losses = np.empty(stop - k)  # the loss after every step of the chunk, for the monitor
+        k_first = k + 1
         while k < stop:
             status, done, loss_c = bk.compiled_steps(
                 Rw, bw, gb, om, ev.X, ev.labels, ev.targets, W0, bo0, Y0, self.dt, self.solver.code,
                 self.train_w, self.train_b, stop - k, _config.REORTHONORMALIZE_TOL, Rprev, bprev,
-                self.loss_limit)
+                self.loss_limit, losses[k + 1 - k_first:])
             k += done
             if status == DIVERGED:
-                raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy())
+                raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy(),
+                                state=not (np.isfinite(Rw).all() and np.isfinite(bw).all()))
             if status == REORTH:
+                if not (np.isfinite(Rw).all() and np.isfinite(bw).all()):
+                    raise _Diverged(k, math.nan, k - 1, Rprev.copy(), bprev.copy(), state=True)
                 Rw = orthonormalize(Rw)
                 reorth += 1
                 loss_c = bk.evaluate_seq(Rw, bw, ev.X, ev.labels, ev.targets, gb, om)
                 if not (np.isfinite(loss_c) and np.isfinite(gb).all() and np.isfinite(om).all()) \
                         or loss_c > self.loss_limit:
                     raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy())
+                losses[k - k_first] = loss_c
             loss = loss_c
+        if watch:
+            self._watch(k_first, losses, lambda good: self._advance_compiled(
+                start[0], good, *start[1:], watch=False)[1:3] if good > start[0] else start[1:3])
         return k, Rw, bw, RHS(float(loss), gb, om), reorth
+
+    def _watch(self, first_step: int, losses, good_state) -> None:
+        """The instability monitor (``monitor.LossMonitor``) sees the losses after steps
+        ``first_step, …``; on its first event it warns (recorded in the trajectory) or, with
+        ``on_instability="raise"``, stops the run at the step before (``good_state(step)``
+        gives that state)."""
+        ev = self.monitor.observe(first_step, losses) if self.monitor is not None else None
+        if ev is None:
+            return
+        if self.monitor.mode == "raise":
+            good = ev["step"] - 1
+            Rg, bg = good_state(good)
+            raise _Diverged(ev["step"], ev["loss"], good, Rg, bg, unstable=ev)
+        self.warnings.append(ev["message"])
+        self.monitor.warn(ev)
 
     # --------------------------------------------------------------- loop ---
     def run(self) -> Trajectory:
@@ -195,12 +238,18 @@ class Run:
         try:
             rhs = self.ev.rhs(R, b)
             if not rhs.finite():
+                if nrec == 0:  # the caller's data, not the step: name the input that is too large
+                    raise overflow_error("integrate (the loss and gradient at the initial state)",
+                                         dict(X=self.ev.X, b=b, targets=self.ev.targets), self.ev.N, b.shape[1])
                 raise _Diverged(k, rhs.loss, None, R, b)
             if nrec == 0:
                 self._record(0, k, R, b, rhs)
                 nrec = 1
                 self.state = (k, R, b, nrec, reorth)
             self.loss_limit = self._loss_limit()
+            self.monitor = LossMonitor(self.settings.get("on_instability", "warn"), self.dt, self._scale2(),
+                                       self._monitor_state)
+            self.monitor.start(rhs.loss)
             bar = None
             if self.progress and k < self.steps:
                 from tqdm import tqdm
@@ -264,11 +313,14 @@ class Run:
         at a (nearly) exact equilibrium is not stopped by rounding noise.
         """
         loss0 = float(self.buf["loss"][0])
+        ref = max(loss0, _config.DIVERGENCE_LOSS_FLOOR * self._scale2())
+        return _config.DIVERGENCE_LOSS_FACTOR * ref if ref > 0.0 else math.inf
+
+    def _scale2(self) -> float:
+        """max_j |ỹ_j|² + max_ℓ |b_ℓ(0)|²: the squared scale of the problem (noise floors)."""
         b0 = self.buf["bs"][0]
         T = self.ev.targets
-        scale2 = float(np.max(np.sum(T * T, axis=1), initial=0.0) + np.max(np.sum(b0 * b0, axis=1), initial=0.0))
-        ref = max(loss0, _config.DIVERGENCE_LOSS_FLOOR * scale2)
-        return _config.DIVERGENCE_LOSS_FACTOR * ref if ref > 0.0 else math.inf
+        return float(np.max(np.sum(T * T, axis=1), initial=0.0) + np.max(np.sum(b0 * b0, axis=1), initial=0.0))
 
     def _tune_chunk(self, elapsed: float, n: int) -> None:
         """Keep one chunk near the wall-clock budget (progress bar, Ctrl-C latency)."""
@@ -284,10 +336,18 @@ class Run:
         if d.good_step is not None and d.good_step != k:
             self.state = (d.good_step, d.R, d.b, nrec, reorth)
         traj = self.trajectory()
-        suggest = min(self.dt / 2.0, 1.0)
+        suggest = suggested_dt(self.dt)
+        if d.unstable is not None:
+            err = DivergenceError(d.unstable["message"] + f"; the run up to step {d.good_step} is kept in "
+                                  "err.trajectory (on_instability='raise')")
+            err.step, err.loss, err.suggested_dt = d.step, d.loss, suggest  # type: ignore[attr-defined]
+            err.trajectory = traj  # type: ignore[attr-defined]
+            raise err from None
         where = (f"the last good state (step {d.good_step}) is kept in err.trajectory"
                  if d.good_step is not None else "the initial state already has a non-finite loss")
-        if not math.isfinite(d.loss):
+        if d.state:
+            what = "could not be evaluated: the step made the state (R, b) non-finite"
+        elif not math.isfinite(d.loss):
             what = f"became {float(d.loss)!r}"
         elif d.loss > self.loss_limit:
             what = (f"grew to {float(d.loss)!r}, more than {_config.DIVERGENCE_LOSS_FACTOR:g} × its reference "

@@ -72,6 +72,24 @@ def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
     atomic_write(path, write)
 
 
+def _check_save_path(path: Any) -> None:
+    """A file path whose directory exists and is writable (else InputError naming the path,
+    not the temporary file the atomic write would have used)."""
+    try:
+        p = os.fspath(path)
+    except TypeError:
+        raise InputError(f"path: expected a file path (str or os.PathLike), got {path!r}") from None
+    folder = os.path.dirname(os.path.abspath(p))
+    if os.path.isdir(p):
+        raise InputError(f"path: {p!r} is a directory; give a file name such as 'run.npz'")
+    if not os.path.exists(folder):
+        raise InputError(f"path: cannot write {p!r}: the directory {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise InputError(f"path: cannot write {p!r}: {folder!r} is not a directory")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"path: cannot write {p!r}: the directory {folder!r} is not writable")
+
+
 @dataclass(eq=False)  # arrays: element-wise == would make `a == b` ambiguous
 class Trajectory:
     """A recorded run of the effective gradient flow (docs/theory.md §§5, 9).
@@ -102,6 +120,10 @@ class Trajectory:
     last_step : int
         Step index of ``R, b``; smaller than ``settings["steps"]`` for a
         partial trajectory (interrupted or diverged run, or a checkpoint).
+    warnings : list of str
+        What went wrong without stopping the run, e.g. unstable steps (the
+        loss rose: ``integrate(..., on_instability="warn")``).  Saved in the
+        file (files written before it existed load with an empty list).
     """
 
     R: np.ndarray
@@ -118,6 +140,7 @@ class Trajectory:
     reorthonormalizations: int = 0
     settings: dict = field(default_factory=dict)
     last_step: int = 0
+    warnings: list = field(default_factory=list)
 
     # ---------------------------------------------------------- derived ---
     @property
@@ -171,9 +194,11 @@ class Trajectory:
             "settings": self.settings,
             "reorthonormalizations": int(self.reorthonormalizations),
             "last_step": int(self.last_step),
+            "warnings": [str(w) for w in self.warnings],
         }
         if extra:
             header.update(extra)
+        _check_save_path(path)
         hb = json.dumps(header, sort_keys=True).encode()
         arrays = self._arrays()
         digest = _checksum(hb, arrays)
@@ -222,5 +247,6 @@ class Trajectory:
                              f"{header.get('format_version')!r}; this truncfast reads version ≤ {FORMAT_VERSION}")
         traj = cls(R=data["R"], b=data["b"], **{k: data[k] for k in _RECORDED},
                    reorthonormalizations=int(header["reorthonormalizations"]),
-                   settings=header["settings"], last_step=int(header["last_step"]))
+                   settings=header["settings"], last_step=int(header["last_step"]),
+                   warnings=list(header.get("warnings", [])))
         return traj, header

@@ -109,7 +109,8 @@ def _threads(threads: int | None) -> int:
         from truncfast._kernels.parallel import get_num_threads
 
         threads = get_num_threads()
-    return int(threads)
+    # the C core clamps too (TF_MAX_THREADS); clamping here keeps any Python int inside a C int
+    return max(0, min(int(threads), _config.MAX_THREADS))
 
 
 def _dims(R: np.ndarray, b: np.ndarray, X: np.ndarray) -> tuple[int, int, int]:

@@ -1,6 +1,6 @@
 """Retractions on O(M) for the integrators (docs/theory.md §9): exp and Cayley maps.
 
-Everything here is ``@njit(cache=True)`` so that the same machine code serves
+Everything here is ``@jit`` (``numba_cache.jit``: cached, GIL-free) so that the same machine code serves
 the Python step loop and the compiled small-problem loop of ``truncfast._integrate.api.api`` —
 which is what makes the two paths bitwise equal.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from truncfast._kernels.numba_cache import jit
 
 __all__ = ["expm_antisym", "cayley", "rotate_layers", "defect", "LIE_EULER", "CAYLEY"]
 
@@ -54,7 +54,7 @@ _PADE[4, :] = [64764752532480000.0, 32382376266240000.0, 7771770303897600.0,
                960960.0, 16380.0, 182.0, 1.0]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _matmul(A, B, out):
     """out = A @ B, each entry summed over k in ascending order."""
     n, m = A.shape
@@ -68,7 +68,7 @@ def _matmul(A, B, out):
                 out[i, j] += a * B[k, j]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _solve(A, B):
     """Solve A X = B (A square, B matrix) by LU with partial pivoting; A, B overwritten, X in B."""
     n = A.shape[0]
@@ -107,7 +107,7 @@ def _solve(A, B):
             B[c, k] = s / d
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _norm1(A):
     n = A.shape[0]
     best = 0.0
@@ -120,7 +120,7 @@ def _norm1(A):
     return best
 
 
-@njit(cache=True, nogil=True)
+@jit
 def expm_antisym(A):
     """exp(A) for an antisymmetric (M, M) matrix A (see the module docstring)."""
     n = A.shape[0]
@@ -193,7 +193,7 @@ def expm_antisym(A):
     return out
 
 
-@njit(cache=True, nogil=True)
+@jit
 def cayley(A):
     """Cayley map ``(I − A/2)⁻¹ (I + A/2)`` of an antisymmetric A.
 
@@ -212,7 +212,7 @@ def cayley(A):
     return out
 
 
-@njit(cache=True, nogil=True)
+@jit
 def rotate_layers(R, omega, h, method, out):
     """``out_ℓ = F(−h Ω_ℓ) R_ℓ`` for every layer, F = exp (method 0) or Cayley (1)."""
     L, M, _ = R.shape
@@ -225,7 +225,7 @@ def rotate_layers(R, omega, h, method, out):
         _matmul(E, R[l], out[l])
 
 
-@njit(cache=True, nogil=True)
+@jit
 def defect(R):
     """Orthogonality defect ``max_ℓ max_ik |(R_ℓᵀ R_ℓ − I)_ik|`` of an (L, M, M) stack."""
     L, M, _ = R.shape

@@ -30,18 +30,18 @@ per chunk, slots added in chunk order: the same bits for any thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from truncfast import _config
 from truncfast._kernels import numba_cache as _numba_cache
 from truncfast._kernels import numba_kernels as _kernels_numba
 from truncfast._kernels import parallel as _parallel
 from truncfast._kernels.numba_kernels import _forward_block, _forward_scratch
+from truncfast._kernels.numba_cache import jit
 
 __all__ = ["data_target_gradients", "data_target_range"]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _data_target_chunk(R, S, b, X, labels, Ty, start, stop, block, inv_n, want_x, want_t, gX, acc):
     """Points start..stop-1: rows of ``gX`` (= g_0 / N) and the residual sums ``acc`` (Q, M).
 
@@ -90,7 +90,7 @@ def _data_target_chunk(R, S, b, X, labels, Ty, start, stop, block, inv_n, want_x
                 gX[p0 + p, k] = Ra[k, p] * inv_n
 
 
-@njit(cache=True, nogil=True)
+@jit
 def data_target_range(R, S, b, X, labels, Ty, c_first, c_last, chunk, block, inv_n, want_x, want_t, slot0,
                       gX, pacc):
     """Chunks c_first..c_last-1: rows of ``gX``; residual sums of chunk c into slot ``pacc[c − slot0]``."""

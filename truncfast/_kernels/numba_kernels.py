@@ -1,7 +1,7 @@
 """Numba kernels (docs/theory.md §§2, 5, 6).  Arrays and scalars in, arrays out.
 
 Kernels never validate (the API boundary does) and are compiled lazily on
-first use with ``cache=True``.
+first use, cached on disk where possible (``numba_cache.jit``).
 
 Determinism and threads.  The kernels here are sequential and release the GIL
 (``nogil=True``); ``truncfast._kernels.parallel`` runs them on a thread pool over ranges of
@@ -40,7 +40,7 @@ point of the block is truncated, or below the lowest truncating layer.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from truncfast._kernels.numba_cache import jit
 
 from truncfast import _config
 from truncfast._kernels import numba_cache as _numba_cache
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def transfer_matrices(R):
     """``S_ℓ = R_{ℓ+1} R_ℓᵀ`` for ℓ = 0..L-2, shape (max(L-1, 0), M, M)."""
     L, M, _ = R.shape
@@ -72,7 +72,7 @@ def transfer_matrices(R):
     return S
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, want_z):
     """Forward pass of §5 for points p0..p0+nb-1 (transposed block layout).
 
@@ -120,7 +120,7 @@ def _forward_block(R, S, b, X, p0, nb, U, Hm, Tt, Z, ntr, want_z):
                 Z[k, p] += a * Tt[L - 1, i, p]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _forward_scratch(L, M, block):
     """Scratch of :func:`_forward_block`: U, Hm, Tt (L, M, block), Z (M, block), ntr (L,).
 
@@ -130,7 +130,7 @@ def _forward_scratch(L, M, block):
             np.zeros((M, block)), np.zeros(L, dtype=np.int64))
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _truncate_chunk(R, S, b, X, start, stop, block, out, codes, want_codes):
     L, M = b.shape
     U, Hm, Tt, Z, ntr = _forward_scratch(L, M, block)
@@ -151,7 +151,7 @@ def _truncate_chunk(R, S, b, X, start, stop, block, out, codes, want_codes):
                     out[p0 + p, k] = Z[k, p]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def truncate_range(R, S, b, X, c_first, c_last, chunk, block, out, codes, want_codes):
     """Forward pass of chunks c_first..c_last-1: τ^(L) rows into ``out`` or codes into ``codes``."""
     N = X.shape[0]
@@ -159,7 +159,7 @@ def truncate_range(R, S, b, X, c_first, c_last, chunk, block, out, codes, want_c
         _truncate_chunk(R, S, b, X, c * chunk, min(N, (c + 1) * chunk), block, out, codes, want_codes)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start, stop, block,
                   gb, G, gW, gbo):
     """Sequential sum over points start..stop-1 of the §5 contributions.
@@ -346,7 +346,7 @@ def general_chunk(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, start,
     return loss
 
 
-@njit(cache=True, nogil=True)
+@jit
 def general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, c_first, c_last, chunk, block,
                   slot0, pgb, pG, pgW, pgbo, ploss):
     """Chunks c_first..c_last-1 of §5, each summed into its own partial slot c − slot0."""
@@ -361,7 +361,7 @@ def general_range(R, S, b, X, labels, T, W, bout, Y, standard, want_grad, c_firs
                                  c * chunk, min(N, (c + 1) * chunk), block, pgb[s], pG[s], pgW[s], pgbo[s])
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _moments_chunk(R, b, X, labels, start, stop, S0, S1, S2, cnt, lo, hi):
     """Moments of §6 for points start..stop-1, summed point by point in order.
 
@@ -394,7 +394,7 @@ def _moments_chunk(R, b, X, labels, start, stop, S0, S1, S2, cnt, lo, hi):
                     S2[j, i, k] += vi * v[k]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def moments_range(R, b, X, labels, c_first, c_last, chunk, slot0, p0, p1, p2, pn, plo, phi):
     """Raw constrained moments of §6 (cluster j at layer j) per chunk, into slots c − slot0.
 
@@ -414,7 +414,7 @@ def moments_range(R, b, X, labels, c_first, c_last, chunk, slot0, p0, p1, p2, pn
                        plo[s], phi[s])
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _violations_chunk(R, S, b, X, labels, start, stop, block, counts):
     L, M = b.shape
     U, Hm, Tt, Z, ntr = _forward_scratch(L, M, block)
@@ -432,7 +432,7 @@ def _violations_chunk(R, S, b, X, labels, start, stop, block, counts):
                         break
 
 
-@njit(cache=True, nogil=True)
+@jit
 def violations_range(R, S, b, X, labels, c_first, c_last, chunk, block, counts):
     """Add to ``counts`` (Q, L) the points of cluster j truncated at a layer ℓ ≠ j (§6 check)."""
     N = X.shape[0]
@@ -440,14 +440,14 @@ def violations_range(R, S, b, X, labels, c_first, c_last, chunk, block, counts):
         _violations_chunk(R, S, b, X, labels, c * chunk, min(N, (c + 1) * chunk), block, counts)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def add_slots(total, parts, n):
     """total += parts[0] + parts[1] + … + parts[n-1], added one slot at a time in order."""
     for s in range(n):
         total += parts[s]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def cluster_sums_range(X, labels, c_first, c_last, chunk, sums):
     """Add Σ x over each cluster (rows of ``sums``, (Q, M)) for chunks c_first..c_last-1."""
     N, M = X.shape
@@ -457,7 +457,7 @@ def cluster_sums_range(X, labels, c_first, c_last, chunk, sums):
             sums[j, k] += X[n, k]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def cluster_radius_range(X, labels, centers, c_first, c_last, chunk, rad):
     """rad[j] = max(rad[j], max |x − centers[j]|² over cluster j) for chunks c_first..c_last-1."""
     N, M = X.shape

@@ -30,9 +30,9 @@ in :mod:`truncfast._kernels.pattern_state`; the assembly is in
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from truncfast._kernels.numba_kernels import _forward_block, _forward_scratch
+from truncfast._kernels.numba_cache import jit
 
 __all__ = [
     "pass_range", "stats_range", "flatten_locals", "local_moments_range", "lookup_keys", "insert_new",
@@ -46,7 +46,7 @@ _RHO_FLOOR = 2.0 ** -120
 
 # ------------------------------------------------------------ rounding ---
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(inline="always")
 def _down32(x):
     """A float32 ≤ x (x ≥ 0): the nearest one, or the next one below it.
 
@@ -62,7 +62,7 @@ def _down32(x):
     return np.float32(_F32_MAX) if x >= _F32_MAX else r
 
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(inline="always")
 def _up32(x):
     """A float32 ≥ x (x ≥ 0), possibly +inf (selects, as :func:`_down32`)."""
     f = np.float32(x)
@@ -73,7 +73,7 @@ def _up32(x):
 
 # ------------------------------------------------------------- hashing ---
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(inline="always")
 def _hash(keys, row, lab):
     h = np.uint64(lab) * np.uint64(0x9E3779B97F4A7C15)
     for l in range(keys.shape[1]):
@@ -82,7 +82,7 @@ def _hash(keys, row, lab):
     return h
 
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(inline="always")
 def _find(hslots, tkeys, tlabs, keys, row, lab):
     """Id g ≥ 0 of key (keys[row], lab) in the open-addressing table, else −1 − (free slot)."""
     mask = hslots.shape[0] - 1
@@ -103,7 +103,7 @@ def _find(hslots, tkeys, tlabs, keys, row, lab):
         s = (s + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@jit
 def rehash(hslots, keys, labs, G):
     """Rebuild the table ``hslots`` (a power of two > 2 G) for ids 0..G-1."""
     hslots[:] = -1
@@ -114,7 +114,7 @@ def rehash(hslots, keys, labs, G):
 
 # ----------------------------------------------------------- full pass ---
 
-@njit(cache=True, nogil=True)
+@jit
 def _block_stats(p0, nb, L, M, U, Tt, Z, codes, crow0, m32, rho32, cl, mn, r2):
     """Codes, margins and ρ of the nb block points after ``_forward_block``; loops over the block.
 
@@ -155,13 +155,13 @@ def _block_stats(p0, nb, L, M, U, Tt, Z, codes, crow0, m32, rho32, cl, mn, r2):
         rho32[p0 + p] = _up32(np.sqrt(r2[p]) * (1.0 + 2.0 ** -40))
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _stats_scratch(L, M, block):
     return (np.empty(block, dtype=np.uint64), np.empty(block), np.empty(block),
             np.empty((block, L), dtype=np.uint64))
 
 
-@njit(cache=True, nogil=True)
+@jit
 def pass_range(R, S, b, X, labels, c_first, c_last, chunk, block, c0, group_of, m32, rho32,
                lkeys, llab, lcount):
     """Full pass, phase 1, chunks c_first..c_last-1 (slot c − c0 of the local arrays).
@@ -219,7 +219,7 @@ def pass_range(R, S, b, X, labels, c_first, c_last, chunk, block, c0, group_of, 
         lcount[s] = nloc
 
 
-@njit(cache=True, nogil=True)
+@jit
 def stats_range(R, S, b, X, c_first, c_last, chunk, block, codes, m32, rho32):
     """Codes (K, L), margins and ρ of the rows of X (gathered points), chunks c_first..c_last-1."""
     N = X.shape[0]
@@ -234,7 +234,7 @@ def stats_range(R, S, b, X, c_first, c_last, chunk, block, codes, m32, rho32):
             _block_stats(p0, nb, L, M, U, Tt, Z, codes, p0, m32, rho32, cl, mn, r2)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def flatten_locals(lkeys, llab, lcount, nslots, loff):
     """The local keys of slots 0..nslots-1 as flat (K, L) keys and (K,) labels, in slot order."""
     K = loff[nslots]
@@ -249,7 +249,7 @@ def flatten_locals(lkeys, llab, lcount, nslots, loff):
     return keys, labs
 
 
-@njit(cache=True, nogil=True)
+@jit
 def local_moments_range(X, group_of, c_first, c_last, chunk, c0, loff, ln, lmean, lscat):
     """Full pass, phase 2: count, mean and centred scatter of every chunk-local group.
 
@@ -298,7 +298,7 @@ def local_moments_range(X, group_of, c_first, c_last, chunk, c0, loff, ln, lmean
                     lscat[j, k, i] = lscat[j, i, k]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def lookup_keys(hslots, tkeys, tlabs, G, keys, labs):
     """Global id of every key (keys[k], labs[k]); keys not in the table get G, G+1, …
 
@@ -344,7 +344,7 @@ def lookup_keys(hslots, tkeys, tlabs, G, keys, labs):
     return gid, nnew
 
 
-@njit(cache=True, nogil=True)
+@jit
 def insert_new(hslots, tkeys, tlabs, tn, tmean, tscat, G, keys, labs, gid):
     """Insert the keys with gid ≥ G (from :func:`lookup_keys`) as empty groups; returns the new G."""
     newG = G

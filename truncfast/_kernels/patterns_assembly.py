@@ -10,12 +10,12 @@ cluster from the groups.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from truncfast._kernels.numba_cache import jit
 
 __all__ = ["assemble_range", "counts_from_groups"]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _group_terms(R, b, T, code, lab, nf, mu, C, gb, Gacc, hh, Vb, Tb, Fv, A, A2, W, Gam, RG, z, r, g):
     """Add one group's terms of §11 to gb, Gacc; return its ½ [n |ē|² + tr(A_L C A_Lᵀ)].
 
@@ -137,7 +137,7 @@ def _group_terms(R, b, T, code, lab, nf, mu, C, gb, Gacc, hh, Vb, Tb, Fv, A, A2,
     return loss
 
 
-@njit(cache=True, nogil=True)
+@jit
 def assemble_range(R, b, T, keys, labs, tn, tmean, tscat, G, q_first, q_last, blk, slot0, ploss, pgb, pG):
     """Blocks q_first..q_last-1 of ``blk`` groups, each summed in group order into slot q − slot0.
 
@@ -169,7 +169,7 @@ def assemble_range(R, b, T, keys, labs, tn, tmean, tscat, G, q_first, q_last, bl
                                      pgb[s], pG[s], hh, Vb, Tb, Fv, A, A2, W, Gam, RG, z, r, g)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def counts_from_groups(keys, labs, tn, G, M, Q):
     """(L, Q, 3) int64: points untruncated / partially / fully truncated per layer and cluster (§2)."""
     L = keys.shape[1]

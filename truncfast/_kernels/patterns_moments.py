@@ -10,12 +10,12 @@ addition.  Arrays in, arrays out (Numba), in a fixed order of points.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from truncfast._kernels.numba_cache import jit
 
 __all__ = ["merge_moments", "remap_range", "group_add", "group_remove", "move_points"]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _chan(tn, tmean, tscat, g, nb, mb, Cb, d):
     """Group g ∪= a batch (nb points, mean mb, scatter Cb): Chan's pairwise update."""
     na = tn[g]
@@ -43,7 +43,7 @@ def _chan(tn, tmean, tscat, g, nb, mb, Cb, d):
     tn[g] = n
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _chan_remove(tn, tmean, tscat, g, nb, mb, Cb, d):
     """Group g −= a batch it contains (nb points, mean mb, scatter Cb): Chan's update inverted."""
     n = tn[g]
@@ -72,7 +72,7 @@ def _chan_remove(tn, tmean, tscat, g, nb, mb, Cb, d):
     tn[g] = na
 
 
-@njit(cache=True, nogil=True)
+@jit
 def merge_moments(tn, tmean, tscat, gid, ln, lmean, lscat):
     """Fold the local groups j = 0, 1, … (in this order) into the global groups gid[j]."""
     d = np.empty(tmean.shape[1])
@@ -80,7 +80,7 @@ def merge_moments(tn, tmean, tscat, gid, ln, lmean, lscat):
         _chan(tn, tmean, tscat, gid[j], ln[j], lmean[j], lscat[j], d)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def remap_range(group_of, gid, loff, c_first, c_last, chunk, c0):
     """Chunk-local group ids → global ids for the rows of chunks c_first..c_last-1."""
     N = group_of.shape[0]
@@ -90,7 +90,7 @@ def remap_range(group_of, gid, loff, c_first, c_last, chunk, c0):
             group_of[n] = gid[o + group_of[n]]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _rows_moments(X, rows, mean, scat):
     """Two-pass mean (shifted by the first point, as in :func:`local_moments_range`) and centred scatter of X[rows]."""
     M = X.shape[1]
@@ -115,7 +115,7 @@ def _rows_moments(X, rows, mean, scat):
             scat[k, i] = scat[i, k]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def group_add(tn, tmean, tscat, g, X, rows):
     """Add the points X[rows] to group g (batch moments, then Chan's update)."""
     if rows.shape[0] == 0:
@@ -127,7 +127,7 @@ def group_add(tn, tmean, tscat, g, X, rows):
     _chan(tn, tmean, tscat, g, rows.shape[0], mb, Cb, np.empty(M))
 
 
-@njit(cache=True, nogil=True)
+@jit
 def group_remove(tn, tmean, tscat, g, X, rows):
     """Remove the points X[rows] (members of group g) from it (Chan's update inverted)."""
     if rows.shape[0] == 0:
@@ -139,7 +139,7 @@ def group_remove(tn, tmean, tscat, g, X, rows):
     _chan_remove(tn, tmean, tscat, g, rows.shape[0], mb, Cb, np.empty(M))
 
 
-@njit(cache=True, nogil=True)
+@jit
 def move_points(Xg, idx, gid, group_of, tn, tmean, tscat):
     """Move the points idx[k] (rows Xg[k]) whose new group gid[k] differs from group_of[idx[k]].
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from truncfast._kernels import parallel
+from truncfast._kernels.numba_cache import jit
 
 __all__ = ["NBUCKETS", "BUCKET_SHIFT", "bucket_stats_range", "bucket_scatter_range", "bucket_summary",
            "risk_scan", "live_entries", "compact_entries", "bound_coefficients", "norm_bound",
@@ -27,7 +27,7 @@ BUCKET_SHIFT = 20
 NBUCKETS = 1 << (31 - BUCKET_SHIFT)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def bucket_stats_range(mbits, rho, lo, hi, hist, bmin, bmax, mvals):
     """Histogram of bucket keys (mbits >> BUCKET_SHIFT) of entries lo..hi-1, with per-bucket min m and max ρ."""
     for n in range(lo, hi):
@@ -41,7 +41,7 @@ def bucket_stats_range(mbits, rho, lo, hi, hist, bmin, bmax, mvals):
             bmax[q] = r
 
 
-@njit(cache=True, nogil=True)
+@jit
 def bucket_scatter_range(mbits, m, rho, ids, lo, hi, pos, out_idx, out_m, out_rho):
     """Stable counting-sort scatter of entries lo..hi-1 by bucket; ``pos`` = next free position per bucket.
 
@@ -57,7 +57,7 @@ def bucket_scatter_range(mbits, m, rho, ids, lo, hi, pos, out_idx, out_m, out_rh
         out_rho[j] = rho[n]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def bucket_summary(mbits, m, rho):
     """For bucket-sorted entries: (starts (nb+1,), min m (nb,), max ρ (nb,)) of the non-empty buckets."""
     K = m.shape[0]
@@ -83,7 +83,7 @@ def bucket_summary(mbits, m, rho):
     return starts[:nb + 1].copy(), bmin[:nb].copy(), bmax[:nb].copy()
 
 
-@njit(cache=True, nogil=True)
+@jit
 def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, gen_id, limit):
     """Points of one generation that the bound cannot prove safe.
 
@@ -117,7 +117,7 @@ def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, ge
     return out[:no]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def live_entries(idx, gen_of, gen_id):
     """Point ids of the live entries of a generation, in entry order."""
     out = np.empty(idx.shape[0], dtype=np.int64)
@@ -129,7 +129,7 @@ def live_entries(idx, gen_of, gen_id):
     return out[:no]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def compact_entries(idx, m, rho, gen_of, gen_id):
     """The live entries (order kept, hence still bucket-sorted)."""
     K = idx.shape[0]
@@ -158,7 +158,7 @@ _U = 2.0 ** -53
 INFLATE = 1.0 + 1e-11
 
 
-@njit(cache=True, nogil=True)
+@jit
 def bound_coefficients(L, M, nu, eps, beta, bnorm, rounding):
     """(A, C0) of the sufficient test ``A ρ + C0 < m (1 − 10⁻¹⁵)``; (inf, inf) when ε ≥ ½ or not finite.
 
@@ -181,7 +181,7 @@ def bound_coefficients(L, M, nu, eps, beta, bnorm, rounding):
     return A, C0
 
 
-@njit(cache=True, nogil=True)
+@jit
 def norm_bound(R):
     """ν ≥ max_ℓ ‖R_ℓ‖₂ from the Gram defect: ‖R‖₂² ≤ 1 + ‖RᵀR − I‖_F, plus the Gram's rounding.
 
@@ -204,7 +204,7 @@ def norm_bound(R):
     return np.sqrt((1.0 + dmax * INFLATE) / (1.0 - 4.0 * M * M * _U)) * INFLATE
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _bnorm(b):
     m = 0.0
     for l in range(b.shape[0]):
@@ -215,7 +215,7 @@ def _bnorm(b):
     return m
 
 
-@njit(cache=True, nogil=True)
+@jit
 def reference_coefficients(R, b, Rs, bs, nus, bns, rounding, A, C0):
     """(A[g], C0[g]) of the bound between the state (R, b) and each reference (Rs[g], bs[g]).
 

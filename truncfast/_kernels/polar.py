@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from truncfast._kernels.numba_cache import jit
 
 from truncfast._kernels import expm as _expm
 from truncfast._kernels import numba_cache as _numba_cache
@@ -34,7 +34,7 @@ from truncfast._kernels import numba_cache as _numba_cache
 __all__ = ["orthonormalize", "polar_layers"]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _defect1(X):
     """max_{i ≤ k} |(XᵀX − I)_ik| (the inner loops of ``_expm.defect``)."""
     M = X.shape[0]
@@ -52,7 +52,7 @@ def _defect1(X):
     return worst
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _polar1(X):
     """X ← its polar factor, in place; False when X is singular or not finite."""
     M = X.shape[0]
@@ -100,7 +100,7 @@ def _polar1(X):
     return d <= 1.7976931348623157e308 and M * d < 0.5
 
 
-@njit(cache=True, nogil=True)
+@jit
 def polar_layers(R):
     """Every R_ℓ of an (L, M, M) stack replaced by its polar factor, in place.
 

@@ -11,28 +11,69 @@ from __future__ import annotations
 
 import numpy as np
 
+from truncfast import _config
+
 __all__ = ["truncate", "sector_codes", "general", "separated_moments", "separation_violations"]
 
 _ROWS = 1 << 14  # points per vectorised block (bounded scratch)
+
+
+def _ordered_product(A, T):
+    """``T @ Aᵀ`` (rows of T are points) with every entry summed over k in ascending
+    order, ``((a_0 t_0 + a_1 t_1) + a_2 t_2) + …`` — the order of the Numba and C
+    kernels' loops (no BLAS blocking, no FMA), hence their bits."""
+    out = T[:, 0:1] * A[:, 0]
+    for k in range(1, A.shape[1]):
+        out += T[:, k : k + 1] * A[:, k]
+    return out
+
+
+def _matvec(A, T):
+    """``T @ Aᵀ``: in the kernels' order for M < GEMM_MIN_WIDTH, else a matrix product."""
+    if T.shape[0] == 0:
+        return T @ A.T
+    return _ordered_product(A, T) if A.shape[1] < _config.GEMM_MIN_WIDTH else T @ A.T
+
+
+def _transfer(R):
+    """``S_ℓ = R_{ℓ+1} R_ℓᵀ`` summed in the kernels' order (``numba_kernels.transfer_matrices``)."""
+    return [_ordered_product(R[l], R[l + 1]) for l in range(R.shape[0] - 1)]
 
 
 def _forward(R, b, X):
     """Forward pass of §5 for a block of points (rows of X).
 
     Returns (z_L, [(v_ℓ, u_ℓ, h_ℓ, t_ℓ) for ℓ = 1..L]) with h_ℓ = H(u_ℓ), H(0) = 0.
+
+    The pre-activations are computed exactly as the Numba and C kernels compute
+    them (for M < ``_config.GEMM_MIN_WIDTH``, where those two agree bitwise): in
+    the transfer form ``v_1 = R_1 x``, ``v_{ℓ+1} = S_ℓ t̂_ℓ`` with
+    ``t̂_ℓ = h⊙u − b`` and ``S_ℓ = R_{ℓ+1} R_ℓᵀ``, every sum in ascending order
+    (:func:`_ordered_product`).  So a point that lies on a sector boundary up to
+    rounding gets the same H in every backend (docs/api.md, "Backends"); wider
+    layers use plain matrix products (the Numba kernels then use BLAS too).
     """
-    z = X
+    L, M = b.shape
+    ordered = M < _config.GEMM_MIN_WIDTH
+    S = _transfer(R) if ordered else [R[l + 1] @ R[l].T for l in range(L - 1)]
     layers = []
-    for Rl, bl in zip(R, b):
-        v = z @ Rl.T  # v_ℓ = R_ℓ z_{ℓ-1}
+    that = X
+    for l in range(L):
+        Rl, bl = R[l], b[l]
+        if ordered:
+            v = _ordered_product(R[0] if l == 0 else S[l - 1], that)
+        else:
+            v = that @ (R[0] if l == 0 else S[l - 1]).T
         u = v + bl
         h = (u > 0).astype(np.float64)
-        # t_ℓ = h⊙u − b (= R_ℓ z_ℓ), formed as v where h = 1 and −b where h = 0: the
-        # same value, but (v + b) − b would round, and an untruncated point must add
+        that = u * h - bl  # t̂_ℓ = R_ℓ z_ℓ, formed as the kernels form it (propagated)
+        # t_ℓ for G_ℓ: v where h = 1, −b where h = 0 — the same value as t̂_ℓ up to the
+        # rounding of (v + b) − b, which must not reach G_ℓ: an untruncated point adds
         # exactly nothing to G_ℓ (Prop. 4.1 equilibria give exact zeros).
         t = np.where(h > 0, v, -bl)
-        z = t @ Rl  # z_ℓ = R_ℓᵀ t_ℓ
         layers.append((v, u, h, t))
+    RL = R[L - 1]
+    z = _ordered_product(RL.T, that) if ordered else that @ RL  # z_L = R_Lᵀ t̂_L
     return z, layers
 
 
@@ -113,7 +154,7 @@ def separated_moments(R, b, X, labels, Q):
     for j in range(Q):
         for s in range(0, X.shape[0], _ROWS):
             Xj = X[s : s + _ROWS][labels[s : s + _ROWS] == j]
-            v = Xj @ R[j].T
+            v = _matvec(R[j], Xj)  # as the kernels form v = R_j x: the same h at a tie
             h = (v + b[j] > 0).astype(np.float64)
             S0[j] += h.sum(axis=0)
             S1[j] += h.T @ v
@@ -131,7 +172,7 @@ def separated_box(R, X, labels, Q):
     hi = np.full((Q, M), -np.inf)
     for j in range(Q):
         for s in range(0, X.shape[0], _ROWS):
-            v = X[s : s + _ROWS][labels[s : s + _ROWS] == j] @ R[j].T
+            v = _matvec(R[j], X[s : s + _ROWS][labels[s : s + _ROWS] == j])
             if v.shape[0]:
                 lo[j] = np.minimum(lo[j], v.min(axis=0))
                 hi[j] = np.maximum(hi[j], v.max(axis=0))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from truncfast._kernels.numba_cache import jit
 
 from truncfast import _config
 from truncfast._kernels import expm as _expm
@@ -29,7 +29,7 @@ _transfer_matrices = _kn.transfer_matrices
 #: statuses returned by :func:`compiled_steps`
 DONE, REORTH, DIVERGED = 0, 1, 2
 
-@njit(cache=True, nogil=True)
+@jit
 def evaluate_seq(R, b, X, labels, T, W, bout, Y, chunk, block, gb, omega, G, pgb, pG, pgW, pgbo):
     """Loss and (grad_b, omega) of the general Euclidean flow (docs/theory.md §5), sequentially.
 
@@ -63,9 +63,9 @@ def evaluate_seq(R, b, X, labels, T, W, bout, Y, chunk, block, gb, omega, G, pgb
     return loss / N
 
 
-@njit(cache=True, nogil=True)
+@jit
 def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, method,
-                    train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit):
+                    train_w, train_b, nsteps, tol, Rprev, bprev, loss_limit, losses):
     """Up to ``nsteps`` Lie–Euler / Cayley steps without leaving compiled code.
 
     On entry (R, b) is state k and (gb, omega) its right-hand side; on return
@@ -74,6 +74,8 @@ def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, 
     caller re-orthonormalises and re-evaluates, exactly like the Python loop),
     or with DIVERGED when the new loss or gradient is not finite or the loss
     exceeds ``loss_limit`` (Rprev, bprev then hold the last good state).
+    ``losses[i]`` receives the loss after step i + 1 of the call (for the run's
+    instability monitor; not written for a step that returns REORTH).
     Returns ``(status, done, loss)``.
     """
     L, M = b.shape
@@ -96,6 +98,7 @@ def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, 
         if train_w and _expm.defect(R) > tol:
             return REORTH, it + 1, loss
         loss = evaluate_seq(R, b, X, labels, T, W, bout, Y, chunk, block, gb, omega, G, pgb, pG, pgW, pgbo)
+        losses[it] = loss
         s = loss
         for l in range(L):
             for i in range(M):
@@ -107,7 +110,7 @@ def compiled_steps(R, b, gb, omega, X, labels, T, W, bout, Y, chunk, block, dt, 
     return DONE, nsteps, loss
 
 
-@njit(cache=True, nogil=True)
+@jit
 def counts_seq(R, b, X, labels, Q, chunk, block, out):
     """out[ℓ, j] = [untruncated, partial, fully truncated] points of cluster j at layer ℓ.
 

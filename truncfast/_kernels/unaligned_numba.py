@@ -32,16 +32,16 @@ truncating layer of a block is computed.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from truncfast import _config
 from truncfast._config import ACC_LANES
 from truncfast._kernels import numba_cache as _numba_cache
+from truncfast._kernels.numba_cache import jit
 
 __all__ = ["inverse", "operators", "truncate_range", "general_range", "finish_grad_w"]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def inverse(W, Winv):
     """``Winv[ℓ] = W[ℓ]⁻¹`` by Gauss–Jordan with partial pivoting; returns the first
     layer with an exactly zero pivot (singular), or −1.
@@ -90,7 +90,7 @@ def inverse(W, Winv):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@jit
 def operators(W, Winv, S, Zt):
     """``S[ℓ] = W_{ℓ+1} W_ℓ⁻¹`` (ℓ < L−1) and ``Zt = (W_L⁻¹)ᵀ`` from W and its inverses (sums over k in order)."""
     L, M, _ = W.shape
@@ -106,7 +106,7 @@ def operators(W, Winv, S, Zt):
             Zt[i, k] = Winv[L - 1, k, i]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _forward_block(W, S, Zt, b, X, p0, nb, U, Hm, Tt, Z, ntr, want_z):
     """Forward pass for points p0..p0+nb-1 (transposed block layout), as ``numba_kernels._forward_block``
     with ``W_1`` as the first matrix and ``z_L = Ztᵀ t_L``."""
@@ -148,7 +148,7 @@ def _forward_block(W, S, Zt, b, X, p0, nb, U, Hm, Tt, Z, ntr, want_z):
                 Z[k, p] += a * Tt[L - 1, i, p]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _truncate_chunk(W, S, Zt, b, X, start, stop, block, out, codes, want_codes):
     L, M = b.shape
     U, Hm, Tt = np.zeros((L, M, block)), np.zeros((L, M, block)), np.zeros((L, M, block))
@@ -170,7 +170,7 @@ def _truncate_chunk(W, S, Zt, b, X, start, stop, block, out, codes, want_codes):
                     out[p0 + p, k] = Z[k, p]
 
 
-@njit(cache=True, nogil=True)
+@jit
 def truncate_range(W, S, Zt, b, X, c_first, c_last, chunk, block, out, codes, want_codes):
     """τ^(L) rows into ``out`` (or codes into ``codes``) for chunks c_first..c_last-1."""
     N = X.shape[0]
@@ -178,7 +178,7 @@ def truncate_range(W, S, Zt, b, X, c_first, c_last, chunk, block, out, codes, wa
         _truncate_chunk(W, S, Zt, b, X, c * chunk, min(N, (c + 1) * chunk), block, out, codes, want_codes)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def general_chunk(W, S, Zt, b, X, labels, T, want_grad, start, stop, block, gb, G):
     """Sequential sum over points start..stop-1; returns the raw loss Σ ½|z_L − ỹ_j|².
 
@@ -290,7 +290,7 @@ def general_chunk(W, S, Zt, b, X, labels, T, want_grad, start, stop, block, gb, 
     return loss
 
 
-@njit(cache=True, nogil=True)
+@jit
 def general_range(W, S, Zt, b, X, labels, T, want_grad, c_first, c_last, chunk, block, slot0, pgb, pG, ploss):
     """Chunks c_first..c_last-1 of :func:`general_chunk`, each into its own partial slot c − slot0."""
     N = X.shape[0]
@@ -302,7 +302,7 @@ def general_range(W, S, Zt, b, X, labels, T, want_grad, c_first, c_last, chunk, 
                                  pgb[s], pG[s])
 
 
-@njit(cache=True, nogil=True)
+@jit
 def finish_grad_w(G, Winv, out):
     """``out[ℓ] = G[ℓ] W_ℓ⁻ᵀ``: ``out[ℓ, i, j] = Σ_k G[ℓ, i, k] Winv[ℓ, j, k]`` (k ascending)."""
     L, M, _ = G.shape
