@@ -106,6 +106,7 @@ def check_finite(name: str, arr: np.ndarray) -> None:
 
 
 _PARALLEL_FINITE = 1 << 18  # elements; below this one NumPy sum is cheaper than a thread hand-off
+_SMALL_FINITE = 1 << 12  # elements; below this np.isfinite(...).all() beats a sum under np.errstate
 
 
 def _maybe_nonfinite(arr: np.ndarray) -> bool:
@@ -117,6 +118,8 @@ def _maybe_nonfinite(arr: np.ndarray) -> bool:
     backend.  Otherwise one NumPy sum: a NaN or inf makes it non-finite, and
     so does an overflow (a false alarm the caller's row scan clears).
     """
+    if arr.size <= _SMALL_FINITE:  # R, b, targets, results: isfinite needs no errstate (~1 µs, not ~4)
+        return not bool(np.isfinite(arr).all())
     if arr.size >= _PARALLEL_FINITE and arr.flags.c_contiguous and arr.dtype == np.float64:
         from truncfast._kernels import ccore as _ccore
 
