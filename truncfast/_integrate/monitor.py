@@ -66,11 +66,13 @@ class LossMonitor:
         self.best = math.inf
         self.prev = math.inf
         self.rises: deque = deque(maxlen=_config.INSTABILITY_WINDOW)
+        self.nrises = 0  # sum(self.rises), kept as the window slides (observe runs once per step)
         self.event: dict | None = None
         if state:
             self.best = _from_json(state.get("best"))
             self.prev = _from_json(state.get("prev"))
             self.rises.extend(bool(x) for x in state.get("rises", []))
+            self.nrises = int(sum(self.rises))
             self.event = state.get("event")
 
     def start(self, loss: float) -> None:
@@ -89,20 +91,26 @@ class LossMonitor:
         if self.mode == "ignore":
             return None
         found = None
+        rises, window = self.rises, self.rises.maxlen
+        rise_f, growth_f = 1.0 + _config.INSTABILITY_RISE_RTOL, 1.0 + _config.INSTABILITY_GROWTH_RTOL
+        need, floor, isfinite = _config.INSTABILITY_RISES, self.floor, math.isfinite
         for i, loss in enumerate(losses):
             loss = float(loss)
-            if not math.isfinite(loss):
+            if not isfinite(loss):
                 continue  # non-finite losses are the divergence test's business
-            step = first_step + i
-            rise = loss > self.prev * (1.0 + _config.INSTABILITY_RISE_RTOL) + self.floor
-            self.rises.append(rise)
+            rise = loss > self.prev * rise_f + floor
+            if len(rises) == window:
+                self.nrises -= rises[0]
+            rises.append(rise)
+            self.nrises += rise
             if self.event is None and found is None:
-                if loss > self.best * (1.0 + _config.INSTABILITY_GROWTH_RTOL) + self.floor:
-                    found = {"step": step, "kind": "growth", "loss": loss, "best": self.best}
-                elif sum(self.rises) >= _config.INSTABILITY_RISES:
-                    found = {"step": step, "kind": "oscillation", "loss": loss, "best": self.best,
-                             "rises": int(sum(self.rises))}
-            self.best = min(self.best, loss)
+                if loss > self.best * growth_f + floor:
+                    found = {"step": first_step + i, "kind": "growth", "loss": loss, "best": self.best}
+                elif self.nrises >= need:
+                    found = {"step": first_step + i, "kind": "oscillation", "loss": loss, "best": self.best,
+                             "rises": int(self.nrises)}
+            if loss < self.best:
+                self.best = loss
             self.prev = loss
         if found is not None:
             found["suggested_dt"] = suggested_dt(self.dt)
