@@ -17,6 +17,7 @@ from truncfast._errors import BackendUnavailable as BackendUnavailable
 from truncfast._errors import DivergenceError as DivergenceError
 from truncfast._errors import InputError as InputError
 from truncfast._errors import SeparationError as SeparationError
+from truncfast._errors import StepSizeError as StepSizeError
 from truncfast._flow.exact import BiasComponentSolution as BiasComponentSolution
 from truncfast._flow.exact import exact_bias_events as exact_bias_events
 from truncfast._flow.exact import exact_bias_flow as exact_bias_flow
@@ -27,6 +28,7 @@ from truncfast._flow.gradient import standard_gradient as standard_gradient
 from truncfast._flow.gradient import standard_loss as standard_loss
 from truncfast._integrate.api import integrate as integrate
 from truncfast._integrate.api import resume as resume
+from truncfast._integrate.standard import integrate_standard as integrate_standard
 from truncfast._flow.model import aligned_from_cumulative as aligned_from_cumulative
 from truncfast._flow.model import cumulative_to_layers as cumulative_to_layers
 from truncfast._flow.model import layers_to_cumulative as layers_to_cumulative
@@ -56,6 +58,7 @@ __all__ = [
     "InputError",
     "OutputFlow",
     "SeparationError",
+    "StepSizeError",
     "Trajectory",
     "aligned_from_cumulative",
     "backends",
@@ -70,6 +73,7 @@ __all__ = [
     "exact_bias_flow",
     "gradient",
     "integrate",
+    "integrate_standard",
     "layers_to_cumulative",
     "loss",
     "orthogonality_defect",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "SeparationError", "BackendUnavailable", "DivergenceError"]
+__all__ = ["InputError", "SeparationError", "BackendUnavailable", "DivergenceError", "StepSizeError"]
 
 
 class InputError(ValueError):
@@ -31,3 +31,14 @@ class BackendUnavailable(RuntimeError):
 
 class DivergenceError(FloatingPointError):
     """An integration step produced a non-finite or exploding loss."""
+
+
+class StepSizeError(FloatingPointError):
+    """An adaptive run needed a step below ``_config.ADAPTIVE_MIN_STEP`` × max(|t|, t1).
+
+    The error estimate could not be brought under the tolerance (a tolerance
+    below rounding, or a right-hand side that jumps back and forth there).
+    Attributes like :class:`DivergenceError`: ``trajectory`` (the run up to the
+    last accepted step), ``step`` (accepted steps so far), ``time`` and ``h``
+    (the step size that underflowed).
+    """
