@@ -83,6 +83,10 @@ ADAPTIVE_PI_ALPHA: float = 0.7
 ADAPTIVE_PI_BETA: float = 0.4
 ADAPTIVE_ERR_FLOOR: float = 1e-10
 
+#: Smallest rtol accepted (about 50 ulps): below it the error estimate of a step
+#: is rounding noise and the steps would shrink without end.
+ADAPTIVE_MIN_RTOL: float = 1e-14
+
 #: An adaptive run stops with StepSizeError when the step it needs falls below
 #: this fraction of max(|t|, t1): the error cannot be brought under the
 #: tolerance any more (rounding, or a right-hand side that is not integrable there).
@@ -96,10 +100,16 @@ ADAPTIVE_LAND_FRACTION: float = 1e-9
 #: bisection to an interval of this fraction of rtol · t and restart the step there.
 CROSSING_LOCATE_FRACTION: float = 0.01
 
+#: After this many consecutive located crossings that lie at the very start of
+#: their step (a point sliding along a sector boundary, where every step would
+#: cross again at once), one step is taken without locating crossings: the
+#: step control then treats the jump like any discontinuity.
+CROSSING_STALL_STEPS: int = 3
+
 #: ``events="auto"`` locates every sector crossing in adaptive runs of at most this
 #: many points (each crossing costs a bisection; beyond this the jumps of the
 #: right-hand side are small and many, and the step control handles them).
-LOCATE_CROSSINGS_MAX_N: int = CHUNK_SIZE
+LOCATE_CROSSINGS_MAX_N: int = 256
 
 #: Collapse times of adaptive runs are located by bisection to an interval of
 #: this fraction of rtol · t (docs/theory.md §12).

@@ -53,6 +53,7 @@ from truncfast._kernels.polar import orthonormalize
 __all__ = ["StepRun", "collapsed"]
 
 _EULER = SOLVERS["lie-euler"]()
+_EPS = float(np.finfo(np.float64).eps)
 
 #: Test hook: called with the accepted-step count after every committed step.
 _after_step: Callable[[int], None] | None = None
@@ -82,6 +83,8 @@ class _Committed(NamedTuple):
     locate_evals: int
     ever: tuple               # (Q,) clusters that have collapsed
     located: tuple            # (Q,) located collapse times (NaN: not yet)
+    crossings: int = 0        # sector crossings located and stepped over
+    stall: int = 0            # consecutive crossings found at the very start of a step
 
 
 class _Diverged(Exception):
@@ -132,7 +135,8 @@ class StepRun:
                 float(m.get("err_prev", 1.0)), bool(m.get("rejected_last", False)), int(st.get("accepted", 0)),
                 int(st.get("rejected", 0)), int(st.get("rhs_evaluations", 0)),
                 int(st.get("collapse_evaluations", 0)), tuple(bool(v) for v in m.get("ever", (False,) * Q)),
-                nan if located is None else tuple(float(v) for v in located))
+                nan if located is None else tuple(float(v) for v in located), int(st.get("crossings", 0)),
+                int(m.get("stall", 0)))
         self.loss_limit = math.inf
         #: locate every sector crossing (restart the step there) instead of only collapses
         self.crossings = self.adaptive and s.get("events") == "crossings"
@@ -146,7 +150,7 @@ class StepRun:
         W_outs, b_outs = rec.pop("W_outs", None), rec.pop("b_outs", None)
         y = c.y
         stats = {"accepted": c.accepted, "rejected": c.rejected, "rhs_evaluations": c.evals,
-                 "collapse_evaluations": c.locate_evals}
+                 "collapse_evaluations": c.locate_evals, "crossings": c.crossings}
         return Trajectory(R=y.R.copy(), b=y.b.copy(), **rec, reorthonormalizations=c.reorth,
                           settings=dict(self.settings), last_step=c.k,
                           W_out=None if y.W is None else y.W.copy(), b_out=None if y.c is None else y.c.copy(),
@@ -159,7 +163,7 @@ class StepRun:
         c = self.state
         meta = {"data_sha256": self.digest, "checkpoint_every": self.checkpoint_every,
                 "stepper": {"stop": c.stop, "h": c.h, "err_prev": c.err_prev, "rejected_last": c.rejected_last,
-                            "ever": list(c.ever)}}
+                            "ever": list(c.ever), "stall": c.stall}}
         self.trajectory().save(self.checkpoint, extra={"checkpoint": meta})
 
     # ------------------------------------------------------------ pieces ---
@@ -187,7 +191,7 @@ class StepRun:
     def _locate(self, j: int, t: float, y: State, rhs: RHS, h: float) -> tuple[float, int]:
         """First time in (t, t + h] at which cluster j is collapsed: bisection on re-taken steps."""
         lo, hi = 0.0, h
-        tol = _config.COLLAPSE_LOCATE_FRACTION * self.rtol * (t + h)
+        tol = max(_config.COLLAPSE_LOCATE_FRACTION * self.rtol, 64 * _EPS) * (t + h)
         evals = 0
         while hi - lo > tol:
             mid = 0.5 * (lo + hi)
@@ -282,7 +286,7 @@ class StepRun:
         lo lies in the pattern of the start, some stage of the step to hi does not.
         """
         lo, hi = 0.0, h
-        tol = _config.CROSSING_LOCATE_FRACTION * self.rtol * (c.t + h)
+        tol = max(_config.CROSSING_LOCATE_FRACTION * self.rtol, 64 * _EPS) * (c.t + h)
         evals = 0
         while hi - lo > tol:
             mid = 0.5 * (lo + hi)
@@ -324,6 +328,11 @@ class StepRun:
         a = _EULER.attempt(y0, r0, hi - lo, self.ev, self.train)
         return a, evals
 
+    def _err(self, a, y0: State) -> float:
+        """Error norm of an attempt (NaN when it produced non-finite values: rejected)."""
+        with np.errstate(all="ignore"):
+            return error_norm(a.error, y0, a.state, self.rtol, self.atol)
+
     def _one_step(self, c: _Committed, rhs: RHS) -> tuple[_Committed, RHS]:
         """Attempt steps from the committed state until one is accepted; commit it."""
         ctrl = PIController(self.solver.embedded_order or 1, c.err_prev)
@@ -335,8 +344,10 @@ class StepRun:
             if self._codes_cache is None or self._codes_cache[0] != c.k:
                 self._codes_cache = (c.k, self._codes_at(c.y))
             codes0 = self._codes_cache[1]
+        if c.stall >= _config.CROSSING_STALL_STEPS:
+            codes0 = None  # a crossing keeps recurring at the start of the step (sliding): one plain step
         codes_new = None
-        crossing = False
+        crossing, stall, crossings = False, 0, c.crossings
         while True:
             h, landing = self._clip(c, h_plan)
             a = self.solver.attempt(c.y, rhs, h, self.ev, self.train)
@@ -344,35 +355,29 @@ class StepRun:
             if not self.adaptive:
                 err = 0.0
                 break
-            if codes0 is not None:
-                if not self._one_pattern(a, codes0):
-                    lo, a_lo, hi, n = self._bracket(c, rhs, h, codes0)
+            if codes0 is not None and not self._one_pattern(a, codes0):
+                # a sector crossing inside the step: step up to it (smooth), then over it
+                lo, a_lo, hi, n = self._bracket(c, rhs, h, codes0)
+                evals += n
+                err = 0.0 if a_lo is None else self._err(a_lo, c.y)
+                if err <= 1.0:
+                    landing = landing and hi == h
+                    a, n = self._step_over(c, rhs, lo, a_lo, hi)
                     evals += n
-                    err = 0.0
-                    if a_lo is not None:
-                        with np.errstate(all="ignore"):
-                            err = error_norm(a_lo.error, c.y, a_lo.state, self.rtol, self.atol)
-                    if err <= 1.0:
-                        landing = landing and hi == h
-                        a, n = self._step_over(c, rhs, lo, a_lo, hi)
-                        evals += n
-                        h, crossing = hi, True
-                        break
-                    h = lo
-                else:
-                    with np.errstate(all="ignore"):
-                        err = error_norm(a.error, c.y, a.state, self.rtol, self.atol)
-                    if err <= 1.0:
-                        break
+                    h, crossing, crossings = hi, True, crossings + 1
+                    # a crossing at the very start of the step, or after a step below the smallest
+                    # allowed one, is a stall (a point sliding along a boundary)
+                    tiny = lo < _config.ADAPTIVE_MIN_STEP * max(abs(c.t), self.t1)
+                    stall = c.stall + 1 if (a_lo is None or tiny) else 0
+                    break
+                h = lo
             else:
-                with np.errstate(all="ignore"):
-                    err = error_norm(a.error, c.y, a.state, self.rtol, self.atol)
+                err = self._err(a, c.y)
                 if err <= 1.0:
                     break
             rejected += 1
             h_plan = ctrl.reject(h, err)
-            scale = max(abs(c.t), self.t1 if self.t1 is not None else 0.0, abs(h))
-            if not h_plan >= _config.ADAPTIVE_MIN_STEP * scale:
+            if not h_plan >= _config.ADAPTIVE_MIN_STEP * max(abs(c.t), self.t1):
                 self.state = c._replace(evals=evals, rejected=rejected)
                 self._raise_step_size(h_plan, err)
         y, fixed = self._reorthonormalize(a.state)
@@ -380,8 +385,8 @@ class StepRun:
         if new_rhs is None or fixed:
             new_rhs = evaluate(self.ev, y)
             evals += 1
-        if codes0 is not None:
-            codes_new = codes0 if (not crossing and not fixed) else self._codes_at(y)
+        if self.crossings:
+            codes_new = codes0 if (codes0 is not None and not crossing and not fixed) else self._codes_at(y)
         k = c.k + 1
         if landing:
             t = self.stops[c.stop]
@@ -424,7 +429,7 @@ class StepRun:
         if codes_new is not None:
             self._codes_cache = (k, codes_new)
         c = _Committed(k, t, y, nrec, c.reorth + fixed, stop, h_next, err_prev, rejected_last, c.accepted + 1,
-                       rejected, evals, locate_evals, ever, located)
+                       rejected, evals, locate_evals, ever, located, crossings, stall)
         self.state = c
         return c, new_rhs
 

@@ -156,6 +156,11 @@ def check_time_args(method: Any, dt: Any, steps: Any, t1: Any, rtol: Any, atol: 
         t1 = _positive("t1", t1, "a final flow time after 0 (a positive finite number)")
     if rtol is not None:
         rtol = _positive("rtol", rtol, "a positive finite relative tolerance")
+        from truncfast import _config
+
+        if rtol < _config.ADAPTIVE_MIN_RTOL:
+            raise InputError(f"rtol: {rtol!r} is below {_config.ADAPTIVE_MIN_RTOL:g}, where the error estimate is "
+                             "rounding noise (steps would shrink without end)")
     if atol is not None:
         atol = _positive("atol", atol, "a positive finite absolute tolerance")
     adaptive = rtol is not None or atol is not None
