@@ -31,7 +31,8 @@ from truncfast._atomic import atomic_write, file_mode
 from truncfast._app.config_file import ConfigError
 from truncfast._errors import InputError
 
-__all__ = ["RunDirError", "prepare_dir", "atomic_write", "build_problem", "execute", "figure_data", "summary"]
+__all__ = ["RunDirError", "prepare_dir", "atomic_write", "build_problem", "execute", "figure_data", "summary",
+           "integrate_config"]
 
 
 _FILE_MODE = file_mode()
@@ -150,8 +151,11 @@ def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
         "form": s.get("form", cfg["integrate"]["form"]),
         "train_weights": bool(cfg["integrate"]["train_weights"]),
         "train_biases": bool(cfg["integrate"]["train_biases"]),
+        "loss": cfg["integrate"].get("loss", "euclidean"),
         "dt": cfg["integrate"]["dt"],
+        "rtol": cfg["integrate"].get("rtol", 0.0),
         "steps": int(getattr(traj, "last_step", traj.steps[-1])),
+        "rejected_steps": int(traj.rejected_steps) if hasattr(traj, "rejected_steps") else 0,
         "steps_requested": cfg["integrate"]["steps"],
         "records": int(len(traj.times)),
         "final_time": float(traj.times[-1]),
@@ -165,6 +169,8 @@ def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
         "reorthonormalizations": int(getattr(traj, "reorthonormalizations", 0)),
         "final_ortho_defect": float(np.asarray(traj.ortho_defect)[-1]) if len(traj.ortho_defect) else 0.0,
         "python": platform.python_version(),
+        **({"final_W_out": np.asarray(traj.W_out).tolist(), "final_b_out": np.asarray(traj.b_out).tolist()}
+           if getattr(traj, "W_out", None) is not None else {}),
     }
 
 
@@ -195,23 +201,18 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     anything is written), write ``config.toml``, integrate, then the trajectory,
     summary, figure data and figures.
     """
-    from truncfast._integrate.api import integrate
-
     out_dir = prepare_dir(out_dir, force)
     problem = build_problem(cfg)
     write_text(os.path.join(out_dir, "config.toml"), _config_file.dumps(cfg, header))
     ic = cfg["integrate"]
     if not quiet:
+        span = f"to s = {ic['t1']:g}" if ic["t1"] > 0 else f"{ic['steps']} steps"
+        step = f"rtol = {ic['rtol']:g}" if ic["rtol"] > 0 or ic["atol"] > 0 else f"dt = {ic['dt']:g}"
         log(f"{problem.description or problem.name}: N = {problem.N}, M = {problem.M}, L = {problem.L}, "
-            f"Q = {problem.Q}; {ic['steps']} steps of {ic['method']} (dt = {ic['dt']:g}, "
+            f"Q = {problem.Q}; {ic['loss']} loss, {span} of {ic['method']} ({step}, "
             f"weights {'trained' if ic['train_weights'] else 'frozen'})")
     t0 = time.perf_counter()
-    traj = integrate(
-        problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
-        dt=ic["dt"], steps=ic["steps"], method=ic["method"], train_weights=ic["train_weights"],
-        train_biases=ic["train_biases"], record_every=ic["record_every"], backend=ic["backend"],
-        progress=not quiet, form=ic["form"],
-    )
+    traj = integrate_config(problem, ic, progress=not quiet)
     wall = time.perf_counter() - t0
     traj.save(os.path.join(out_dir, "trajectory.npz"))
     os.chmod(os.path.join(out_dir, "trajectory.npz"), _FILE_MODE)
@@ -233,6 +234,27 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     return summ
 
 
+def integrate_config(problem, ic: dict[str, Any], *, progress: bool = False):
+    """Integrate ``problem`` as the resolved ``[integrate]`` table says: C_E with ``tf.integrate``, or
+    C_std with ``tf.integrate_standard`` from the problem's output layer (W_out, b_out, Y)."""
+    from truncfast._integrate.api import integrate
+    from truncfast._integrate.standard import integrate_standard
+
+    kw = dict(dt=ic["dt"], method=ic["method"], train_weights=ic["train_weights"], train_biases=ic["train_biases"],
+              record_every=ic["record_every"], backend=ic["backend"], progress=progress, form=ic["form"])
+    if ic["t1"] > 0:
+        kw["t1"] = ic["t1"]
+    else:
+        kw["steps"] = ic["steps"]
+    if ic["rtol"] > 0 or ic["atol"] > 0:
+        kw["rtol"] = ic["rtol"] or ic["atol"]
+        kw["atol"] = ic["atol"] or ic["rtol"]
+    if ic["loss"] == "standard":
+        return integrate_standard(problem.R0, problem.b0, problem.X, problem.labels, problem.W_out, problem.b_out,
+                                  problem.Y, train_output=ic["train_output"], **kw)
+    return integrate(problem.R0, problem.b0, problem.X, problem.labels, problem.targets, **kw)
+
+
 def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:
     """Exact reference curves for the loss figure, when the theory gives one.
 
@@ -245,7 +267,7 @@ def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:
     from truncfast._flow.gradient import loss
 
     ic = cfg["integrate"]
-    if ic["train_weights"] or problem.L != problem.Q or problem.N > 2_000_000:
+    if ic["train_weights"] or ic.get("loss") == "standard" or problem.L != problem.Q or problem.N > 2_000_000:
         return {}
     try:
         times = np.asarray(traj.times)

@@ -225,10 +225,9 @@ class StepRun:
             try:
                 while not self._done(c.k, c.stop):
                     c, rhs = self._one_step(c, rhs)
-                    if bar is not None:
-                        bar.n = c.k if self.steps is not None else min(c.t, self.t1)
+                    if bar is not None:  # tqdm redraws at most every mininterval seconds
                         bar.set_postfix(loss=f"{rhs.loss:.4g}", h=f"{c.h:.3g}", refresh=False)
-                        bar.refresh()
+                        bar.update((c.k if self.steps is not None else min(c.t, self.t1)) - bar.n)
                     if self.checkpoint is not None and self.checkpoint_every and c.k % self.checkpoint_every == 0 \
                             and not self._done(c.k, c.stop):
                         self.write_checkpoint()
