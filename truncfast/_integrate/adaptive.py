@@ -20,11 +20,13 @@ compiled small-N loop.  Every other run goes through :class:`StepRun`:
   ``record_every``-th accepted step.  Record times are the flow times
   reached: ``k·dt`` in fixed mode with ``steps``, accumulated step sizes
   otherwise (landing times exact).
-* **Located collapse times** (adaptive only).  After every accepted step the
-  truncation counts are taken; when cluster j becomes fully truncated at some
-  layer for the first time inside the step [t, t + h], the step is re-taken
-  from t with sizes θ ∈ (0, h) by bisection until the interval is below
-  ``COLLAPSE_LOCATE_FRACTION · rtol · (t + h)``; the collapse time is its right end.
+* **Located events** (adaptive only; ``events.py``).  With ``events="crossings"``
+  a step whose stages or end leave the start's sector pattern is cut at the
+  first crossing (bisection on re-taken steps) and continued across it; a
+  collapse, being a crossing, then ends such a step.  With ``"collapses"`` the
+  truncation counts after every accepted step show when cluster j becomes fully
+  truncated at some layer for the first time inside [t, t + h]; that time is
+  bisected to ``COLLAPSE_LOCATE_FRACTION · rtol · (t + h)``.
 * **State.**  The committed state is one tuple, replaced by one assignment
   (Ctrl-C never sees half of it); checkpoints hold it together with the
   controller's memory, so :func:`resume_run` continues bitwise.
@@ -39,10 +41,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from truncfast import _config
-from truncfast._backends.protocol import FULL
 from truncfast._errors import DivergenceError, SeparationError, StepSizeError
 from truncfast._flow.evaluator import RHS
 from truncfast._integrate.controller import PIController, error_norm
+from truncfast._integrate.events import Events, collapsed
 from truncfast._integrate.records import Records
 from truncfast._integrate.solvers import SOLVERS, Solver
 from truncfast._integrate.solvers.base import State, Train, evaluate
@@ -50,21 +52,10 @@ from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
 from truncfast._kernels.polar import orthonormalize
 
-__all__ = ["StepRun", "collapsed"]
-
-_EULER = SOLVERS["lie-euler"]()
-_EPS = float(np.finfo(np.float64).eps)
+__all__ = ["StepRun"]
 
 #: Test hook: called with the accepted-step count after every committed step.
 _after_step: Callable[[int], None] | None = None
-
-
-def collapsed(counts: np.ndarray) -> np.ndarray:
-    """(Q,) True where some layer fully truncates every point of cluster j (counts (L, Q, 3))."""
-    if (counts < 0).any():
-        return np.zeros(counts.shape[1], dtype=bool)
-    size = counts.sum(axis=2)
-    return ((counts[..., FULL] == size) & (size > 0)).any(axis=0)
 
 
 class _Committed(NamedTuple):
@@ -140,6 +131,7 @@ class StepRun:
         self.loss_limit = math.inf
         #: locate every sector crossing (restart the step there) instead of only collapses
         self.crossings = self.adaptive and s.get("events") == "crossings"
+        self.events = Events(self.solver, ev, self.train, self.rtol)
         self._codes_cache: tuple[int, np.ndarray] | None = None
 
     # ------------------------------------------------------------ output ---
@@ -187,23 +179,6 @@ class StepRun:
         scale2 = float(np.max(np.sum(T * T, axis=1), initial=0.0) + np.max(np.sum(b0 * b0, axis=1), initial=0.0))
         ref = max(loss0, _config.DIVERGENCE_LOSS_FLOOR * scale2)
         return _config.DIVERGENCE_LOSS_FACTOR * ref if ref > 0.0 else math.inf
-
-    def _locate(self, j: int, t: float, y: State, rhs: RHS, h: float) -> tuple[float, int]:
-        """First time in (t, t + h] at which cluster j is collapsed: bisection on re-taken steps."""
-        lo, hi = 0.0, h
-        tol = max(_config.COLLAPSE_LOCATE_FRACTION * self.rtol, 64 * _EPS) * (t + h)
-        evals = 0
-        while hi - lo > tol:
-            mid = 0.5 * (lo + hi)
-            if not (lo < mid < hi):
-                break
-            a = self.solver.attempt(y, rhs, mid, self.ev, self.train)
-            evals += a.evals
-            if collapsed(self._counts(a.state))[j]:
-                hi = mid
-            else:
-                lo = mid
-        return t + hi, evals
 
     # --------------------------------------------------------------- loop ---
     def run(self) -> Trajectory:
@@ -274,59 +249,6 @@ class StepRun:
                 return remaining, True
         return h, False
 
-    def _codes_at(self, y: State) -> np.ndarray:
-        return np.asarray(self.ev.bk.codes(y.R, y.b, self.ev.X))
-
-    def _bracket(self, c: _Committed, rhs: RHS, h: float, codes0: np.ndarray):
-        """Bisect (0, h] for the first sector crossing of the step from ``c``: re-taken steps of size θ,
-        codes compared with ``codes0``, until the bracket is below CROSSING_LOCATE_FRACTION·rtol·(t + h).
-
-        Returns ``(lo, full attempt at lo or None, hi, evaluations)``: every stage of the step to
-        lo lies in the pattern of the start, some stage of the step to hi does not.
-        """
-        lo, hi = 0.0, h
-        tol = max(_config.CROSSING_LOCATE_FRACTION * self.rtol, 64 * _EPS) * (c.t + h)
-        evals = 0
-        while hi - lo > tol:
-            mid = 0.5 * (lo + hi)
-            if not (lo < mid < hi):
-                break
-            am = self.solver.attempt(c.y, rhs, mid, self.ev, self.train, state_only=True)
-            evals += am.evals
-            if self._one_pattern(am, codes0):
-                lo = mid
-            else:
-                hi = mid
-        a_lo = None
-        if lo > 0.0:
-            a_lo = self.solver.attempt(c.y, rhs, lo, self.ev, self.train)
-            evals += a_lo.evals
-        return lo, a_lo, hi, evals
-
-    def _one_pattern(self, a, codes0: np.ndarray) -> bool:
-        """True when the new state and every inner stage of attempt ``a`` have the sector codes ``codes0``."""
-        if not np.array_equal(self._codes_at(a.state), codes0):
-            return False
-        return all(np.array_equal(self._codes_at(st), codes0) for st in a.stages)
-
-    def _step_over(self, c: _Committed, rhs: RHS, lo: float, a_lo, hi: float):
-        """The state just after a located crossing: the accepted step to ``lo`` (all its stages
-        before the crossing), then one Lie–Euler step of hi − lo ≤ the location tolerance across it.
-
-        (Taking the method's own step to hi would evaluate stages beyond the crossing: Heun's
-        second stage sits at the end of the step and would carry the new pattern's right-hand
-        side over the whole step.)"""
-        evals = 0
-        if a_lo is None:
-            y0, r0 = c.y, rhs
-        else:
-            y0, r0 = a_lo.state, a_lo.rhs
-            if r0 is None:
-                r0 = evaluate(self.ev, y0)
-                evals += 1
-        a = _EULER.attempt(y0, r0, hi - lo, self.ev, self.train)
-        return a, evals
-
     def _err(self, a, y0: State) -> float:
         """Error norm of an attempt (NaN when it produced non-finite values: rejected)."""
         with np.errstate(all="ignore"):
@@ -341,7 +263,7 @@ class StepRun:
         codes0 = None
         if self.crossings:
             if self._codes_cache is None or self._codes_cache[0] != c.k:
-                self._codes_cache = (c.k, self._codes_at(c.y))
+                self._codes_cache = (c.k, self.events.codes(c.y))
             codes0 = self._codes_cache[1]
         if c.stall >= _config.CROSSING_STALL_STEPS:
             codes0 = None  # a crossing keeps recurring at the start of the step (sliding): one plain step
@@ -354,14 +276,14 @@ class StepRun:
             if not self.adaptive:
                 err = 0.0
                 break
-            if codes0 is not None and not self._one_pattern(a, codes0):
+            if codes0 is not None and not self.events.one_pattern(a, codes0):
                 # a sector crossing inside the step: step up to it (smooth), then over it
-                lo, a_lo, hi, n = self._bracket(c, rhs, h, codes0)
+                lo, a_lo, hi, n = self.events.bracket(c.t, c.y, rhs, h, codes0)
                 evals += n
                 err = 0.0 if a_lo is None else self._err(a_lo, c.y)
                 if err <= 1.0:
                     landing = landing and hi == h
-                    a, n = self._step_over(c, rhs, lo, a_lo, hi)
+                    a, n = self.events.step_over(c.y, rhs, lo, a_lo, hi)
                     evals += n
                     h, crossing, crossings = hi, True, crossings + 1
                     # a crossing at the very start of the step, or after a step below the smallest
@@ -385,7 +307,7 @@ class StepRun:
             new_rhs = evaluate(self.ev, y)
             evals += 1
         if self.crossings:
-            codes_new = codes0 if (codes0 is not None and not crossing and not fixed) else self._codes_at(y)
+            codes_new = codes0 if (codes0 is not None and not crossing and not fixed) else self.events.codes(y)
         k = c.k + 1
         if landing:
             t = self.stops[c.stop]
@@ -408,7 +330,7 @@ class StepRun:
                     if crossing:  # the step ends within the location tolerance after the crossing
                         located[j] = t
                     else:
-                        located[j], n = self._locate(int(j), c.t, c.y, rhs, h)
+                        located[j], n = self.events.locate_collapse(int(j), c.t, c.y, rhs, h)
                         locate_evals += n
                 ever = tuple(bool(e or v) for e, v in zip(ever, now))
                 located = tuple(located)
