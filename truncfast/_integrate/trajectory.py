@@ -200,9 +200,14 @@ class Trajectory:
     def __repr__(self) -> str:
         s = self.settings
         last = f"{self.loss[-1]:.6g}" if len(self.loss) else "n/a"
-        return (f"Trajectory(method={s.get('method')!r}, dt={s.get('dt')}, step {self.last_step}/"
-                f"{s.get('steps')}, {len(self.steps)} records, L={self.R.shape[0]}, M={self.R.shape[1]}, "
-                f"final loss {last}, reorthonormalizations={self.reorthonormalizations})")
+        where = f"step {self.last_step}/{s.get('steps')}"
+        if s.get("t1") is not None:
+            where = f"s = {self.last_time:g}/{s.get('t1'):g}, {self.accepted_steps} steps"
+            if s.get("rtol") is not None:
+                where += f" + {self.rejected_steps} rejected, rtol={s.get('rtol'):g}"
+        return (f"Trajectory(method={s.get('method')!r}, dt={s.get('dt')}, {where}, {len(self.steps)} records, "
+                f"L={self.R.shape[0]}, M={self.R.shape[1]}, final loss {last}, "
+                f"reorthonormalizations={self.reorthonormalizations})")
 
     # ------------------------------------------------------------- files ---
     def _arrays(self) -> dict[str, np.ndarray]:
