@@ -210,6 +210,21 @@ def test_collapse_times_match_exact_events(method, rtol, paper):
                                rtol=0, atol=20 * rtol * np.abs(p.b0).max())
 
 
+def test_regula_falsi_and_bisection_locate_the_same_crossings(monkeypatch, paper):
+    """The crossing bracket by regula falsi on the pre-activations (default) and by plain bisection
+    on the sector codes (forced) give the same run to the tolerance; the first is cheaper."""
+    from truncfast import _config
+
+    p = paper
+    kw = dict(dt=0.05, t1=1.0, rtol=1e-8, train_weights=False)
+    fast = tf.integrate(p.R0, p.b0, p.X, p.labels, p.targets, **kw)
+    monkeypatch.setattr(_config, "CROSSING_SECANT_MAX_POINTS", 0)
+    slow = tf.integrate(p.R0, p.b0, p.X, p.labels, p.targets, **kw)
+    np.testing.assert_allclose(fast.collapse_times, slow.collapse_times, rtol=2e-8)
+    np.testing.assert_allclose(fast.b, slow.b, rtol=0, atol=1e-7)
+    assert fast.stats["rhs_evaluations"] < slow.stats["rhs_evaluations"] / 2
+
+
 def test_collapse_times_without_crossing_location(paper):
     """events='collapses' bisects only the collapse; the steps straddle the other crossings, each
     accepted at the tolerance, so the collapse time converges more slowly (docs/theory.md §12)."""

@@ -100,6 +100,13 @@ ADAPTIVE_LAND_FRACTION: float = 1e-9
 #: bisection to an interval of this fraction of rtol · t and restart the step there.
 CROSSING_LOCATE_FRACTION: float = 0.01
 
+#: The crossing bracket is found by regula falsi (Illinois) on the pre-activations of
+#: the points whose sector codes changed over the step, in at most this many trial
+#: steps (every fourth a bisection); failing that, or with more than
+#: CROSSING_SECANT_MAX_POINTS changed points, by plain bisection.
+CROSSING_SECANT_STEPS: int = 40
+CROSSING_SECANT_MAX_POINTS: int = 4096
+
 #: After this many consecutive located crossings that lie at the very start of
 #: their step (a point sliding along a sector boundary, where every step would
 #: cross again at once), one step is taken without locating crossings: the

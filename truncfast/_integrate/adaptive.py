@@ -278,7 +278,7 @@ class StepRun:
                 break
             if codes0 is not None and not self.events.one_pattern(a, codes0):
                 # a sector crossing inside the step: step up to it (smooth), then over it
-                lo, a_lo, hi, n = self.events.bracket(c.t, c.y, rhs, h, codes0)
+                lo, a_lo, hi, n = self.events.bracket(c.t, c.y, rhs, h, codes0, end=a)
                 evals += n
                 err = 0.0 if a_lo is None else self._err(a_lo, c.y)
                 if err <= 1.0:
