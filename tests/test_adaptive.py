@@ -415,9 +415,10 @@ def test_partial_collapse_stall_direction_is_settled_by_adaptive_steps():
     fixed = tf.integrate(R, b, X, labels, T, dt=0.05, steps=2000, record_every=2000)
     assert _turn(fixed.R) == pytest.approx(44.848, abs=0.01)
     runs = [tf.integrate(R, b, X, labels, T, dt=0.05, t1=100.0, rtol=rtol, method="bs3") for rtol in (1e-3, 1e-5, 1e-7)]
-    for tr in runs:
-        assert _turn(tr.R) == pytest.approx(-45.15, abs=0.03)
-        assert tr.loss[-1] == pytest.approx(3.4937e-3, rel=1e-3)
+    for tr in runs:  # the −45° branch at every tolerance (within the tolerance's own error at rtol = 1e-3)
+        assert _turn(tr.R) == pytest.approx(-45.15, abs=0.2)
+        assert tr.loss[-1] == pytest.approx(3.4937e-3, rel=5e-3)
+    assert _turn(runs[-1].R) == pytest.approx(-45.1517, abs=1e-3)
     d1 = max(np.abs(runs[1].R - runs[0].R).max(), np.abs(runs[1].b - runs[0].b).max())
     d2 = max(np.abs(runs[2].R - runs[1].R).max(), np.abs(runs[2].b - runs[1].b).max())
     assert d2 < d1 / 10, (d1, d2)

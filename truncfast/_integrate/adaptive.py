@@ -338,9 +338,13 @@ class StepRun:
         err_prev, rejected_last = c.err_prev, c.rejected_last
         if self.adaptive:
             h_next = ctrl.accept(h, err)
-            if landing or crossing:
-                h_next = max(h_next, h_plan)  # a step shortened to a stop or a crossing does not shrink the next
             err_prev, rejected_last = ctrl.err_prev, ctrl.rejected_last
+            if landing or crossing:
+                # a step shortened to a stop or a crossing says little about the step size: resume the
+                # plan, and keep the controller's memory of the last full step (a tiny error of a short
+                # step would otherwise damp the next increase through the PI term)
+                h_next = max(h_next, h_plan)
+                err_prev = c.err_prev
         stop = c.stop + (1 if landing else 0)
         record = landing or (not self.saveat and k % self.record_every == 0) or self._done(k, stop)
         nrec = c.nrec
