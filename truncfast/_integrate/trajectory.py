@@ -122,8 +122,9 @@ class Trajectory:
     last_time : float or None
         Flow time of ``R, b`` (None: ``last_step · dt``, fixed-step runs).
     stats : dict
-        Time-stepped runs: ``accepted``, ``rejected`` steps, ``rhs_evaluations``,
-        ``collapse_evaluations`` (spent locating collapse times).
+        Time-stepped runs: ``accepted``, ``rejected`` steps, ``rhs_evaluations`` (all of
+        them, event location included), ``collapse_evaluations`` (spent bisecting collapse
+        times, ``events="collapses"``), ``crossings`` (sector crossings located and stepped over).
     located_collapse_times : (Q,) or None
         Adaptive runs: collapse times located by bisection to the tolerance
         (see :attr:`collapse_times`).
