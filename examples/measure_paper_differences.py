@@ -108,7 +108,32 @@ def partial_collapse() -> None:
               f"{tr.collapse_times}, R_2 turned {wrap(angle(tr.R[1]) - 180.0):+.1f} deg")
 
 
+def partial_collapse_adaptive() -> None:
+    """Section 3, the stall direction under adaptive steps (docs/theory.md §12): bs3 and heun
+    at rtol = 1e-3 … 1e-8, every sector crossing located, against fixed-step Lie–Euler."""
+    print("== 3b. partial collapse with adaptive steps (full flow to s = 100)")
+    for n1, n2 in ((100, 100), (60, 140)):
+        X, labels, R, b, T = two_clusters(n1, n2)
+        print(f"  {n1}/{n2} points:")
+        prev = None
+        for method in ("bs3", "heun"):
+            for rtol in (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8):
+                tr = tf.integrate(R, b, X, labels, T, dt=0.05, t1=100.0, rtol=rtol, method=method)
+                g, o = tf.gradient(tr.R, tr.b, X, labels, T)
+                turn = wrap(angle(tr.R[1]) - 180.0)
+                diff = "" if prev is None else f", |Δstate| to the previous rtol {max(np.abs(tr.R - prev.R).max(), np.abs(tr.b - prev.b).max()):.1e}"
+                print(f"    {method} rtol {rtol:.0e}: R_2 turned {turn:+.4f} deg, loss {tr.loss[-1]:.6e}, "
+                      f"max|grad| {max(np.abs(g).max(), np.abs(o).max()):.1e}, {tr.accepted_steps} steps, "
+                      f"{tr.stats['crossings']} crossings{diff}")
+                prev = tr
+            prev = None
+        for dt in (0.05, 0.02, 0.01, 0.005, 0.002, 0.001):
+            tr = tf.integrate(R, b, X, labels, T, dt=dt, steps=int(round(100.0 / dt)), record_every=10**6)
+            print(f"    lie-euler dt {dt:g}: R_2 turned {wrap(angle(tr.R[1]) - 180.0):+.4f} deg, loss {tr.loss[-1]:.6e}")
+
+
 if __name__ == "__main__":
     post_collapse()
     second_moments()
     partial_collapse()
+    partial_collapse_adaptive()

@@ -23,6 +23,8 @@ except ModuleNotFoundError:  # Python 3.10: the back-port truncfast depends on t
 import numpy as np
 import pytest
 
+import truncfast as tf
+from truncfast import data
 from truncfast._app import config_file as _config_file
 from truncfast._integrate.trajectory import Trajectory
 
@@ -154,6 +156,11 @@ BAD = [
     ("[data]\nn = 21\n", "data.n", "even"),
     ("[data]\nsource = \"clusters\"\nclusters = 5\n[model]\ninit = \"separated\"\n", "model.init", "clusters"),
     ("[output]\nfigures = \"yes\"\n", "output.figures", "true or false"),
+    ("[integrate]\nrtol = 1e-6\nmethod = \"bs3\"\n", "integrate.t1", "adaptive runs stop at a flow time"),
+    ("[integrate]\nrtol = 1e-6\nt1 = 5.0\n", "integrate.method", "\"heun\" or \"bs3\""),
+    ("[integrate]\nloss = \"standard\"\nmethod = \"exp-euler\"\n", "integrate.method", "standard loss"),
+    ("[integrate]\nloss = \"cross-entropy\"\n", "integrate.loss", "one of"),
+    ("[integrate]\nt1 = -1.0\n", "integrate.t1", "non-negative"),
 ]
 
 
@@ -273,3 +280,35 @@ def test_failed_forced_rerun_leaves_no_stale_results(tmp_path: Path, capsys):
     assert failed["status"] == "separation_error" and failed["steps"] == 0 and failed["Q"] == 5
     assert not (out / "trajectory.npz").exists()  # it failed before its first record
     assert (out / "notes.txt").read_text() == "mine"  # files that are not ours are kept
+
+
+def test_standard_loss_adaptive_run(tmp_path: Path):
+    """loss = "standard" with t1 and rtol: integrate_standard runs, the files say so."""
+    from truncfast._app import runs as _runs
+
+    cfg = _config_file.resolve({
+        "data": {"source": "paper-2d", "n": 40, "seed": 2},
+        "integrate": {"loss": "standard", "method": "bs3", "t1": 2.0, "rtol": 1e-6, "record_every": 5},
+        "output": {"figures": False, "animation": False},
+    })
+    summ = _runs.execute(cfg, str(tmp_path / "std"), quiet=True)
+    assert summ["loss"] == "standard" and summ["final_time"] == 2.0 and summ["rtol"] == 1e-6
+    assert len(summ["final_W_out"]) == 2 and len(summ["final_b_out"]) == 2
+    traj = tf.Trajectory.load(tmp_path / "std" / "trajectory.npz")
+    assert traj.settings["loss"] == "standard" and traj.W_outs.shape[1:] == (2, 2)
+    assert traj.stats["accepted"] == summ["steps"] and traj.rejected_steps == summ["rejected_steps"]
+    p = data.make_problem("paper-2d", n=40, seed=2)
+    assert traj.loss[-1] == pytest.approx(
+        tf.standard_loss(traj.R, traj.b, p.X, p.labels, traj.W_out, traj.b_out, p.Y), rel=1e-12)
+
+
+def test_readme_tolerance_block_runs():
+    """The README's block on integration to a tolerance and the standard loss runs as written."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"To a tolerance instead of.*?```python\n(.*?)```", readme, re.S).group(1)
+    out = []
+    exec(compile("from truncfast import data\nimport truncfast as tf\n" + block, "README.md", "exec"),
+         {"print": lambda *a: out.append(a)})
+    collapse, accepted, rejected = out[0]
+    assert np.isfinite(collapse[0]) and accepted > 0 and rejected >= 0
+    assert out[1][0] < 1e-2

@@ -22,6 +22,7 @@ from truncfast._flow.diagnostics import Prop42Check as Prop42Check
 from truncfast._flow.diagnostics import SectorMoments as SectorMoments
 from truncfast._flow.diagnostics import check_prop42 as check_prop42
 from truncfast._flow.diagnostics import sector_moments as sector_moments
+from truncfast._errors import StepSizeError as StepSizeError
 from truncfast._flow.exact import BiasComponentSolution as BiasComponentSolution
 from truncfast._flow.exact import exact_bias_events as exact_bias_events
 from truncfast._flow.exact import exact_bias_flow as exact_bias_flow
@@ -32,6 +33,7 @@ from truncfast._flow.gradient import standard_gradient as standard_gradient
 from truncfast._flow.gradient import standard_loss as standard_loss
 from truncfast._integrate.api import integrate as integrate
 from truncfast._integrate.api import resume as resume
+from truncfast._integrate.standard import integrate_standard as integrate_standard
 from truncfast._flow.model import aligned_from_cumulative as aligned_from_cumulative
 from truncfast._flow.model import cumulative_to_layers as cumulative_to_layers
 from truncfast._flow.model import layers_to_cumulative as layers_to_cumulative
@@ -65,6 +67,7 @@ __all__ = [
     "Prop42Check",
     "SectorMoments",
     "SeparationError",
+    "StepSizeError",
     "Trajectory",
     "aligned_from_cumulative",
     "backends",
@@ -80,6 +83,7 @@ __all__ = [
     "exact_bias_flow",
     "gradient",
     "integrate",
+    "integrate_standard",
     "layers_to_cumulative",
     "loss",
     "neural_collapse",

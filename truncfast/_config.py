@@ -79,6 +79,57 @@ COMPILED_LOOP_MAX_N: int = CHUNK_SIZE
 #: returns to Python (progress bar updates, Ctrl-C latency).  Never changes results.
 INTEGRATE_CHUNK_SECONDS: float = 0.05
 
+#: Adaptive steps (docs/theory.md §12, ``truncfast._integrate.controller``): the PI
+#: controller's safety factor, the bounds of the factor between consecutive steps,
+#: and its exponents α, β (divided by the order of the error estimate), after
+#: Hairer & Wanner II, IV.2.  Error norms below ADAPTIVE_ERR_FLOOR count as it
+#: (a step with no measurable error grows by the largest factor, not by inf).
+ADAPTIVE_SAFETY: float = 0.9
+ADAPTIVE_FACTOR_MIN: float = 0.2
+ADAPTIVE_FACTOR_MAX: float = 10.0
+ADAPTIVE_PI_ALPHA: float = 0.7
+ADAPTIVE_PI_BETA: float = 0.4
+ADAPTIVE_ERR_FLOOR: float = 1e-10
+
+#: Smallest rtol accepted (about 50 ulps): below it the error estimate of a step
+#: is rounding noise and the steps would shrink without end.
+ADAPTIVE_MIN_RTOL: float = 1e-14
+
+#: An adaptive run stops with StepSizeError when the step it needs falls below
+#: this fraction of max(|t|, t1): the error cannot be brought under the
+#: tolerance any more (rounding, or a right-hand side that is not integrable there).
+ADAPTIVE_MIN_STEP: float = 1e-12
+
+#: A step shorter than this fraction of the step size is merged into the step
+#: before it when the run lands on a ``saveat`` time or ``t1`` (no sliver steps).
+ADAPTIVE_LAND_FRACTION: float = 1e-9
+
+#: Adaptive runs with ``events="crossings"`` locate every sector crossing by
+#: bisection to an interval of this fraction of rtol · t and restart the step there.
+CROSSING_LOCATE_FRACTION: float = 0.01
+
+#: The crossing bracket is found by regula falsi (Illinois) on the pre-activations of
+#: the points whose sector codes changed over the step, in at most this many trial
+#: steps (every fourth a bisection); failing that, or with more than
+#: CROSSING_SECANT_MAX_POINTS changed points, by plain bisection.
+CROSSING_SECANT_STEPS: int = 40
+CROSSING_SECANT_MAX_POINTS: int = 4096
+
+#: After this many consecutive located crossings that lie at the very start of
+#: their step (a point sliding along a sector boundary, where every step would
+#: cross again at once), one step is taken without locating crossings: the
+#: step control then treats the jump like any discontinuity.
+CROSSING_STALL_STEPS: int = 3
+
+#: ``events="auto"`` locates every sector crossing in adaptive runs of at most this
+#: many points (each crossing costs a bisection; beyond this the jumps of the
+#: right-hand side are small and many, and the step control handles them).
+LOCATE_CROSSINGS_MAX_N: int = 256
+
+#: Collapse times of adaptive runs are located by bisection to an interval of
+#: this fraction of rtol · t (docs/theory.md §12).
+COLLAPSE_LOCATE_FRACTION: float = 0.1
+
 #: ``integrate`` stops with DivergenceError when a step makes the loss non-finite
 #: or larger than this factor times its reference (the loss at step 0, at least
 #: DIVERGENCE_LOSS_FLOOR × max|ỹ_j|² + max|b_ℓ(0)|²): a gradient flow never

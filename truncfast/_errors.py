@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "SeparationError", "BackendUnavailable", "DivergenceError", "InstabilityWarning"]
+__all__ = ["InputError", "SeparationError", "BackendUnavailable", "DivergenceError", "InstabilityWarning",
+           "StepSizeError"]
 
 
 class InputError(ValueError):
@@ -36,3 +37,14 @@ class DivergenceError(FloatingPointError):
 class InstabilityWarning(RuntimeWarning):
     """``integrate``: the loss rose or oscillated — the steps are unstable (a gradient flow never
     increases its loss); the message suggests a smaller dt (``_integrate.monitor``)."""
+
+
+class StepSizeError(FloatingPointError):
+    """An adaptive run needed a step below ``_config.ADAPTIVE_MIN_STEP`` × max(|t|, t1).
+
+    The error estimate could not be brought under the tolerance (a tolerance
+    below rounding, or a right-hand side that jumps back and forth there).
+    Attributes like :class:`DivergenceError`: ``trajectory`` (the run up to the
+    last accepted step), ``step`` (accepted steps so far), ``time`` and ``h``
+    (the step size that underflowed).
+    """

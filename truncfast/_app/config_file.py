@@ -135,11 +135,18 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any], str]]] = {
         "output": ("identity", choice("identity", "random"), "output layer the labels are pulled back through"),
     },
     "integrate": {
-        "dt": (0.05, positive_float, "time step h"),
-        "steps": (2000, positive_int, "number of steps"),
-        "method": ("lie-euler", choice("lie-euler", "cayley", "exp-euler"), "integrator (docs/theory.md §9)"),
+        "dt": (0.05, positive_float, "time step h (the first step when rtol > 0)"),
+        "steps": (2000, positive_int, "number of steps (unless t1 > 0)"),
+        "t1": (0.0, nonneg_float, "final flow time; > 0 replaces steps"),
+        "rtol": (0.0, nonneg_float, "relative tolerance; > 0 selects adaptive steps (needs t1 > 0, heun or bs3)"),
+        "atol": (0.0, nonneg_float, "absolute tolerance of adaptive steps; 0 means the same as rtol"),
+        "method": ("lie-euler", choice("lie-euler", "cayley", "exp-euler", "heun", "bs3"),
+                   "integrator (docs/theory.md §§9, 12)"),
+        "loss": ("euclidean", choice("euclidean", "standard"),
+                 "euclidean: C_E at a fixed output layer; standard: C_std with the output layer trained too"),
         "train_weights": (True, boolean, "evolve the frames R"),
         "train_biases": (True, boolean, "evolve the biases b"),
+        "train_output": (True, boolean, "evolve the output layer (loss = \"standard\" only)"),
         "record_every": (10, positive_int, "record the state every this many steps (and always the last)"),
         "backend": ("auto", choice("auto", "numpy", "numba", "c"), "compute backend"),
         "form": ("general", choice("general", "separated"), "right-hand side: general (§5) or separated (§6)"),
@@ -220,8 +227,15 @@ def _cross_checks(cfg: dict[str, dict[str, Any]], base_dir: str | None) -> None:
         key = "integrate.method" if i["method"] == "exp-euler" else "integrate.form"
         raise ConfigError(key, f"config key '{key}' = {_fmt(i[key.split('.')[1]])} needs one layer per cluster, "
                                f"but model.layers = {m['layers']} and data.clusters = {d['clusters']}")
-    if not (i["train_weights"] or i["train_biases"]):
+    if not (i["train_weights"] or i["train_biases"] or (i["loss"] == "standard" and i["train_output"])):
         raise ConfigError("integrate.train_weights", "config keys 'integrate.train_weights' and 'integrate.train_biases' are both false: nothing would move")
+    if (i["rtol"] > 0 or i["atol"] > 0) and i["t1"] <= 0:
+        raise ConfigError("integrate.t1", "config key 'integrate.t1' must be > 0 when integrate.rtol or integrate.atol is set (adaptive runs stop at a flow time)")
+    if (i["rtol"] > 0 or i["atol"] > 0) and i["method"] not in ("heun", "bs3"):
+        raise ConfigError("integrate.method", f"config key 'integrate.method' must be \"heun\" or \"bs3\" for adaptive steps (integrate.rtol > 0), got {_fmt(i['method'])}")
+    if i["loss"] == "standard" and (i["method"] == "exp-euler" or i["form"] == "separated"):
+        key = "integrate.method" if i["method"] == "exp-euler" else "integrate.form"
+        raise ConfigError(key, f"config key '{key}': the standard loss takes the general form and the methods lie-euler, cayley, heun, bs3")
 
 
 def load(path: str) -> dict[str, dict[str, Any]]:

@@ -43,7 +43,7 @@ from truncfast._app.config_file import ConfigError
 from truncfast._errors import DivergenceError, InputError, SeparationError
 
 __all__ = ["RunDirError", "prepare_dir", "atomic_write", "build_problem", "execute", "figure_data", "summary",
-           "preflight", "CHECKPOINT"]
+           "preflight", "CHECKPOINT", "integrate_config"]
 
 
 _FILE_MODE = file_mode()
@@ -200,8 +200,11 @@ def summary(problem, traj, cfg, wall_time: float, status: str = "complete",
         "form": s.get("form", cfg["integrate"]["form"]),
         "train_weights": bool(cfg["integrate"]["train_weights"]),
         "train_biases": bool(cfg["integrate"]["train_biases"]),
+        "loss": cfg["integrate"].get("loss", "euclidean"),
         "dt": cfg["integrate"]["dt"],
+        "rtol": cfg["integrate"].get("rtol", 0.0),
         "steps": int(getattr(traj, "last_step", traj.steps[-1])),
+        "rejected_steps": int(traj.rejected_steps) if hasattr(traj, "rejected_steps") else 0,
         "steps_requested": cfg["integrate"]["steps"],
         "records": int(len(traj.times)),
         "final_time": float(traj.times[-1]),
@@ -216,6 +219,8 @@ def summary(problem, traj, cfg, wall_time: float, status: str = "complete",
         "final_ortho_defect": float(np.asarray(traj.ortho_defect)[-1]) if len(traj.ortho_defect) else 0.0,
         "warnings": list(getattr(traj, "warnings", [])),
         "python": platform.python_version(),
+        **({"final_W_out": np.asarray(traj.W_out).tolist(), "final_b_out": np.asarray(traj.b_out).tolist()}
+           if getattr(traj, "W_out", None) is not None else {}),
     }
 
 
@@ -287,7 +292,7 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     with checkpoints, then the trajectory, summary, figure data and figures.  A
     run that stops early writes its partial trajectory and summary, then re-raises.
     """
-    from truncfast._integrate.api import integrate, resume as resume_run
+    from truncfast._integrate.api import resume as resume_run
 
     ic = cfg["integrate"]
     if resume:
@@ -304,23 +309,22 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     if not resume:
         write_text(os.path.join(out_dir, "config.toml"), _config_file.dumps(cfg, header))
     if not quiet:
+        span = f"to s = {ic['t1']:g}" if ic["t1"] > 0 else f"{ic['steps']} steps"
+        step = f"rtol = {ic['rtol']:g}" if ic["rtol"] > 0 or ic["atol"] > 0 else f"dt = {ic['dt']:g}"
         log(f"{problem.description or problem.name}: N = {problem.N}, M = {problem.M}, L = {problem.L}, "
-            f"Q = {problem.Q}; {ic['steps']} steps of {ic['method']} (dt = {ic['dt']:g}, "
+            f"Q = {problem.Q}; {ic['loss']} loss, {span} of {ic['method']} ({step}, "
             f"weights {'trained' if ic['train_weights'] else 'frozen'})" + (" — resumed" if resume else ""))
     t0 = time.perf_counter()
     try:
         if resume:
             try:
-                traj = resume_run(ck, problem.X, problem.labels, problem.targets, progress=not quiet)
+                targets = problem.Y if ic["loss"] == "standard" else problem.targets
+                traj = resume_run(ck, problem.X, problem.labels, targets, progress=not quiet)
             except InputError as exc:  # a damaged checkpoint, or data that changed since
                 raise RunDirError(f"cannot resume from {ck!r}: {exc}") from None
         else:
-            traj = integrate(
-                problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
-                dt=ic["dt"], steps=ic["steps"], method=ic["method"], train_weights=ic["train_weights"],
-                train_biases=ic["train_biases"], record_every=ic["record_every"], backend=ic["backend"],
-                progress=not quiet, form=ic["form"], checkpoint=ck, checkpoint_every=ic["checkpoint_every"] or None,
-                on_instability=ic["on_instability"])
+            traj = integrate_config(problem, ic, progress=not quiet, checkpoint=ck,
+                                    checkpoint_every=ic["checkpoint_every"] or None)
     except BaseException as exc:
         status = next((st for kind, st in _STATUS if isinstance(exc, kind)), None)
         if status is not None:
@@ -362,6 +366,31 @@ def _write_partial(out_dir: str, problem, traj, cfg, wall: float, status: str, e
     write_text(os.path.join(out_dir, "summary.json"), json.dumps(summ, indent=2) + "\n")
 
 
+def integrate_config(problem, ic: dict[str, Any], *, progress: bool = False, checkpoint: str | None = None,
+                     checkpoint_every: int | None = None):
+    """Integrate ``problem`` as the resolved ``[integrate]`` table says: C_E with ``tf.integrate``, or
+    C_std with ``tf.integrate_standard`` from the problem's output layer (W_out, b_out, Y); checkpointed
+    to ``checkpoint`` every ``checkpoint_every`` steps when given."""
+    from truncfast._integrate.api import integrate
+    from truncfast._integrate.standard import integrate_standard
+
+    kw = dict(dt=ic["dt"], method=ic["method"], train_weights=ic["train_weights"], train_biases=ic["train_biases"],
+              record_every=ic["record_every"], backend=ic["backend"], progress=progress, form=ic["form"],
+              checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    if ic["t1"] > 0:
+        kw["t1"] = ic["t1"]
+    else:
+        kw["steps"] = ic["steps"]
+    if ic["rtol"] > 0 or ic["atol"] > 0:
+        kw["rtol"] = ic["rtol"] or ic["atol"]
+        kw["atol"] = ic["atol"] or ic["rtol"]
+    if ic["loss"] == "standard":
+        return integrate_standard(problem.R0, problem.b0, problem.X, problem.labels, problem.W_out, problem.b_out,
+                                  problem.Y, train_output=ic["train_output"], **kw)
+    return integrate(problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
+                     on_instability=ic["on_instability"], **kw)
+
+
 def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:
     """Exact reference curves for the loss figure, when the theory gives one.
 
@@ -374,7 +403,7 @@ def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:
     from truncfast._flow.gradient import loss
 
     ic = cfg["integrate"]
-    if ic["train_weights"] or problem.L != problem.Q or problem.N > 2_000_000:
+    if ic["train_weights"] or ic.get("loss") == "standard" or problem.L != problem.Q or problem.N > 2_000_000:
         return {}
     try:
         times = np.asarray(traj.times)

@@ -4,7 +4,9 @@ An :class:`Evaluator` holds the validated data and the backend that runs them
 and returns, for a state (R, b), the loss and (grad_b, omega) in the
 requested form (docs/theory.md §5 general, §6 separated), plus the truncation
 counts that trajectories record (§2).  The same object serves every backend
-(dask included) and every solver.
+(dask included) and every solver.  :class:`StandardEvaluator` is the same for
+the standard loss C_std, whose state also holds the output layer
+(docs/theory.md §12).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from truncfast._backends.protocol import Backend
 from truncfast._flow import separated as _separated
 from truncfast._flow.gradient import euclid_general
 
-__all__ = ["RHS", "Evaluator"]
+__all__ = ["RHS", "Evaluator", "StandardEvaluator"]
 
 
 @dataclass
@@ -27,7 +29,8 @@ class RHS:
     """The right-hand side of the flow at one state (docs/theory.md §§5, 6).
 
     ``rate`` (L, M) = π_j (1 − m0_j) and ``target_rot`` (L, M) = ỹ'_j = R_j ỹ_j
-    are filled only for solvers that need the separated moments.
+    are filled only for solvers that need the separated moments; ``grad_W``
+    (P, M) and ``grad_bout`` (P,) only for the standard loss (docs/theory.md §12).
     """
 
     loss: float
@@ -35,10 +38,15 @@ class RHS:
     omega: np.ndarray
     rate: np.ndarray | None = None
     target_rot: np.ndarray | None = None
+    grad_W: np.ndarray | None = None
+    grad_bout: np.ndarray | None = None
 
     def finite(self) -> bool:
         """True when the loss and every entry of the gradient are finite."""
-        return bool(np.isfinite(self.loss) and np.isfinite(self.grad_b).all() and np.isfinite(self.omega).all())
+        ok = np.isfinite(self.loss) and np.isfinite(self.grad_b).all() and np.isfinite(self.omega).all()
+        if ok and self.grad_W is not None:
+            ok = np.isfinite(self.grad_W).all() and np.isfinite(self.grad_bout).all()
+        return bool(ok)
 
 
 class Evaluator:
@@ -90,3 +98,29 @@ class Evaluator:
         if M > _config.MAX_CODE_WIDTH:
             return np.full((L, Q, 3), -1, dtype=np.int64)
         return self.bk.counts(R, b, self.X, self.labels, Q)
+
+
+class StandardEvaluator(Evaluator):
+    """Right-hand side of the joint flow of C_std in (R, b, W_out, b_out) (docs/theory.md §12).
+
+    ``Y`` (Q, P) are the reference outputs; they take the place of the
+    targets (``self.targets`` is ``Y``: Q, the divergence scale and the
+    checkpoint digest come from it).  The output layer is part of the state,
+    so :meth:`rhs` takes it: ``rhs(R, b, W_out, b_out)`` returns the loss
+    C_std, the hidden part (grad_b, omega) of §5 with the error
+    ``e = W_outᵀ ρ`` and the output part ``grad_W = (1/N) Σ ρ zᵀ``,
+    ``grad_bout = (1/N) Σ ρ`` (``ρ = W_out z + b_out − y_j``).  Only the
+    general form exists for C_std.
+    """
+
+    def __init__(self, bk: Backend, X: Any, labels: Any, Y: np.ndarray):
+        super().__init__(bk, X, labels, Y, form="general")
+
+    def rhs(self, R: np.ndarray, b: np.ndarray, W_out: np.ndarray | None = None,  # type: ignore[override]
+            b_out: np.ndarray | None = None) -> RHS:
+        """Loss C_std and its gradient at (R, b, W_out, b_out); non-finite values are returned, not raised."""
+        with np.errstate(all="ignore"):
+            M = R.shape[1]
+            loss, gb, om, gW, gbo = self.bk.general(R, b, self.X, self.labels, np.zeros((0, M)), W_out, b_out,
+                                                    self.targets, True, True)
+            return RHS(float(loss), gb, om, grad_W=gW, grad_bout=gbo)

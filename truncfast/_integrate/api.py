@@ -9,6 +9,11 @@ written atomically every ``checkpoint_every`` steps, at the end, and when the
 run is interrupted (Ctrl-C); :func:`resume` continues such a file to the
 originally requested number of steps, bitwise equal to an uninterrupted run
 on the same backend.
+
+Runs with a final time ``t1``, adaptive steps (``rtol``/``atol``), ``saveat``
+or a multi-stage method go through the time-stepped loop
+(``adaptive.StepRun``, docs/theory.md §12) instead of ``run.Run``, whose
+fixed-step path stays as it was.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from truncfast._flow import separated as _separated
 from truncfast._flow.evaluator import Evaluator
 from truncfast._kernels.polar import orthonormalize
 from truncfast._flow.problem import euclid_args
-from truncfast._integrate.checks import (check_checkpoint_path, check_dt, check_flag, check_int,
-                                         check_resume_data)
+from truncfast._integrate.checks import (check_checkpoint_path, check_flag, check_int, check_resume_data,
+                                         check_time_args, resolve_events, wants_stepper)
 from truncfast._integrate.monitor import check_on_instability
 from truncfast._integrate.run import Run
+from truncfast._integrate import adaptive as _adaptive
+from truncfast._integrate.standard import resume_run
+from truncfast._integrate.solvers.base import State
 from truncfast._integrate.solvers import SOLVERS
 from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
@@ -35,21 +43,36 @@ from truncfast._version import __version__
 __all__ = ["integrate", "resume"]
 
 
-def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, steps: int,
-              method: str = "lie-euler", train_weights: bool = True, train_biases: bool = True,
+def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, steps: int | None = None,
+              method: str | None = None, train_weights: bool = True, train_biases: bool = True,
               record_every: int = 1, backend: str = "auto", progress: bool = False,
               checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-              form: str = "general", on_instability: str = "warn") -> Trajectory:
-    """Integrate the effective gradient flow with a fixed step (docs/theory.md §§5, 6, 9).
+              form: str = "general", t1: float | None = None, rtol: float | None = None,
+              atol: float | None = None, saveat: Any = None, events: str = "auto",
+              on_instability: str = "warn") -> Trajectory:
+    """Integrate the effective gradient flow, with a fixed step or to a tolerance (docs/theory.md §§5, 6, 9, 12).
 
     State ``(R, b)`` ∈ O(M)^L × R^{L×M}; flow ``∂_s b = −∇_b C``,
     ``∂_s R_ℓ = −Ω_ℓ R_ℓ`` of the Euclidean loss C_E (docs/theory.md §3).
 
     Parameters
     ----------
-    dt, steps
-        Step size h > 0 and number of steps ≥ 0 (final time ``steps·dt``).
+    dt, steps, t1
+        Step size h > 0 (the first step when adaptive) and either a number of
+        steps ≥ 0 (final time ``steps·dt``) or a final flow time ``t1`` > 0:
+        exactly one of ``steps`` and ``t1``.
+    rtol, atol
+        Giving either selects adaptive steps (docs/theory.md §12; the other
+        defaults to the same value; needs ``t1`` and ``method="heun"`` or
+        ``"bs3"``, the default then): a step is accepted when the RMS of its
+        error estimate over ``atol + rtol·|state|`` is at most 1.  Collapse
+        times are then located to the tolerance.
+    saveat
+        Increasing flow times in [0, t1] at which the state is recorded exactly
+        (steps land on them; no interpolation).  The records are then 0, the
+        saveat times and t1.
     method
+        Default ``"lie-euler"``, or ``"bs3"`` when adaptive.
         ``"lie-euler"``: ``b ← b − h ∇_b C``, ``R_ℓ ← expm(−h Ω_ℓ) R_ℓ`` with the
         right-hand side at the state before the step — one gradient-descent
         step with the exponential retraction.  ``"cayley"``: same, with
@@ -57,10 +80,14 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         exponential bias step of the separated form
         ``b_j ← −ỹ'_j + e^{−h π_j (1 − m0_j)} ⊙ (b_j + ỹ'_j)`` plus Lie–Euler for R;
         needs L == Q and cluster-separated truncations (implies ``form="separated"``).
+        ``"heun"`` (order 2, embedded Euler) and ``"bs3"`` (Bogacki–Shampine,
+        order 3, embedded 2): Runge–Kutta–Munthe-Kaas, stages at ``exp(Θ) R``
+        (docs/theory.md §12); with a fixed step or adaptive.
     train_weights, train_biases
         Freeze R or b: a frozen part stays bitwise unchanged.
     record_every
-        Record steps 0, k, 2k, … and always the last step.
+        Record steps 0, k, 2k, … and always the last step (accepted steps in
+        adaptive runs; must stay 1 with ``saveat``).
     backend
         As in :func:`truncfast.gradient`; for small problems on the numba
         backend the whole step loop runs compiled (``_config.COMPILED_LOOP_MAX_N``).
@@ -78,7 +105,9 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         ``"warn"`` (default: one :class:`truncfast.InstabilityWarning` with a
         suggested dt, and the message in ``Trajectory.warnings``), ``"raise"``
         (:class:`DivergenceError`, the run up to the step before in
-        ``err.trajectory``) or ``"ignore"``.
+        ``err.trajectory``) or ``"ignore"``.  Fixed-step runs of ``run.Run``
+        only: the time-stepped loop (``t1``, adaptive steps, multi-stage
+        methods) controls its error by the tolerance instead.
 
     Returns
     -------
@@ -95,6 +124,9 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     SeparationError
         ``form="separated"`` / ``"exp-euler"`` and the truncations stop being
         cluster-separated (``err.trajectory``, ``err.step``).
+    StepSizeError
+        Adaptive runs: the step needed to meet the tolerance fell below
+        ``_config.ADAPTIVE_MIN_STEP``·t1 (``err.trajectory``, ``err.time``, ``err.h``).
     KeyboardInterrupt
         Re-raised after Ctrl-C, with the partial run in ``exc.trajectory``
         (and a last checkpoint written when checkpointing).
@@ -102,14 +134,12 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
     Dask arrays for X run on the dask cluster (docs/distributed.md), through
     the same loop.
     """
-    p = euclid_args(R, b, X, labels, targets, backend, loop=True)
-    dt = check_dt(dt)
-    steps = check_int("steps", steps, 0)
-    record_every = check_int("record_every", record_every, 1)
+    stepped = wants_stepper(method, t1, rtol, atol, saveat, SOLVERS)
+    p = euclid_args(R, b, X, labels, targets, backend, loop=not stepped)
+    ta = check_time_args(method, dt, steps, t1, rtol, atol, saveat, record_every, SOLVERS)
+    dt, steps, method, record_every = ta["dt"], ta["steps"], ta["method"], ta["record_every"]
     if checkpoint_every is not None:
         checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
-    if not isinstance(method, str) or method not in SOLVERS:
-        raise InputError(f"method: unknown method {method!r}; choose one of " + ", ".join(map(repr, SOLVERS)))
     if form not in ("general", "separated"):
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
     train_weights = check_flag("train_weights", train_weights)
@@ -148,6 +178,12 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         R, reorth0 = orthonormalize(R), 1
     digest = bk.digest(X, labels, p.targets) if checkpoint is not None else None
     ev = Evaluator(bk, X, labels, p.targets, form=form, needs_moments=solver_cls.needs_moments)
+    if stepped:
+        settings.update(loop="stepper", loss="euclidean", compiled_loop=False,
+                        events=resolve_events(events, ta["rtol"] is not None, N, M, bk.name),
+                        **{key: ta[key] for key in ("t1", "rtol", "atol", "saveat")})
+        return _adaptive.StepRun(settings, State(R, b), ev, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                 progress=progress, digest=digest, reorth0=reorth0).run()
     run = Run(settings, R, b, ev, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
               progress=progress, digest=digest, reorth0=reorth0)
     return run.run()
@@ -156,10 +192,12 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
 def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backend: str | None = None,
            progress: bool = False, checkpoint: str | os.PathLike | None = None,
            checkpoint_every: int | None = None, on_instability: str | None = None) -> Trajectory:
-    """Continue a checkpointed :func:`integrate` run to its requested number of steps.
+    """Continue a checkpointed :func:`integrate` (or :func:`integrate_standard`) run to its requested
+    number of steps or final time ``t1``.
 
     ``X, labels, targets`` must be the data of the original run (checked by
-    sha256); they may be dask arrays (also for a run that was local, and the
+    sha256; for a checkpoint of :func:`truncfast.integrate_standard` pass the
+    reference outputs Y as ``targets``); they may be dask arrays (also for a run that was local, and the
     other way round: the digest does not depend on where the data live).  The
     result is bitwise equal to an uninterrupted run when the same backend is
     used (the default: the backend recorded in the checkpoint).
@@ -182,6 +220,10 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     s = dict(traj.settings)
     if on_instability is not None:
         s["on_instability"] = check_on_instability(on_instability)
+    if s.get("loop") == "stepper":
+        return resume_run(traj, header, X, labels, targets, backend=backend, progress=progress,
+                          checkpoint=path if checkpoint is None else checkpoint,
+                          checkpoint_every=checkpoint_every)
     p = euclid_args(traj.R, traj.b, X, labels, targets, s["backend"] if backend is None else backend)
     bk = p.bk
     X, labels = bk.persist(p.X, p.labels)

@@ -5,6 +5,12 @@ step (step 0, every ``record_every`` steps, and the last step), the time, the
 loss, the norms of the right-hand side, the orthogonality defect, the truncation
 counts per layer and cluster, and the state itself.
 
+Time-stepped runs (``t1``, adaptive steps, multi-stage methods, the standard
+loss: ``truncfast._integrate.adaptive``) also fill ``last_time``, ``stats``
+(accepted and rejected steps, evaluations), the located collapse times and,
+for :func:`truncfast.integrate_standard`, the output layer ``W_out``, ``b_out``
+and its records ``W_outs``, ``b_outs``.
+
 Files.  :meth:`Trajectory.save` writes one ``.npz`` (no pickles) holding the
 arrays, a JSON header (settings and scalars) stored as bytes, and a sha256
 checksum over header and arrays; :meth:`Trajectory.load` verifies the checksum
@@ -32,8 +38,14 @@ from truncfast._errors import InputError
 
 __all__ = ["Trajectory", "FORMAT_VERSION", "UNTRUNCATED", "PARTIAL", "FULL"]
 
-#: Version of the on-disk layout written by :meth:`Trajectory.save`.
-FORMAT_VERSION = 1
+#: Version of the on-disk layout written by :meth:`Trajectory.save`.  Version 2 adds
+#: the optional arrays below and the header entries ``last_time``/``stats``; a
+#: trajectory without them is still written as version 1 (readable by older truncfast).
+FORMAT_VERSION = 2
+
+#: Optional arrays (None when absent): the output layer of the standard flow and the
+#: collapse times located by adaptive runs.
+_OPTIONAL = ("W_out", "b_out", "W_outs", "b_outs", "located_collapse_times")
 
 #: Recorded arrays: name -> dtype.  Saved, checksummed and truncated together.
 _RECORDED = {
@@ -120,10 +132,24 @@ class Trajectory:
     last_step : int
         Step index of ``R, b``; smaller than ``settings["steps"]`` for a
         partial trajectory (interrupted or diverged run, or a checkpoint).
+        In time-stepped runs: the number of accepted steps.
     warnings : list of str
         What went wrong without stopping the run, e.g. unstable steps (the
         loss rose: ``integrate(..., on_instability="warn")``).  Saved in the
         file (files written before it existed load with an empty list).
+    W_out, b_out : (P, M), (P,) or None
+        Final output layer of :func:`truncfast.integrate_standard` (None for C_E).
+    W_outs, b_outs : (K, P, M), (K, P) or None
+        The recorded output layers (standard flow).
+    last_time : float or None
+        Flow time of ``R, b`` (None: ``last_step · dt``, fixed-step runs).
+    stats : dict
+        Time-stepped runs: ``accepted``, ``rejected`` steps, ``rhs_evaluations`` (all of
+        them, event location included), ``collapse_evaluations`` (spent bisecting collapse
+        times, ``events="collapses"``), ``crossings`` (sector crossings located and stepped over).
+    located_collapse_times : (Q,) or None
+        Adaptive runs: collapse times located by bisection to the tolerance
+        (see :attr:`collapse_times`).
     """
 
     R: np.ndarray
@@ -141,6 +167,13 @@ class Trajectory:
     settings: dict = field(default_factory=dict)
     last_step: int = 0
     warnings: list = field(default_factory=list)
+    W_out: np.ndarray | None = None
+    b_out: np.ndarray | None = None
+    W_outs: np.ndarray | None = None
+    b_outs: np.ndarray | None = None
+    last_time: float | None = None
+    stats: dict = field(default_factory=dict)
+    located_collapse_times: np.ndarray | None = None
 
     # ---------------------------------------------------------- derived ---
     @property
@@ -149,8 +182,13 @@ class Trajectory:
 
         NaN if that never happens among the recorded steps (or M > 64, where no
         counts are kept).  This is the finite collapse time s₀ of Prop. 4.2
-        (docs/theory.md §7), resolved to the recording grid.
+        (docs/theory.md §7), resolved to the recording grid — except in adaptive
+        runs, which check the counts after every accepted step and locate the
+        first collapse inside the step by bisection to the tolerance
+        (docs/theory.md §12; ``located_collapse_times``).
         """
+        if self.located_collapse_times is not None:
+            return np.array(self.located_collapse_times, dtype=np.float64)
         c = self.counts
         Q = c.shape[2] if c.ndim == 4 else 0
         out = np.full(Q, np.nan)
@@ -166,21 +204,43 @@ class Trajectory:
 
     @property
     def complete(self) -> bool:
-        """True when the run reached the requested number of steps."""
-        return self.last_step == int(self.settings.get("steps", self.last_step))
+        """True when the run reached the requested number of steps (or its final time ``t1``)."""
+        t1 = self.settings.get("t1")
+        if t1 is not None:
+            return self.last_time is not None and self.last_time == float(t1)
+        steps = self.settings.get("steps")
+        return steps is None or self.last_step == int(steps)
+
+    @property
+    def accepted_steps(self) -> int:
+        """Steps taken (accepted by the error control in adaptive runs)."""
+        return int(self.stats.get("accepted", self.last_step))
+
+    @property
+    def rejected_steps(self) -> int:
+        """Steps the error control rejected and retried with a smaller step (0 with fixed steps)."""
+        return int(self.stats.get("rejected", 0))
 
     def __repr__(self) -> str:
         s = self.settings
         last = f"{self.loss[-1]:.6g}" if len(self.loss) else "n/a"
-        return (f"Trajectory(method={s.get('method')!r}, dt={s.get('dt')}, step {self.last_step}/"
-                f"{s.get('steps')}, {len(self.steps)} records, L={self.R.shape[0]}, M={self.R.shape[1]}, "
-                f"final loss {last}, reorthonormalizations={self.reorthonormalizations})")
+        where = f"step {self.last_step}/{s.get('steps')}"
+        if s.get("t1") is not None:
+            where = f"s = {self.last_time:g}/{s.get('t1'):g}, {self.accepted_steps} steps"
+            if s.get("rtol") is not None:
+                where += f" + {self.rejected_steps} rejected, rtol={s.get('rtol'):g}"
+        return (f"Trajectory(method={s.get('method')!r}, dt={s.get('dt')}, {where}, {len(self.steps)} records, "
+                f"L={self.R.shape[0]}, M={self.R.shape[1]}, final loss {last}, "
+                f"reorthonormalizations={self.reorthonormalizations})")
 
     # ------------------------------------------------------------- files ---
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {name: np.asarray(getattr(self, name), dtype=dt) for name, dt in _RECORDED.items()}
         arrays["R"] = np.asarray(self.R, dtype=np.float64)
         arrays["b"] = np.asarray(self.b, dtype=np.float64)
+        for name in _OPTIONAL:
+            if getattr(self, name) is not None:
+                arrays[name] = np.asarray(getattr(self, name), dtype=np.float64)
         return arrays
 
     def save(self, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> None:
@@ -190,17 +250,19 @@ class Trajectory:
         """
         header = {
             "format": "truncfast.Trajectory",
-            "format_version": FORMAT_VERSION,
+            "format_version": 1,
             "settings": self.settings,
             "reorthonormalizations": int(self.reorthonormalizations),
             "last_step": int(self.last_step),
             "warnings": [str(w) for w in self.warnings],
         }
+        arrays = self._arrays()
+        if self.last_time is not None or self.stats or any(n in arrays for n in _OPTIONAL):
+            header.update(format_version=FORMAT_VERSION, last_time=self.last_time, stats=self.stats)
         if extra:
             header.update(extra)
         _check_save_path(path)
         hb = json.dumps(header, sort_keys=True).encode()
-        arrays = self._arrays()
         digest = _checksum(hb, arrays)
         atomic_write_npz(path, {"header": np.frombuffer(hb, dtype=np.uint8),
                                 "checksum": np.frombuffer(digest.encode(), dtype=np.uint8), **arrays})
@@ -245,8 +307,11 @@ class Trajectory:
         if header.get("format") != "truncfast.Trajectory" or header.get("format_version", 0) > FORMAT_VERSION:
             raise InputError(f"path: {path!r} has format {header.get('format')!r} version "
                              f"{header.get('format_version')!r}; this truncfast reads version ≤ {FORMAT_VERSION}")
+        last_time = header.get("last_time")
         traj = cls(R=data["R"], b=data["b"], **{k: data[k] for k in _RECORDED},
                    reorthonormalizations=int(header["reorthonormalizations"]),
                    settings=header["settings"], last_step=int(header["last_step"]),
-                   warnings=list(header.get("warnings", [])))
+                   warnings=list(header.get("warnings", [])),
+                   **{k: data.get(k) for k in _OPTIONAL},
+                   last_time=None if last_time is None else float(last_time), stats=dict(header.get("stats") or {}))
         return traj, header
