@@ -150,6 +150,53 @@ PATTERN_MAX_GROUP_BYTES: int = 2**30
 #: Safety factor of the rounding term of the margin bound (pattern_state docstring).
 PATTERN_ROUNDING_FACTOR: float = 32.0
 
+# --- engines of the right-hand side (docs/theory.md §11; _flow/engines.py) ---
+#: engine="moments"/"auto": a full pass instead of re-checks when more than this
+#: share of the points is at risk (re-checking a point costs ~5× its share of a
+#: full pass, and a pass also renews every reference state of the bound).
+ENGINE_RECHECK_SHARE: float = 0.05
+#: The groups' moments are rebuilt from the data (a full pass) once this many
+#: evaluations have passed since the last pass *and* some point moved between
+#: groups since then: moves update the moments by adding and removing points
+#: (Chan's update), which drifts in the last bits; without moves nothing drifts.
+#: Measured drift of the right-hand side between rebuilds: docs/DESIGN.md, "Engines".
+ENGINE_REBUILD_EVERY: int = 500
+#: engine="auto" runs per point (and the integrator's compiled loop, when it
+#: applies) below this many points: the moments engine would save at most tens
+#: of microseconds per step there, and small runs stay bitwise reproducible
+#: across backends and resumes.
+ENGINE_AUTO_MIN_N: int = 16384
+#: engine="auto" keeps groups only while assembling them costs at most this share
+#: of one per-point evaluation (the full pass gives up beyond that many groups).
+ENGINE_AUTO_GROUP_SHARE: float = 0.5
+#: engine="auto" looks at the patterns of this many rows (spread evenly) before a
+#: full pass, to skip passes that would find too many groups (``Engine._too_many_groups``).
+ENGINE_PROBE_ROWS: int = 2048
+#: engine="auto" after a full pass that did not pay for itself: this many per-point
+#: evaluations before the next attempt, doubling after every further failure up to
+#: ENGINE_AUTO_BACKOFF_MAX (reset by a pass that paid).  Bounds what failed
+#: attempts can cost: at most one (partial) pass per back-off window.
+ENGINE_AUTO_BACKOFF_MIN: int = 4
+ENGINE_AUTO_BACKOFF_MAX: int = 256
+#: Cost model of engine="auto" (nanoseconds; only ratios matter).  Measured with
+#: benchmarks/bench_engine.py --calibrate (2 threads, N = 2·10⁵, M = L ∈ {2, 4, 8},
+#: clustered and random data; benchmarks/README.md, "Engines"):
+#: per-point evaluation, per point: a·L·M² + c
+ENGINE_COST_DIRECT: tuple = (1.8, 65.0)
+#: full pass (groups, margins, buckets), per point: a·L·M² + c
+ENGINE_COST_PASS: tuple = (1.2, 40.0)
+#: re-check (gather, forward pass, moves, new generation): per point a·L·M² + c, plus a fixed cost
+ENGINE_COST_RECHECK: tuple = (0.3, 250.0, 1.0e5)
+#: assembly, per group: a·L·M³ + c
+ENGINE_COST_GROUP: tuple = (4.0, 1000.0)
+#: fixed cost of one evaluation from the groups (at-risk search, calls from Python)
+ENGINE_COST_FIXED: float = 3.0e4
+
+#: ``tf.FlowEvaluator`` compares the bytes of this many rows (spread evenly, first
+#: and last included) of X and labels at every call, to catch data changed behind
+#: its back (~10 µs at M = 8).
+FLOW_EVALUATOR_GUARD_ROWS: int = 256
+
 # ----------------------------------------------------------- environment ---
 #: The environment variables truncfast reads (``truncfast info`` lists them).
 ENV_VARIABLES = (

@@ -19,6 +19,7 @@ from typing import Any
 from truncfast import _config
 from truncfast._errors import InputError
 from truncfast._flow import separated as _separated
+from truncfast._flow.engines import check_engine, plan
 from truncfast._flow.evaluator import Evaluator
 from truncfast._kernels.polar import orthonormalize
 from truncfast._flow.problem import euclid_args
@@ -37,7 +38,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
               method: str = "lie-euler", train_weights: bool = True, train_biases: bool = True,
               record_every: int = 1, backend: str = "auto", progress: bool = False,
               checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-              form: str = "general") -> Trajectory:
+              form: str = "general", engine: str = "auto") -> Trajectory:
     """Integrate the effective gradient flow with a fixed step (docs/theory.md §§5, 6, 9).
 
     State ``(R, b)`` ∈ O(M)^L × R^{L×M}; flow ``∂_s b = −∇_b C``,
@@ -70,6 +71,14 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         continue with :func:`truncfast.resume`.
     form
         ``"general"`` (docs/theory.md §5, exact for any data) or ``"separated"`` (§6).
+    engine
+        How the right-hand side is computed (docs/theory.md §11): ``"direct"``
+        runs the per-point kernel over all N points at every step; ``"moments"``
+        keeps the pattern groups across steps and re-checks only the points the
+        margin bound cannot certify; ``"auto"`` picks, per evaluation, whichever
+        is predicted cheaper.  All agree with ``"direct"`` to rounding
+        (``Trajectory.engine_stats`` says what ran).  ``"direct"`` runs resume
+        bitwise; the others within rounding (a resumed run rebuilds its groups).
 
     Returns
     -------
@@ -103,6 +112,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         raise InputError(f"method: unknown method {method!r}; choose one of " + ", ".join(map(repr, SOLVERS)))
     if form not in ("general", "separated"):
         raise InputError(f"form: unknown form {form!r}; choose 'general' or 'separated'")
+    engine = check_engine(engine)
     train_weights = check_flag("train_weights", train_weights)
     train_biases = check_flag("train_biases", train_biases)
     progress = check_flag("progress", progress)
@@ -123,7 +133,8 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         "method": method, "dt": dt, "steps": steps, "record_every": record_every,
         "train_weights": train_weights, "train_biases": train_biases, "backend": bk.name,
         "form": form, "N": int(N), "M": int(M), "L": int(L), "Q": int(Q), "version": __version__,
-        "compiled_loop": bk.runs_compiled_loop(N, form, solver_cls.code), **bk.run_settings(X),
+        "compiled_loop": bk.runs_compiled_loop(N, form, solver_cls.code) and plan(engine, bk, N, M)[0] == "direct",
+        "engine": engine, **bk.run_settings(X),
     }
     R = p.R.copy()  # never alias the caller's arrays
     b = p.b.copy()
@@ -133,7 +144,7 @@ def integrate(R: Any, b: Any, X: Any, labels: Any, targets: Any, *, dt: float, s
         # projected onto O(M) once, so that steps do not re-project every time
         R, reorth0 = orthonormalize(R), 1
     digest = bk.digest(X, labels, p.targets) if checkpoint is not None else None
-    ev = Evaluator(bk, X, labels, p.targets, form=form, needs_moments=solver_cls.needs_moments)
+    ev = Evaluator(bk, X, labels, p.targets, form=form, needs_moments=solver_cls.needs_moments, engine=engine)
     run = Run(settings, R, b, ev, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
               progress=progress, digest=digest, reorth0=reorth0)
     return run.run()
@@ -171,9 +182,11 @@ def resume(path: str | os.PathLike, X: Any, labels: Any, targets: Any, *, backen
     solver_cls = SOLVERS[s["method"]]
     for key in ("distributed", "reduction", "blocks"):
         s.pop(key, None)
+    engine = s.get("engine", "direct")  # checkpoints written before engines ran per point
     s.update({"backend": bk.name, **bk.run_settings(X),
-              "compiled_loop": bool(s["compiled_loop"]) and bk.runs_compiled_loop(s["N"], s["form"], solver_cls.code)})
-    ev = Evaluator(bk, X, labels, p.targets, form=s["form"], needs_moments=solver_cls.needs_moments)
+              "compiled_loop": bool(s["compiled_loop"]) and bk.runs_compiled_loop(s["N"], s["form"], solver_cls.code)
+              and plan(engine, bk, s["N"], s["M"])[0] == "direct"})
+    ev = Evaluator(bk, X, labels, p.targets, form=s["form"], needs_moments=solver_cls.needs_moments, engine=engine)
     run = Run(s, p.R.copy(), p.b.copy(), ev, checkpoint=path if checkpoint is None else checkpoint,
               checkpoint_every=checkpoint_every, progress=progress, previous=traj, digest=digest)
     return run.run()

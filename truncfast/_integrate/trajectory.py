@@ -102,6 +102,12 @@ class Trajectory:
     last_step : int
         Step index of ``R, b``; smaller than ``settings["steps"]`` for a
         partial trajectory (interrupted or diverged run, or a checkpoint).
+    engine_stats : dict
+        What the engine of the right-hand side did (``settings["engine"]`` is the
+        one requested): ``groups``, ``rechecked_points``, ``moved_points``,
+        ``rebuilds``, ``failed_rebuilds``, ``direct_evaluations``,
+        ``moment_evaluations``, ``engine``, ``fallback`` (``_flow.engines``);
+        empty for files written before engines existed.
     """
 
     R: np.ndarray
@@ -118,6 +124,7 @@ class Trajectory:
     reorthonormalizations: int = 0
     settings: dict = field(default_factory=dict)
     last_step: int = 0
+    engine_stats: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------- derived ---
     @property
@@ -171,6 +178,7 @@ class Trajectory:
             "settings": self.settings,
             "reorthonormalizations": int(self.reorthonormalizations),
             "last_step": int(self.last_step),
+            "engine_stats": self.engine_stats,
         }
         if extra:
             header.update(extra)
@@ -222,5 +230,6 @@ class Trajectory:
                              f"{header.get('format_version')!r}; this truncfast reads version ≤ {FORMAT_VERSION}")
         traj = cls(R=data["R"], b=data["b"], **{k: data[k] for k in _RECORDED},
                    reorthonormalizations=int(header["reorthonormalizations"]),
-                   settings=header["settings"], last_step=int(header["last_step"]))
+                   settings=header["settings"], last_step=int(header["last_step"]),
+                   engine_stats=header.get("engine_stats", {}))
         return traj, header
