@@ -143,6 +143,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any], str]]] = {
         "record_every": (10, positive_int, "record the state every this many steps (and always the last)"),
         "backend": ("auto", choice("auto", "numpy", "numba", "c"), "compute backend"),
         "form": ("general", choice("general", "separated"), "right-hand side: general (§5) or separated (§6)"),
+        "engine": ("auto", choice("auto", "direct", "moments"),
+                   "how the right-hand side is computed: per point, from pattern groups kept across steps (§11), or auto"),
     },
     "output": {
         "figures": (True, boolean, "draw the PNG figures"),

@@ -148,6 +148,8 @@ def summary(problem, traj, cfg, wall_time: float) -> dict[str, Any]:
         "backend": s.get("backend", cfg["integrate"]["backend"]),
         "method": s.get("method", cfg["integrate"]["method"]),
         "form": s.get("form", cfg["integrate"]["form"]),
+        "engine": s.get("engine", cfg["integrate"]["engine"]),
+        "engine_stats": dict(getattr(traj, "engine_stats", {}) or {}),
         "train_weights": bool(cfg["integrate"]["train_weights"]),
         "train_biases": bool(cfg["integrate"]["train_biases"]),
         "dt": cfg["integrate"]["dt"],
@@ -210,7 +212,7 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
         problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
         dt=ic["dt"], steps=ic["steps"], method=ic["method"], train_weights=ic["train_weights"],
         train_biases=ic["train_biases"], record_every=ic["record_every"], backend=ic["backend"],
-        progress=not quiet, form=ic["form"],
+        progress=not quiet, form=ic["form"], engine=ic["engine"],
     )
     wall = time.perf_counter() - t0
     traj.save(os.path.join(out_dir, "trajectory.npz"))
@@ -222,7 +224,10 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
     write_npz(os.path.join(out_dir, "figdata.npz"), fd)
     if not quiet:
         ct = ", ".join("never" if c is None else f"s = {c:g}" for c in summ["collapse_times"])
-        log(f"done in {wall:.2f} s on backend {summ['backend']}: loss {summ['initial_loss']:.4g} → "
+        es = summ["engine_stats"]
+        ran = (f", engine {summ['engine']}: {es.get('moment_evaluations', 0)} evaluations from pattern groups, "
+               f"{es.get('direct_evaluations', 0)} per point" if es else "")
+        log(f"done in {wall:.2f} s on backend {summ['backend']}{ran}: loss {summ['initial_loss']:.4g} → "
             f"{summ['final_loss']:.4g}; collapse times: {ct}")
     if cfg["output"]["figures"] or cfg["output"]["animation"]:
         from truncfast._app import plots as _plots
