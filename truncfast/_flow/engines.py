@@ -130,6 +130,7 @@ class Engine:
         self._exact_at: tuple | None = None   # (R, b) at which the groups were last exact
         self._since_pass = 0        # evaluations served by the current state
         self._credit = 0.0          # auto: ns saved by the current state, minus its pass
+        self._spent = 0.0           # predicted ns of the re-checks since the last pass
         self._wait = 0              # auto: per-point evaluations left before the next pass
         self._backoff = _config.ENGINE_AUTO_BACKOFF_MIN
         self._count = dict.fromkeys(("direct_evaluations", "moment_evaluations", "rebuilds", "failed_rebuilds",
@@ -230,8 +231,12 @@ class Engine:
             self.cost = CostModel(self.N, R.shape[0], self.M)
         auto = self.mode == "auto"
         st = self.st
-        if st is not None and self._since_pass >= _config.ENGINE_REBUILD_EVERY and st.stats["moved_points"]:
-            self._drop()  # bounded drift: rebuild from the data (a scheduled pass, not a failure)
+        if st is not None and ((self._since_pass >= _config.ENGINE_REBUILD_EVERY and st.stats["moved_points"])
+                               or self._spent >= self.cost.full_pass):
+            # a scheduled pass, not a failure: bounded drift of the moments, or re-checks that have
+            # cost as much as a pass since the last one (ski rental: never more than twice the
+            # better of "re-check" and "rebuild" over any stretch of evaluations)
+            self._drop()
             return self._pass(R, b)
         if st is not None:
             G = int(st.G)
@@ -244,7 +249,10 @@ class Engine:
                 if auto and predicted >= self.cost.direct:
                     return False  # the state stays a valid proof relative to its references
                 if idx.size:
+                    before = st.stats["rechecked_points"]
                     self.bk.pattern_recheck(st, idx, R, b, self.X, self.labels)
+                    done = st.stats["rechecked_points"] - before  # folded generations included
+                    self._spent += self.cost.recheck_fixed + self.cost.recheck_point * done
                 self._credit += self.cost.direct - predicted
                 return True
             paid = self._credit >= 0.0
@@ -275,6 +283,7 @@ class Engine:
         self.st = st
         self._count["rebuilds"] += 1
         self._since_pass = 0
+        self._spent = 0.0
         self._credit = self.cost.direct - self.cost.full_pass - self.cost.moments(0, int(st.G))
         return True
 
