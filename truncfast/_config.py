@@ -166,11 +166,14 @@ ENGINE_RECHECK_SHARE: float = 0.05
 #: (Chan's update), which drifts in the last bits; without moves nothing drifts.
 #: Measured drift of the right-hand side between rebuilds: docs/DESIGN.md, "Engines".
 ENGINE_REBUILD_EVERY: int = 500
-#: engine="auto" runs per point (and the integrator's compiled loop, when it
-#: applies) below this many points: the moments engine would save at most tens
-#: of microseconds per step there, and small runs stay bitwise reproducible
-#: across backends and resumes.
-ENGINE_AUTO_MIN_N: int = 16384
+#: engine="auto" runs per point below this many points — with the numba backend
+#: that is the integrator's compiled loop (N ≤ COMPILED_LOOP_MAX_N), faster than
+#: the moments engine's Python-level evaluation there.  Measured (2 cores, load
+#: 2–3, µs per step of 1,000 Lie–Euler steps, compiled loop / moments): paper-2d
+#: N = 1000: 14 / 64, 2000: 30 / 36, 4096: 55 / 38; three clusters in R³
+#: N = 1000: 25 / 54, 4096: 99 / 78; above one chunk the per-point evaluation
+#: runs through the thread pool and moments wins (N = 8192: 197–287 vs 48–127).
+ENGINE_AUTO_MIN_N: int = COMPILED_LOOP_MAX_N + 1
 #: engine="auto" keeps groups only while assembling them costs at most this share
 #: of one per-point evaluation (the full pass gives up beyond that many groups).
 ENGINE_AUTO_GROUP_SHARE: float = 0.5
@@ -202,6 +205,18 @@ ENGINE_COST_FIXED: float = 3.0e4
 #: its back (~10 µs at M = 8).
 FLOW_EVALUATOR_GUARD_ROWS: int = 256
 
+#: The OpenMP threads of the C core wait *passively* (sleep) between parallel
+#: regions instead of spinning: unless ``OMP_WAIT_POLICY`` is already set,
+#: truncfast sets it to this value just before it loads the C core (None: leave
+#: the environment alone).  Spinning workers took the core that the Python
+#: thread and the Numba pool needed between calls; measured on the shared 2-core
+#: machine (load 2–3), one direct-engine step of paper-2d on the C backend:
+#: N = 8192 0.32–0.62 → 0.12 ms, N = 10⁵ 4.5–5.9 → 2.2 ms, N = 10⁶ 33.8 → 16.8 ms.
+#: The OpenMP runtime reads the variable once, when it is first loaded: no effect
+#: if another library loaded it earlier, and OpenMP libraries loaded later in the
+#: same process wait passively too (docs/DESIGN.md, "Engines").
+OMP_WAIT_POLICY: str | None = "passive"
+
 # ----------------------------------------------------------- environment ---
 #: The environment variables truncfast reads (``truncfast info`` lists them).
 ENV_VARIABLES = (
@@ -211,6 +226,7 @@ ENV_VARIABLES = (
     "TRUNCFAST_NUMBA_WIDE_VECTORS",     # 0: keep Numba's default vector width
     "TRUNCFAST_DEBUG",                  # 1: the CLI prints tracebacks
     "TRUNCFAST_C_VL",                   # force a narrower C kernel width (read by the C core itself)
+    "OMP_WAIT_POLICY",                  # set to OMP_WAIT_POLICY above unless given (read by the OpenMP runtime)
 )
 
 
@@ -265,3 +281,9 @@ def env_numba_wide_vectors() -> bool:
 def env_debug() -> bool:
     """``TRUNCFAST_DEBUG`` set: the CLI prints full tracebacks."""
     return env_flag("TRUNCFAST_DEBUG")
+
+
+def apply_omp_wait_policy() -> None:
+    """Set ``OMP_WAIT_POLICY`` to :data:`OMP_WAIT_POLICY` unless the user set it (before the C core loads)."""
+    if OMP_WAIT_POLICY and not env_raw("OMP_WAIT_POLICY"):
+        os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY

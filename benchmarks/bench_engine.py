@@ -1,0 +1,212 @@
+"""Engines of the right-hand side (issue 14): ``tf.integrate(engine=...)`` end to end against ``engine="direct"``.
+
+Run:  python benchmarks/bench_engine.py                      (every case, N = 10⁶; the per-step case at 10⁷)
+      python benchmarks/bench_engine.py --cases paper2d,r3   (some cases)
+      python benchmarks/bench_engine.py --quick              (N / 100: checks the script in a minute)
+      python benchmarks/bench_engine.py --calibrate          (the cost model's constants, _config.ENGINE_COST_*)
+
+Cases (each in this process, one after the other, on the same data; times are
+wall clock of whole ``tf.integrate`` calls, after a warm-up that loads the
+compiled kernels):
+
+* ``paper2d``: the paper's two clusters in the plane (the demo's data), N = 10⁶,
+  full flow, 2,000 Lie–Euler steps, dt = 0.05, record_every = 100 — goal ≥ 20×.
+* ``r3``: three clusters in R³ (``make_problem("clusters", dim=3, clusters=3)``),
+  N = 10⁶, 1,000 steps — goal ≥ 5×.
+* ``random``: random data, N = 10⁶, M = L = 8 (every point its own group), 10
+  steps; direct and auto alternate twice, the better of each is kept — goal:
+  auto within 10 % of direct.
+* ``collapsed``: the plane at N = 10⁷, from the state after 400 steps (reached
+  on a 2·10⁴ sample): per-step time of ``engine="moments"`` as
+  (T(201 steps) − T(1 step)) / 200, so the first full pass is not counted —
+  goal < 1 ms.
+* ``numba_vs_c``: one ``tf.gradient`` at N = 10⁶, M = L = 8, Q = 8, Numba and C
+  (best of 3) — goal: Numba within 3× of C.
+
+``--json PATH`` keeps every number (``benchmarks/report.py --engines`` uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+import truncfast as tf
+from truncfast.data import make_problem
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "?"
+
+
+def run(p, engine: str, steps: int, **kw):
+    t = time.perf_counter()
+    tr = tf.integrate(p["R"], p["b"], p["X"], p["labels"], p["T"], dt=kw.pop("dt", 0.05), steps=steps,
+                      engine=engine, record_every=kw.pop("record_every", 100), **kw)
+    return time.perf_counter() - t, tr
+
+
+def problem(name: str, n: int, seed: int = 0) -> dict:
+    if name == "paper2d":
+        q = make_problem("paper-2d", n=n, seed=seed)
+    elif name == "r3":
+        q = make_problem("clusters", n=n, dim=3, clusters=3, seed=seed)
+    else:
+        rng = np.random.default_rng(seed)
+        M = L = 8
+        R = np.array([np.linalg.qr(rng.standard_normal((M, M)))[0] for _ in range(L)])
+        return {"R": R, "b": 0.7 * rng.standard_normal((L, M)), "X": rng.standard_normal((n, M)),
+                "labels": rng.integers(0, 8, n), "T": rng.standard_normal((8, M))}
+    return {"R": q.R0, "b": q.b0, "X": q.X, "labels": q.labels, "T": q.targets}
+
+
+def warm(p) -> None:
+    small = {k: (v[:20000] if k in ("X", "labels") else v) for k, v in p.items()}
+    for engine in ("direct", "moments"):
+        run(small, engine, 3)
+
+
+def versus(name: str, n: int, steps: int, engines=("direct", "auto"), repeats: int = 1) -> dict:
+    p = problem(name, n)
+    warm(p)
+    best, trs = {}, {}
+    for _ in range(repeats):
+        for engine in engines:
+            t, tr = run(p, engine, steps)
+            best[engine] = min(best.get(engine, np.inf), t)
+            trs[engine] = tr
+            print(f"  {name}: engine={engine:8s} {t:8.2f} s  load {load()}  {tr.engine_stats}", flush=True)
+    d = trs["direct"]
+    out = {"case": name, "N": n, "steps": steps, "times": best, "load": load()}
+    for engine in engines:
+        if engine == "direct":
+            continue
+        tr = trs[engine]
+        out[f"speedup_{engine}"] = best["direct"] / best[engine]
+        out[f"stats_{engine}"] = tr.engine_stats
+        out[f"max_dR_{engine}"] = float(np.abs(tr.R - d.R).max())
+        out[f"max_db_{engine}"] = float(np.abs(tr.b - d.b).max())
+    return out
+
+
+def collapsed(n: int, steps: int = 200) -> dict:
+    small = problem("paper2d", 20000, seed=1)
+    _, tr = run(small, "direct", 400, record_every=400)
+    p = problem("paper2d", n)
+    p["R"], p["b"] = tr.R, tr.b
+    warm(p)
+    t1, _ = run(p, "moments", 1, record_every=1)
+    ts, trs = run(p, "moments", steps + 1, record_every=steps + 1)
+    per = (ts - t1) / steps
+    print(f"  collapsed N={n}: 1 step {t1:.2f} s, {steps + 1} steps {ts:.2f} s → {per * 1e3:.3f} ms/step; "
+          f"load {load()}; {trs.engine_stats}", flush=True)
+    return {"case": "collapsed", "N": n, "per_step_s": per, "first_s": t1, "stats": trs.engine_stats, "load": load()}
+
+
+def numba_vs_c(n: int) -> dict:
+    p = problem("random", n)
+    out = {"case": "numba_vs_c", "N": n}
+    for backend in ("numba", "c"):
+        tf.gradient(p["R"], p["b"], p["X"][:1000], p["labels"][:1000], p["T"], backend=backend)
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            tf.gradient(p["R"], p["b"], p["X"], p["labels"], p["T"], backend=backend)
+            ts.append(time.perf_counter() - t)
+        out[backend] = min(ts)
+    out["ratio"] = out["numba"] / out["c"]
+    out["load"] = load()
+    print(f"  gradient N={n} M=L=8: numba {out['numba'] * 1e3:.0f} ms, c {out['c'] * 1e3:.0f} ms, "
+          f"ratio {out['ratio']:.2f}; load {load()}", flush=True)
+    return out
+
+
+def calibrate(n: int) -> None:
+    """Per-point / per-group costs of the pieces (the constants of _config.ENGINE_COST_*)."""
+    from truncfast._backends.registry import get
+    from truncfast._kernels import pattern_state as ps
+
+    bk = get("numba")
+
+    def best(fn, rep=3):
+        fn()
+        return min(_timed(fn) for _ in range(rep))
+
+    for M, L, spread in ((2, 2, 0.3), (4, 4, 0.3), (8, 8, 0.3), (8, 8, 3.0)):
+        rng = np.random.default_rng(0)
+        centres = 3.0 * rng.standard_normal((3, M))
+        lab = rng.integers(0, 3, n)
+        X = centres[lab] + spread * rng.standard_normal((n, M))
+        R = np.array([np.linalg.qr(rng.standard_normal((M, M)))[0] for _ in range(L)])
+        b = np.array([-R[l] @ centres[l % 3] for l in range(L)])
+        T = rng.standard_normal((3, M))
+        d = best(lambda: tf.gradient(R, b, X, lab, T, backend="numba"))
+        fp = best(lambda: bk.pattern_pass(R, b, X, lab, 3, None))
+        st = bk.pattern_pass(R, b, X, lab, 3, None)
+        G = st.num_groups
+        asm = best(lambda: ps.assemble(st, R, b, T), 20)
+        idx = np.sort(rng.choice(n, n // 100, replace=False))
+        rc = best(lambda: ps.recheck(st, idx, R, b, X, lab))
+        ar = best(lambda: ps.at_risk(st, R, b), 20)
+        lm2 = L * M * M
+        print(f"M={M} L={L} spread={spread} G={G}: direct {d / n * 1e9:.1f} ns/pt ({d / n * 1e9 / lm2:.2f}/LM²), "
+              f"pass {fp / n * 1e9:.1f} ns/pt, recheck {rc / idx.size * 1e9:.0f} ns/pt, "
+              f"assemble {asm / G * 1e9:.0f} ns/group ({asm / G * 1e9 / (lm2 * M):.2f}/LM³), at_risk {ar * 1e6:.0f} µs; "
+              f"load {load()}", flush=True)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="paper2d,r3,random,collapsed,numba_vs_c")
+    ap.add_argument("--quick", action="store_true", help="N / 100 (the per-step case N / 1000)")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    scale = 100 if args.quick else 1
+    print(f"truncfast {tf.__version__}, threads {tf.get_num_threads()}, backends {tf.backends()}, "
+          f"{platform.processor() or platform.machine()}, load {load()}", flush=True)
+    if args.calibrate:
+        calibrate(200_000 // scale)
+        return
+    results = []
+    cases = args.cases.split(",")
+    if "paper2d" in cases:
+        results.append(versus("paper2d", 1_000_000 // scale, 2000, engines=("direct", "auto", "moments")))
+    if "r3" in cases:
+        results.append(versus("r3", 1_000_000 // scale, 1000, engines=("direct", "auto", "moments")))
+    if "random" in cases:
+        results.append(versus("random", 1_000_000 // scale, 10, repeats=2))
+    if "collapsed" in cases:
+        results.append(collapsed(10_000_000 // (10 * scale if args.quick else 1)))
+    if "numba_vs_c" in cases and tf.backends()["c"] == "available":
+        results.append(numba_vs_c(1_000_000 // scale))
+    print("\n| case | N | steps | direct | auto | moments | auto vs direct |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        if "times" in r:
+            t = r["times"]
+            print(f"| {r['case']} | {r['N']:.0e} | {r['steps']} | {t['direct']:.2f} s | {t['auto']:.2f} s | "
+                  f"{t['moments']:.2f} s | {r['speedup_auto']:.2f}× |" if "moments" in t else
+                  f"| {r['case']} | {r['N']:.0e} | {r['steps']} | {t['direct']:.2f} s | {t['auto']:.2f} s | – | "
+                  f"{r['speedup_auto']:.2f}× |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
