@@ -30,6 +30,8 @@ def _flow_states(p, steps=25, dt=0.05):
 @pytest.mark.parametrize("engine", ["direct", "moments", "auto"])
 def test_values_equal_loss_and_gradient_along_a_path(monkeypatch, backend, engine):
     monkeypatch.setattr(_config, "ENGINE_AUTO_MIN_N", 0)
+    monkeypatch.setattr(_config, "ENGINE_COST_FIXED", 0.0)  # let auto use groups at this size
+    monkeypatch.setattr(_config, "ENGINE_COST_RECHECK", _config.ENGINE_COST_RECHECK[:2] + (0.0,))
     p = data_problem("clusters", n=3000, dim=3, clusters=3, seed=1)
     fe = tf.FlowEvaluator(p.X, p.labels, p.targets, engine=engine, backend=backend)
     assert fe.backend == backend

@@ -154,16 +154,20 @@ PATTERN_ROUNDING_FACTOR: float = 32.0
 #: (the Lipschitz bound of docs/theory.md §11 in ρ).  Each at-risk search costs
 #: O(slots · L M²) per generation.
 PATTERN_CENTRED_MAX_SLOTS: int = 1024
+#: The at-risk search computes each slot's ‖K_ℓ(θ) − K_ℓ(θᶜ)‖ exactly (instead of the
+#: bound (2L − 1) ν^{2L−2} ε) while slots · L · M³ stays below this (flops per generation
+#: and state: ~2 per unit).  Exact κ is 3× smaller for a group fully truncated at layer 1.
+PATTERN_EXACT_KAPPA_WORK: int = 1 << 18
 
 # --- engines of the right-hand side (docs/theory.md §11; _flow/engines.py) ---
 #: engine="moments"/"auto": a full pass instead of re-checks when more than this
 #: share of the points is at risk (re-checking a point costs ~5× its share of a
 #: full pass, and a pass also renews every reference state of the bound).
 ENGINE_RECHECK_SHARE: float = 0.05
-#: The groups' moments are rebuilt from the data (a full pass) once this many
-#: evaluations have passed since the last pass *and* some point moved between
-#: groups since then: moves update the moments by adding and removing points
-#: (Chan's update), which drifts in the last bits; without moves nothing drifts.
+#: The groups' moments are rebuilt from the data (a full pass) once they have
+#: served this many evaluations after the first move since the last pass: moves
+#: update the moments by adding and removing points (Chan's update), which
+#: drifts in the last bits; without moves nothing drifts.
 #: Measured drift of the right-hand side between rebuilds: docs/DESIGN.md, "Engines".
 ENGINE_REBUILD_EVERY: int = 500
 #: engine="auto" runs per point below this many points — with the numba backend
@@ -185,20 +189,22 @@ ENGINE_PROBE_ROWS: int = 2048
 #: ENGINE_AUTO_BACKOFF_MAX (reset by a pass that paid).  Bounds what failed
 #: attempts can cost: at most one (partial) pass per back-off window.
 ENGINE_AUTO_BACKOFF_MIN: int = 4
-ENGINE_AUTO_BACKOFF_MAX: int = 256
+ENGINE_AUTO_BACKOFF_MAX: int = 64
 #: Cost model of engine="auto" (nanoseconds; only ratios matter).  Measured with
-#: benchmarks/bench_engine.py --calibrate (2 threads, N = 2·10⁵, M = L ∈ {2, 4, 8},
-#: clustered and random data; benchmarks/README.md, "Engines"):
-#: per-point evaluation, per point: a·L·M² + c
-ENGINE_COST_DIRECT: tuple = (1.8, 65.0)
+#: ``python benchmarks/bench_engine.py --calibrate`` (2 threads, N = 2·10⁵, three
+#: clusters in R^M, M = L ∈ {2, 4, 8}, spread 0.3 and 3; load 2.6–2.8; per point
+#: direct numba 19 / 102 / 440–465, C 15 / 48 / 121–157, full pass 67 / 128 /
+#: 267–785, re-check 154 / 156 / 360–464 ns; per group assembly 1.26 / 1.28 / 6.4–9.0 µs):
+#: per-point evaluation, per point a·L·M² + c, by backend (others: numba's)
+ENGINE_COST_DIRECT: dict = {"numba": (0.85, 20.0), "c": (0.27, 20.0)}
 #: full pass (groups, margins, buckets), per point: a·L·M² + c
-ENGINE_COST_PASS: tuple = (1.2, 40.0)
+ENGINE_COST_PASS: tuple = (0.45, 70.0)
 #: re-check (gather, forward pass, moves, new generation): per point a·L·M² + c, plus a fixed cost
-ENGINE_COST_RECHECK: tuple = (0.3, 250.0, 1.0e5)
+ENGINE_COST_RECHECK: tuple = (0.5, 150.0, 1.0e5)
 #: assembly, per group: a·L·M³ + c
-ENGINE_COST_GROUP: tuple = (4.0, 1000.0)
+ENGINE_COST_GROUP: tuple = (1.9, 1300.0)
 #: fixed cost of one evaluation from the groups (at-risk search, calls from Python)
-ENGINE_COST_FIXED: float = 3.0e4
+ENGINE_COST_FIXED: float = 4.0e4
 
 #: ``tf.FlowEvaluator`` compares the bytes of this many rows (spread evenly, first
 #: and last included) of X and labels at every call, to catch data changed behind

@@ -83,10 +83,11 @@ def plan(engine: str, bk: Backend, N: int, M: int) -> tuple[str, str | None]:
 class CostModel:
     """Predicted time (ns) of the pieces of an evaluation at sizes N, L, M (``_config.ENGINE_COST_*``)."""
 
-    def __init__(self, N: int, L: int, M: int):
+    def __init__(self, N: int, L: int, M: int, backend: str = "numba"):
         c = _config
         lm2, lm3 = L * M * M, L * M * M * M
-        self.direct = N * (c.ENGINE_COST_DIRECT[0] * lm2 + c.ENGINE_COST_DIRECT[1])
+        a, c0 = c.ENGINE_COST_DIRECT.get(backend, c.ENGINE_COST_DIRECT["numba"])
+        self.direct = N * (a * lm2 + c0)
         self.full_pass = N * (c.ENGINE_COST_PASS[0] * lm2 + c.ENGINE_COST_PASS[1])
         self.recheck_point = c.ENGINE_COST_RECHECK[0] * lm2 + c.ENGINE_COST_RECHECK[1]
         self.recheck_fixed = c.ENGINE_COST_RECHECK[2]
@@ -129,6 +130,7 @@ class Engine:
         self.last = ""              # path of the last evaluation: "direct" or "moments"
         self._exact_at: tuple | None = None   # (R, b) at which the groups were last exact
         self._since_pass = 0        # evaluations served by the current state
+        self._drift = 0             # ... of which after its moments were first updated by moves
         self._credit = 0.0          # auto: ns saved by the current state, minus its pass
         self._spent = 0.0           # predicted ns of the re-checks since the last pass
         self._wait = 0              # auto: per-point evaluations left before the next pass
@@ -212,6 +214,8 @@ class Engine:
         self._count["moment_evaluations"] += 1
         self.last = "moments"
         self._since_pass += 1
+        if self.st.stats["moved_points"]:
+            self._drift += 1
         self._exact_at = (R.copy(), b.copy())
 
     def _drop(self) -> None:
@@ -228,22 +232,21 @@ class Engine:
     def _groups_at(self, R, b) -> bool:
         """Make the groups exact at (R, b) if the policy says so; False: evaluate per point."""
         if self.cost is None:
-            self.cost = CostModel(self.N, R.shape[0], self.M)
+            self.cost = CostModel(self.N, R.shape[0], self.M, self.bk.name)
         auto = self.mode == "auto"
         st = self.st
-        if st is not None and ((self._since_pass >= _config.ENGINE_REBUILD_EVERY and st.stats["moved_points"])
-                               or self._spent >= self.cost.full_pass):
-            # a scheduled pass, not a failure: bounded drift of the moments, or re-checks that have
-            # cost as much as a pass since the last one (ski rental: never more than twice the
-            # better of "re-check" and "rebuild" over any stretch of evaluations)
-            self._drop()
-            return self._pass(R, b)
         if st is not None:
-            G = int(st.G)
-            limit = int(_config.ENGINE_RECHECK_SHARE * self.N)
-            if auto:
-                limit = min(limit, self.cost.recheck_cap(G))
-            idx = self.bk.pattern_at_risk(st, R, b, limit) if limit >= 0 else None
+            # a new pass is due for bounded drift of the moments, or because the re-checks
+            # since the last one cost as much as one (ski rental: never more than twice the
+            # better of "re-check" and "rebuild" over any stretch of evaluations) ...
+            due = self._drift >= _config.ENGINE_REBUILD_EVERY or self._spent >= self.cost.full_pass
+            idx = None
+            if not due:
+                G = int(st.G)
+                limit = int(_config.ENGINE_RECHECK_SHARE * self.N)
+                if auto:
+                    limit = min(limit, self.cost.recheck_cap(G))
+                idx = self.bk.pattern_at_risk(st, R, b, limit) if limit >= 0 else None
             if idx is not None:
                 predicted = self.cost.moments(idx.size, G)
                 if auto and predicted >= self.cost.direct:
@@ -255,13 +258,13 @@ class Engine:
                     self._spent += self.cost.recheck_fixed + self.cost.recheck_point * done
                 self._credit += self.cost.direct - predicted
                 return True
+            # ... or too many points are at risk.  auto rebuilds only if the last pass paid for itself
             paid = self._credit >= 0.0
             self._drop()
             if auto and not paid:
                 self._back_off()
                 return False
-            if paid:
-                self._backoff = _config.ENGINE_AUTO_BACKOFF_MIN
+            self._backoff = _config.ENGINE_AUTO_BACKOFF_MIN
             return self._pass(R, b)
         if self._wait > 0:
             self._wait -= 1
@@ -283,6 +286,7 @@ class Engine:
         self.st = st
         self._count["rebuilds"] += 1
         self._since_pass = 0
+        self._drift = 0
         self._spent = 0.0
         self._credit = self.cost.direct - self.cost.full_pass - self.cost.moments(0, int(st.G))
         return True

@@ -356,13 +356,19 @@ def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray, *, limit: int | None
     _r.reference_coefficients(R, b, Rs, bs, nus, bns, _config.PATTERN_ROUNDING_FACTOR, A, C0, kap, Ar, Cp)
     found = []
     left = -1 if limit is None else int(limit)
+    nu_now = None
     for i, gen in enumerate(st.gens):
-        if gen.centred:  # the pattern-affine bound, one constant per slot
-            C = np.empty(gen.slot_gid.shape[0])
-            _r.slot_constants(R, b, gen.R, gen.b, gen.centres, gen.keys, float(Ar[i]), float(Cp[i]), C)
-            Ad, Arho = float(kap[i]), float(Ar[i])
+        if gen.centred:  # the pattern-affine bound, one constant (and κ) per slot
+            S = gen.slot_gid.shape[0]
+            C, Ad = np.empty(S), np.empty(S)
+            exact = S * st.L * st.M ** 3 <= _config.PATTERN_EXACT_KAPPA_WORK
+            if nu_now is None:
+                nu_now = _norm_bound(R)
+            _r.slot_constants(R, b, gen.R, gen.b, gen.centres, gen.keys, float(Ar[i]), float(Cp[i]),
+                              max(nu_now, float(nus[i])), float(kap[i]), exact, C, Ad)
+            Arho = float(Ar[i])
         else:  # the Lipschitz bound in ρ
-            C, Ad, Arho = np.array([C0[i]]), 0.0, float(A[i])
+            C, Ad, Arho = np.array([C0[i]]), np.zeros(1), float(A[i])
         f = _r.risk_scan(Ad, Arho, C, _SHRINK, *gen.summary, gen.idx, gen.m, gen.rho, gen.d, st.gen_of, gen.gid, left)
         if left >= 0:
             if f.size > left:

@@ -29,7 +29,7 @@ def risk_scan(Ad, Ar, C, shrink, summary_starts, bmin, bmaxr, bmaxd, slot_b, srh
               gen_id, limit):
     """Points of one generation that the bound cannot prove safe, in entry order.
 
-    Entry k of slot s is safe when ``Ad δ_k + Ar ρ_k + C[s] < m_k · shrink``.
+    Entry k of slot s is safe when ``Ad[s] δ_k + Ar ρ_k + C[s] < m_k · shrink``.
     Inside a slot, buckets come in increasing m: the scan stops at the first
     bucket whose smallest margin beats the bound for the slot's largest δ and
     ρ (every later bucket of the slot is then safe), skips buckets safe for
@@ -41,7 +41,7 @@ def risk_scan(Ad, Ar, C, shrink, summary_starts, bmin, bmaxr, bmaxd, slot_b, srh
     qend = np.empty(S, np.int64)
     total = 0
     for s in range(S):
-        lim = Ad * sd[s] + Ar * srho[s] + C[s]
+        lim = Ad[s] * sd[s] + Ar * srho[s] + C[s]
         q = slot_b[s]
         while q < slot_b[s + 1] and not (lim < bmin[q] * shrink):
             q += 1
@@ -51,14 +51,15 @@ def risk_scan(Ad, Ar, C, shrink, summary_starts, bmin, bmaxr, bmaxd, slot_b, srh
     no = 0
     for s in range(S):
         c = C[s]
+        a = Ad[s]
         for q in range(slot_b[s], qend[s]):
-            if Ad * bmaxd[q] + Ar * bmaxr[q] + c < bmin[q] * shrink:
+            if a * bmaxd[q] + Ar * bmaxr[q] + c < bmin[q] * shrink:
                 continue
             for k in range(summary_starts[q], summary_starts[q + 1]):
                 p = idx[k]
                 if gen_of[p] != gen_id:
                     continue
-                if not (Ad * np.float64(d[k]) + Ar * np.float64(rho[k]) + c < np.float64(m[k]) * shrink):
+                if not (a * np.float64(d[k]) + Ar * np.float64(rho[k]) + c < np.float64(m[k]) * shrink):
                     out[no] = p
                     no += 1
                     if no == limit + 1:
@@ -182,15 +183,18 @@ def rounding_coefficients(L, M, nu, bnorm, rounding):
 
 
 @njit(cache=True, nogil=True)
-def _pattern_pre(R, b, c, key, u):
-    """Pre-activations u (L, M) of the pattern-``key`` affine maps at the point c, and max_ℓ |z_ℓ| (|c| included).
+def _pattern_pre(R, b, c, key, u, K, want_K):
+    """Pre-activations u (L, M) of the pattern-``key`` affine maps at the point c, and max_ℓ |z_ℓ| (|c| included);
+    with ``want_K`` also their linear parts K (L, M, M), u_ℓ = K_ℓ x + k_ℓ.
 
     z_0 = c; v = R_ℓ z; u_ℓ = v + b_ℓ; t = v where the key's bit is set, −b_ℓ elsewhere;
-    z_ℓ = R_ℓᵀ t — the forward pass of §5 with the pattern imposed, whatever c's own pattern.
+    z_ℓ = R_ℓᵀ t — the forward pass of §5 with the pattern imposed, whatever c's own
+    pattern; K_ℓ = R_ℓ A_{ℓ−1}, A_ℓ = R_ℓᵀ diag(h_ℓ) K_ℓ, A_0 = I.
     """
     L, M = b.shape
     z = c.copy()
     t = np.empty(M)
+    A = np.eye(M)
     zm = 0.0
     for i in range(M):
         zm += z[i] * z[i]
@@ -210,25 +214,46 @@ def _pattern_pre(R, b, c, key, u):
             z[k] = s
             n2 += s * s
         zm = max(zm, np.sqrt(n2))
+        if want_K:
+            for i in range(M):
+                for j in range(M):
+                    s = 0.0
+                    for k in range(M):
+                        s += R[l, i, k] * A[k, j]
+                    K[l, i, j] = s
+            for k in range(M):
+                for j in range(M):
+                    s = 0.0
+                    for i in range(M):
+                        if (key[l] >> np.uint64(i)) & np.uint64(1):
+                            s += R[l, i, k] * K[l, i, j]
+                    A[k, j] = s
     return zm
 
 
 @njit(cache=True, nogil=True)
-def slot_constants(R, b, Rc, bc, centres, keys, Ar, Cp, out):
-    """C[s] of the pattern-affine test for every slot: Δ_s (1 + 10⁻¹²) + Ar ρ_c + 2 Cp.
+def slot_constants(R, b, Rc, bc, centres, keys, Ar, Cp, nu, kappa, exact, out, kap):
+    """C[s] and κ[s] of the pattern-affine test for every slot.
 
-    Δ_s = max_ℓ |U_ℓ(c_s; θ) − U_ℓ(c_s; θᶜ)|_∞ with U the pattern-affine
-    pre-activations of the slot's group (``_pattern_pre``) at the current state
-    θ = (R, b) and the reference θᶜ = (Rc, bc); ρ_c the larger of the two
-    passes' max |z_ℓ|.  The two computed passes of c are off by at most the
+    C[s] = Δ_s (1 + 10⁻¹²) + Ar ρ_c + 2 Cp with Δ_s = max_ℓ |U_ℓ(c_s; θ) − U_ℓ(c_s; θᶜ)|_∞,
+    U the pattern-affine pre-activations of the slot's group (``_pattern_pre``) at
+    the current state θ = (R, b) and the reference θᶜ = (Rc, bc), ρ_c the larger of
+    the two passes' max |z_ℓ|: the two computed passes of c are off by at most the
     rounding of a point with ρ = ρ_c (Ar ρ_c + Cp), the point's own by Ar ρ + Cp.
+    κ[s] = the generation's ``kappa`` ((2L − 1) ν^{2L−2} ε), or with ``exact``
+    max_ℓ ‖K_ℓ(θ) − K_ℓ(θᶜ)‖_F computed, plus its rounding 16 L M² u ν^{2L}
+    (each computed entry of K is off by ≤ 2 L M u ν^{2L}, at two states), never
+    above ``kappa``.
     """
     L, M = b.shape
     u = np.empty((L, M))
     uc = np.empty((L, M))
+    K1 = np.empty((L, M, M))
+    K0 = np.empty((L, M, M))
+    slack = 16.0 * L * M * M * _U * nu ** (2 * L)
     for s in range(centres.shape[0]):
-        z1 = _pattern_pre(R, b, centres[s], keys[s], u)
-        z0 = _pattern_pre(Rc, bc, centres[s], keys[s], uc)
+        z1 = _pattern_pre(R, b, centres[s], keys[s], u, K1, exact)
+        z0 = _pattern_pre(Rc, bc, centres[s], keys[s], uc, K0, exact)
         dl = 0.0
         for l in range(L):
             for i in range(M):
@@ -236,3 +261,16 @@ def slot_constants(R, b, Rc, bc, centres, keys, Ar, Cp, out):
         out[s] = dl * (1.0 + 1e-12) + Ar * max(z0, z1) + 2.0 * Cp
         if not np.isfinite(out[s]):
             out[s] = np.inf
+        kap[s] = kappa
+        if exact:
+            worst = 0.0
+            for l in range(L):
+                f = 0.0
+                for i in range(M):
+                    for j in range(M):
+                        dd = K1[l, i, j] - K0[l, i, j]
+                        f += dd * dd
+                worst = max(worst, np.sqrt(f))
+            kx = worst * INFLATE + slack
+            if kx < kappa:
+                kap[s] = kx
