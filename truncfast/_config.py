@@ -154,6 +154,9 @@ PATTERN_ROUNDING_FACTOR: float = 32.0
 #: (the Lipschitz bound of docs/theory.md §11 in ρ).  Each at-risk search costs
 #: O(slots · L M²) per generation.
 PATTERN_CENTRED_MAX_SLOTS: int = 1024
+#: A new generation is sorted by (slot, margin bucket) in one counting sort when
+#: slots × 2048 buckets stay within this many keys (else: by bucket, then by slot).
+PATTERN_SORT_KEYS_MAX: int = 1 << 16
 #: The at-risk search computes each slot's ‖K_ℓ(θ) − K_ℓ(θᶜ)‖ exactly (instead of the
 #: bound (2L − 1) ν^{2L−2} ε) while slots · L · M³ stays below this (flops per generation
 #: and state: ~2 per unit).  Exact κ is 3× smaller for a group fully truncated at layer 1.
@@ -200,7 +203,7 @@ ENGINE_COST_DIRECT: dict = {"numba": (0.85, 20.0), "c": (0.27, 20.0)}
 #: full pass (groups, margins, buckets), per point: a·L·M² + c
 ENGINE_COST_PASS: tuple = (0.45, 70.0)
 #: re-check (gather, forward pass, moves, new generation): per point a·L·M² + c, plus a fixed cost
-ENGINE_COST_RECHECK: tuple = (0.5, 150.0, 1.0e5)
+ENGINE_COST_RECHECK: tuple = (0.5, 250.0, 1.0e5)
 #: assembly, per group: a·L·M³ + c
 ENGINE_COST_GROUP: tuple = (1.9, 1300.0)
 #: fixed cost of one evaluation from the groups (at-risk search, calls from Python)

@@ -107,6 +107,36 @@ def _scatter_range(mbits, m, rho, d, slot, ids, lo, hi, pos, oi, om, orho, od, o
 
 
 @njit(cache=True, nogil=True)
+def _key_range(X, gids, slot_of, centres, centred, mbits, lo, hi, hist, d32, keys):
+    """Entries lo..hi-1: δ (when ``centred``) and the sort key slot·NBUCKETS + bucket, counted in ``hist``."""
+    M = X.shape[1]
+    for k in range(lo, hi):
+        s = slot_of[gids[k]] if centred else 0
+        if centred:
+            acc = 0.0
+            for i in range(M):
+                t = X[k, i] - centres[s, i]
+                acc += t * t
+            d32[k] = _up32(np.sqrt(acc) * (1.0 + 1e-12))
+        key = s * NBUCKETS + (mbits[k] >> BUCKET_SHIFT)
+        keys[k] = key
+        hist[key] += 1
+
+
+@njit(cache=True, nogil=True)
+def _scatter_keys(keys, m, rho, d, ids, lo, hi, pos, oi, om, orho, od):
+    """Stable counting-sort scatter by key of entries lo..hi-1 (point id ids[n], or n when ids is empty)."""
+    ident = ids.shape[0] == 0
+    for n in range(lo, hi):
+        j = pos[keys[n]]
+        pos[keys[n]] = j + 1
+        oi[j] = n if ident else ids[n]
+        om[j] = m[n]
+        orho[j] = rho[n]
+        od[j] = d[n]
+
+
+@njit(cache=True, nogil=True)
 def _sort_by_slot(S, idx, m, rho, d, slot):
     """Stable counting sort of the (bucket-sorted) entries by slot; returns the sorted arrays and slot starts."""
     K = idx.shape[0]
@@ -228,30 +258,47 @@ def make_generation(st, R, b, m32, rho32, ids, Xrows, chunk: int, gen_id: int, n
     bounds = chunk_pieces(max(1, (K + chunk - 1) // chunk), chunk, K)
     P = bounds.shape[0] - 1
     d32 = np.zeros(K, np.float32)
+    mbits = m32.view(np.uint32)
+    idx, m, rho, d = np.empty(K, np.int32), np.empty(K, np.float32), np.empty(K, np.float32), np.empty(K, np.float32)
     if centred:
         slot_of[present] = np.arange(S, dtype=np.int32)
         centres = st.tmean[present].copy()
-
-        def dist(a, c, _):
-            for r in range(a, c):
-                delta_range(Xrows, np.empty(0, np.int64), gids, slot_of, centres, bounds[r], bounds[r + 1], d32)
-
-        parallel.run_ranges(dist, 0, P)
-        slot = slot_of[gids]
     else:
+        centres = np.zeros((1, st.M))
+    if S * NBUCKETS <= _config.PATTERN_SORT_KEYS_MAX:
+        # one stable counting sort on (slot, bucket), fused with the distances to the centres
+        keys = np.empty(K, np.int64)
+        hist = np.zeros((P, S * NBUCKETS), np.int64)
+        parallel.run_ranges(lambda a, c, _: [_key_range(Xrows, gids, slot_of, centres, centred, mbits, bounds[r],
+                                                        bounds[r + 1], hist[r], d32, keys) for r in range(a, c)], 0, P)
+        total = hist.sum(axis=0)
+        first = np.concatenate(([0], np.cumsum(total)[:-1]))
+        pos = first[None, :] + np.cumsum(hist, axis=0) - hist
+        parallel.run_ranges(lambda a, c, _: [_scatter_keys(keys, m32, rho32, d32, ids, bounds[r], bounds[r + 1],
+                                                            pos[r], idx, m, rho, d) for r in range(a, c)], 0, P)
+        sstart = np.append(first[::NBUCKETS], K).astype(np.int64)
+    else:
+        if centred:
+            def dist(a, c, _):
+                for r in range(a, c):
+                    delta_range(Xrows, np.empty(0, np.int64), gids, slot_of, centres, bounds[r], bounds[r + 1], d32)
+
+            parallel.run_ranges(dist, 0, P)
+            slot = slot_of[gids]
+        else:
+            slot = np.zeros(K, np.int32)
+        hist = np.zeros((P, NBUCKETS), np.int64)
+        parallel.run_ranges(lambda a, c, _: [_hist_range(mbits, bounds[r], bounds[r + 1], hist[r])
+                                             for r in range(a, c)], 0, P)
+        total = hist.sum(axis=0)
+        pos = np.concatenate(([0], np.cumsum(total)[:-1]))[None, :] + np.cumsum(hist, axis=0) - hist
+        oslot = np.empty(K, np.int32)
+        parallel.run_ranges(lambda a, c, _: [_scatter_range(mbits, m32, rho32, d32, slot, ids, bounds[r],
+                                                             bounds[r + 1], pos[r], idx, m, rho, d, oslot)
+                                             for r in range(a, c)], 0, P)
+        idx, m, rho, d, sstart = _sort_by_slot(S, idx, m, rho, d, oslot)
+    if not centred:
         centres = np.zeros((0, st.M))
-        slot = np.zeros(K, np.int32)
-    mbits = m32.view(np.uint32)
-    hist = np.zeros((P, NBUCKETS), np.int64)
-    parallel.run_ranges(lambda a, c, _: [_hist_range(mbits, bounds[r], bounds[r + 1], hist[r]) for r in range(a, c)],
-                        0, P)
-    total = hist.sum(axis=0)
-    pos = np.concatenate(([0], np.cumsum(total)[:-1]))[None, :] + np.cumsum(hist, axis=0) - hist
-    idx, m, rho, d, oslot = (np.empty(K, np.int32), np.empty(K, np.float32), np.empty(K, np.float32),
-                             np.empty(K, np.float32), np.empty(K, np.int32))
-    parallel.run_ranges(lambda a, c, _: [_scatter_range(mbits, m32, rho32, d32, slot, ids, bounds[r], bounds[r + 1],
-                                                         pos[r], idx, m, rho, d, oslot) for r in range(a, c)], 0, P)
-    idx, m, rho, d, sstart = _sort_by_slot(S, idx, m, rho, d, oslot)
     summary = summarise(m, rho, d, sstart)
     return Generation(gen_id, R.copy(), b.copy(), idx, m, rho, d, centred,
                       present.astype(np.int64) if centred else np.zeros(0, np.int64), centres,
