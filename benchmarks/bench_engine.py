@@ -4,6 +4,7 @@ Run:  python benchmarks/bench_engine.py                      (every case, N = 10
       python benchmarks/bench_engine.py --cases paper2d,r3   (some cases)
       python benchmarks/bench_engine.py --quick              (N / 100: checks the script in a minute)
       python benchmarks/bench_engine.py --calibrate          (the cost model's constants, _config.ENGINE_COST_*)
+      python benchmarks/bench_engine.py --drift              (drift of moved moments without rebuilds)
 
 Cases (each in this process, one after the other, on the same data; times are
 wall clock of whole ``tf.integrate`` calls, after a warm-up that loads the
@@ -164,6 +165,64 @@ def calibrate(n: int) -> None:
               f"load {load()}", flush=True)
 
 
+def drift(n: int, steps: int) -> None:
+    """How far moments updated by moves drift from the data when nothing rebuilds them.
+
+    Three clusters in the plane, spread 0.3 (points keep crossing boundaries),
+    engine="moments" with ENGINE_REBUILD_EVERY and the ski-rental rebuild off;
+    every 250 evaluations: the right-hand side against the per-point kernel, in
+    units of the operand-magnitude scale of tests/test_engines.py, and each
+    group's mean and scatter against a fresh full pass.
+    """
+    import sys
+
+    from truncfast import _config
+    from truncfast._flow import engines
+    from truncfast._flow.gradient import euclid_general
+    from truncfast._kernels import pattern_state as ps
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests"))
+    from test_engines import term_scales
+
+    _config.ENGINE_REBUILD_EVERY = 10**9
+    _config.ENGINE_RECHECK_SHARE = 1.0
+    q = make_problem("clusters", n=n, dim=2, clusters=3, spread=0.3, seed=0)
+    rows = []
+    orig_pass = engines.Engine._pass
+
+    def once(self, R, b):  # after the first pass, re-checks never "cost as much as a pass"
+        out = orig_pass(self, R, b)
+        self.cost.full_pass = float("inf")
+        return out
+
+    engines.Engine._pass = once
+
+    def hook(e, R, b, loss, gb, om):
+        k = e._count["moment_evaluations"]
+        if e.last != "moments" or k % 250:
+            return
+        l0, gb0, om0, _, _ = euclid_general(e.bk, R, b, q.X, q.labels, q.targets, True)
+        sc = term_scales(R, b, q.X, q.labels, q.targets)
+        err = max(abs(loss - l0) / sc[0], np.linalg.norm(gb - gb0) / np.linalg.norm(sc[1]),
+                  np.linalg.norm(om - om0) / np.linalg.norm(sc[2]))
+        fresh = ps.full_pass(R, b, q.X, q.labels, q.targets.shape[0])
+        key = {(tuple(pt), int(lb)): g for g, (pt, lb) in enumerate(zip(fresh.patterns.tolist(), fresh.label.tolist()))}
+        dm = ds = 0.0
+        st = e.st
+        for g in np.flatnonzero(st.n):
+            f = key[(tuple(st.patterns[g].tolist()), int(st.label[g]))]
+            dm = max(dm, float(np.abs(st.mean[g] - fresh.mean[f]).max()) / max(1.0, float(np.abs(q.X).max())))
+            ds = max(ds, float(np.abs(st.scatter[g] - fresh.scatter[f]).max()) / (st.n[g] * float(np.abs(q.X).max()) ** 2))
+        rows.append((k, e.st.stats["moved_points"], err, dm, ds))
+        print(f"  evaluation {k}: {e.st.stats['moved_points']} moves since the pass; RHS error {err:.2e} of the term "
+              f"scale; mean drift {dm:.2e} (of max |x|), scatter drift {ds:.2e} (of n max|x|²)", flush=True)
+
+    engines._verify = hook
+    tf.integrate(q.R0, q.b0, q.X, q.labels, q.targets, dt=0.05, steps=steps, engine="moments", record_every=steps)
+    engines._verify = None
+    engines.Engine._pass = orig_pass
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -175,6 +234,7 @@ def main() -> None:
     ap.add_argument("--cases", default="paper2d,r3,random,collapsed,numba_vs_c")
     ap.add_argument("--quick", action="store_true", help="N / 100 (the per-step case N / 1000)")
     ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--drift", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     scale = 100 if args.quick else 1
@@ -182,6 +242,9 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, load {load()}", flush=True)
     if args.calibrate:
         calibrate(200_000 // scale)
+        return
+    if args.drift:
+        drift(20_000 // scale * 10 if args.quick else 20_000, 3000)
         return
     results = []
     cases = args.cases.split(",")

@@ -309,6 +309,7 @@ def test_auto_backs_off_after_passes_that_do_not_pay(monkeypatch):
     """A cap of 1 group makes every pass fail: attempts thin out (back-off), never once per step."""
     small_sizes(monkeypatch)
     monkeypatch.setattr(engines.CostModel, "group_cap", lambda self: 1)
+    monkeypatch.setattr(_config, "ENGINE_HYBRID_GROUP_SHARE", 0.0)
     monkeypatch.setattr(engines.Engine, "_too_many_groups", lambda self, R, b, cap: False)
     R, b, X, labels, T = _r3(3000)
     tr = tf.integrate(R, b, X, labels, T, dt=0.05, steps=200, engine="auto")
@@ -374,3 +375,20 @@ def test_edge_cases_single_point_and_one_distinct_point(verify):
         tr = tf.integrate(R, b, X, labels, T, dt=0.05, steps=30, engine="moments")
         chk.assert_ok(moments_at_least=31)
         assert tr.engine_stats["groups"] == 1
+
+
+def test_hybrid_evaluations_are_exact(verify, monkeypatch, rng):
+    """Groups below the cost threshold per point, the others from their moments, in one evaluation."""
+    # a group costs 3 points (groups of < 3 points run per point), splitting is free
+    monkeypatch.setattr(_config, "ENGINE_COST_DIRECT", {"numba": (0.0, 40.0), "c": (0.0, 40.0)})
+    monkeypatch.setattr(_config, "ENGINE_COST_GROUP", (0.0, 120.0))
+    monkeypatch.setattr(_config, "ENGINE_COST_SPLIT", (0.0, 0.0, 0.0))
+    R, b, X, labels, T = _r3(3000)
+    X = np.concatenate([X, 4.0 * rng.standard_normal((300, 3))])  # scattered points: many small groups
+    labels = np.concatenate([labels, rng.integers(0, 3, 300)])
+    chk = verify(X, labels, T)
+    tr = tf.integrate(R, b, X, labels, T, dt=0.05, steps=300, engine="auto", record_every=50)
+    chk.assert_ok(moments_at_least=100)
+    st = tr.engine_stats
+    assert st["hybrid_evaluations"] > 100 and 0 < st["hybrid_points"] < st["hybrid_evaluations"] * X.shape[0], st
+    _close(tr, tf.integrate(R, b, X, labels, T, dt=0.05, steps=300, engine="direct", record_every=50))

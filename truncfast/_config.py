@@ -208,6 +208,13 @@ ENGINE_COST_RECHECK: tuple = (0.5, 250.0, 1.0e5)
 ENGINE_COST_GROUP: tuple = (1.9, 1300.0)
 #: fixed cost of one evaluation from the groups (at-risk search, calls from Python)
 ENGINE_COST_FIXED: float = 4.0e4
+#: hybrid evaluation (``_flow/engine_hybrid.py``): finding the small groups' points, per point
+#: of the data; gathering them, per small-group point; the extra per-point call
+ENGINE_COST_SPLIT: tuple = (1.5, 15.0, 3.0e4)
+#: engine="auto" lets a full pass keep up to this share of N groups (the probe before it
+#: still needs the sample to show fewer than the pure assembly's cap): the hybrid
+#: evaluation uses states with many small groups.
+ENGINE_HYBRID_GROUP_SHARE: float = 0.25
 
 #: ``tf.FlowEvaluator`` compares the bytes of this many rows (spread evenly, first
 #: and last included) of X and labels at every call, to catch data changed behind

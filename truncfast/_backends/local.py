@@ -131,10 +131,10 @@ class LocalBackend(Backend):
 
         return pattern_state.recheck(state, idx, R, b, X, labels, backend=self._patterns())
 
-    def pattern_assemble(self, state, R, b, targets):
+    def pattern_assemble(self, state, R, b, targets, counts=None):
         from truncfast._kernels import pattern_state
 
-        return pattern_state.assemble(state, R, b, targets, backend=self._patterns())
+        return pattern_state.assemble(state, R, b, targets, backend=self._patterns(), counts=counts)
 
     def pattern_counts(self, state) -> np.ndarray:
         from truncfast._kernels import pattern_state

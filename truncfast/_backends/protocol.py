@@ -136,8 +136,9 @@ class Backend(abc.ABC):
         returns how many moved."""
         raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
 
-    def pattern_assemble(self, state, R, b, targets):
-        """``(loss, grad_b, omega)`` of the Euclidean loss from the groups, divided by N (§11)."""
+    def pattern_assemble(self, state, R, b, targets, counts=None):
+        """``(loss, grad_b, omega)`` of the Euclidean loss from the groups, divided by N (§11);
+        ``counts`` replaces the groups' counts (0 leaves a group out)."""
         raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
 
     def pattern_counts(self, state) -> np.ndarray:

@@ -14,7 +14,9 @@
 * ``"auto"``: the moments engine whenever it is predicted cheaper, per
   evaluation, from the current counts (:class:`CostModel`, constants in
   ``_config``): with G groups and K points at risk, ``fixed + G·group +
-  K·recheck`` against ``N·point``.  A full pass is an investment: when the
+  K·recheck`` against ``N·point`` — or the *hybrid* evaluation
+  (``engine_hybrid``): groups smaller than ``group/point`` points per point,
+  the others from their moments, in one evaluation.  A full pass is an investment: when the
   groups it built go stale before the evaluations they served paid for it,
   auto runs per point for a back-off window (doubling, bounded) before trying
   again, and the pass itself gives up beyond the number of groups at which
@@ -43,6 +45,7 @@ import numpy as np
 from truncfast import _config
 from truncfast._backends.protocol import Backend
 from truncfast._errors import InputError
+from truncfast._flow.engine_hybrid import SmallGroups
 from truncfast._flow.gradient import euclid_general
 
 __all__ = ["ENGINES", "CostModel", "Engine", "check_engine", "merge_stats", "plan", "separated_from_groups"]
@@ -93,11 +96,25 @@ class CostModel:
         self.recheck_fixed = c.ENGINE_COST_RECHECK[2]
         self.group = c.ENGINE_COST_GROUP[0] * lm3 + c.ENGINE_COST_GROUP[1]
         self.fixed = c.ENGINE_COST_FIXED
+        self.point = a * lm2 + c0
+        self.N = N
 
     def moments(self, at_risk: int, groups: int) -> float:
         """One evaluation from the groups with ``at_risk`` points to re-check."""
         recheck = self.recheck_fixed + self.recheck_point * at_risk if at_risk else 0.0
         return self.fixed + self.group * groups + recheck
+
+    def hybrid(self, at_risk: int, big: int, small_points: int, gather: bool) -> float:
+        """One hybrid evaluation: ``big`` groups from their moments, ``small_points`` points per point,
+        the rows of the small groups found and gathered again when ``gather``."""
+        recheck = self.recheck_fixed + self.recheck_point * at_risk if at_risk else 0.0
+        split = _config.ENGINE_COST_SPLIT
+        regather = split[0] * self.N + split[1] * small_points if gather else 0.0
+        return self.fixed + split[2] + self.group * big + self.point * small_points + recheck + regather
+
+    def small_group(self) -> int:
+        """Groups with fewer points than this are cheaper per point than from their moments."""
+        return int(np.ceil(self.group / self.point))
 
     def group_cap(self) -> int:
         """Most groups for which the assembly costs ``ENGINE_AUTO_GROUP_SHARE`` of a per-point evaluation."""
@@ -135,15 +152,20 @@ class Engine:
         self._spent = 0.0           # predicted ns of the re-checks since the last pass
         self._wait = 0              # auto: per-point evaluations left before the next pass
         self._backoff = _config.ENGINE_AUTO_BACKOFF_MIN
-        self._count = dict.fromkeys(("direct_evaluations", "moment_evaluations", "rebuilds", "failed_rebuilds",
-                                     "rechecked_points", "moved_points"), 0)
+        self._split: SmallGroups | None = None   # auto: the small groups of the hybrid evaluation
+        self._hybrid = False        # auto: the next evaluation from the groups is hybrid
+        self._count = dict.fromkeys(("direct_evaluations", "moment_evaluations", "hybrid_evaluations",
+                                     "hybrid_points", "rebuilds", "failed_rebuilds", "rechecked_points",
+                                     "moved_points"), 0)
 
     # ----------------------------------------------------------- public ---
     @property
     def stats(self) -> dict:
         """``groups`` (non-empty groups of the current state, 0 without one), ``rechecked_points``,
         ``moved_points``, ``rebuilds`` (full passes), ``failed_rebuilds`` (passes that gave up
-        beyond the group cap), ``direct_evaluations``, ``moment_evaluations``, ``engine`` (what ran:
+        beyond the group cap), ``direct_evaluations``, ``moment_evaluations`` (from the groups; of
+        which ``hybrid_evaluations`` ran the small groups per point, ``hybrid_points`` points in
+        all), ``engine`` (what ran:
         "direct", "moments" or "auto") and ``fallback`` (why a request runs "direct", or None)."""
         out = dict(self._count)
         if self.st is not None:
@@ -162,7 +184,12 @@ class Engine:
         """``(loss, grad_b, omega)`` at (R, b), divided by N (grad_b, omega None when not ``want_grad``
         and the per-point path ran)."""
         if self.mode != "direct" and self._groups_at(R, b):
-            out = self.bk.pattern_assemble(self.st, R, b, self.targets)
+            if self._hybrid:
+                out = self._split.evaluate(self.bk, self.st, R, b, self.X, self.labels, self.targets)
+                self._count["hybrid_evaluations"] += 1
+                self._count["hybrid_points"] += int(self._split.rows.shape[0])
+            else:
+                out = self.bk.pattern_assemble(self.st, R, b, self.targets)
             self._served(R, b)
         else:
             out = self._direct(R, b, want_grad)
@@ -223,6 +250,7 @@ class Engine:
             self._count["rechecked_points"] += int(self.st.stats["rechecked_points"])
             self._count["moved_points"] += int(self.st.stats["moved_points"])
         self.st = None
+        self._split = None
         self._exact_at = None
 
     def _back_off(self) -> None:
@@ -248,7 +276,13 @@ class Engine:
                     limit = min(limit, self.cost.recheck_cap(G))
                 idx = self.bk.pattern_at_risk(st, R, b, limit) if limit >= 0 else None
             if idx is not None:
-                predicted = self.cost.moments(idx.size, G)
+                predicted = self.cost.moments(idx.size, int(st.num_groups))
+                self._hybrid = False
+                if auto and self._split is not None:
+                    big, small_points = self._split.sizes(st)
+                    hybrid = self.cost.hybrid(idx.size, big, small_points, bool(idx.size) or self._split.stale(st))
+                    self._hybrid = hybrid < predicted
+                    predicted = min(predicted, hybrid)
                 if auto and predicted >= self.cost.direct:
                     return False  # the state stays a valid proof relative to its references
                 if idx.size:
@@ -278,6 +312,8 @@ class Engine:
             if cap < 1 or self._too_many_groups(R, b, cap):
                 self._back_off()
                 return False
+            # the hybrid evaluation can use states with more groups than the pure assembly
+            cap = max(cap, int(_config.ENGINE_HYBRID_GROUP_SHARE * self.N))
         st = self.bk.pattern_pass(R, b, self.X, self.labels, self.Q, cap)
         if st is None:  # more groups than the cap (auto) or the memory guard
             self._count["failed_rebuilds"] += 1
@@ -288,7 +324,16 @@ class Engine:
         self._since_pass = 0
         self._drift = 0
         self._spent = 0.0
-        self._credit = self.cost.direct - self.cost.full_pass - self.cost.moments(0, int(st.G))
+        pure = self.cost.moments(0, int(st.G))
+        self._hybrid = False
+        self._split = None
+        if self.mode == "auto":
+            self._split = SmallGroups(st, self.cost.small_group())
+            big, small_points = self._split.sizes(st)
+            hybrid = self.cost.hybrid(0, big, small_points, True)
+            self._hybrid = hybrid < pure
+            pure = min(pure, hybrid)
+        self._credit = self.cost.direct - self.cost.full_pass - pure
         return True
 
     def _too_many_groups(self, R, b, cap: int) -> bool:

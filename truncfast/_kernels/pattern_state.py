@@ -448,8 +448,11 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
 
 
 def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray, *,
-             backend: str = "numba") -> tuple[float, np.ndarray, np.ndarray]:
+             backend: str = "numba", counts: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """(loss, grad_b, omega) of the Euclidean loss from the groups (§11), as ``tf.gradient`` returns them.
+
+    ``counts`` (capacity-sized int64, default ``st.tn``) replaces the groups'
+    counts: groups given 0 are left out (the hybrid evaluation sums them per point).
 
     ``C_E = 1/(2N) Σ [n |ē|² + tr(A_L C A_Lᵀ)]``, ``grad_b = −1/N Σ n (1 − h_ℓ) ⊙ r̄_ℓ``,
     ``omega = P_A(G)/N`` with ``G_ℓ = Σ n ((h ⊙ r̄) v̄ᵀ − r̄ t̄ᵀ) + [D_ℓ, F_r C F_vᵀ]``.
@@ -458,14 +461,15 @@ def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray
     G = st.G
     blk = _config.PATTERN_ASSEMBLY_BLOCK
     N = st.N
+    tn = st.tn if counts is None else counts
     if backend == "c":
-        loss, gb, Gm = _c_kernels().assemble(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, blk)
+        loss, gb, Gm = _c_kernels().assemble(R, b, targets, st.keys, st.labs, tn, st.tmean, st.tscat, G, blk)
         return loss / N, gb / N, 0.5 * (Gm - np.swapaxes(Gm, 1, 2)) / N
     nblk = max(1, (G + blk - 1) // blk)
     ploss, pgb, pG = np.empty((nblk, 1)), np.empty((nblk, L, M)), np.empty((nblk, L, M, M))
 
     def run(a, c, _):
-        _a.assemble_range(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, a, c, blk, 0,
+        _a.assemble_range(R, b, targets, st.keys, st.labs, tn, st.tmean, st.tscat, G, a, c, blk, 0,
                           ploss[:, 0], pgb, pG)
 
     if nblk == 1:
