@@ -267,7 +267,7 @@ def make_generation(st, R, b, m32, rho32, ids, Xrows, chunk: int, gen_id: int, n
         centres = np.zeros((1, st.M))
     if S * NBUCKETS <= _config.PATTERN_SORT_KEYS_MAX:
         # one stable counting sort on (slot, bucket), fused with the distances to the centres
-        keys = np.empty(K, np.int64)
+        keys = np.empty(K, np.int32)  # < PATTERN_SORT_KEYS_MAX
         hist = np.zeros((P, S * NBUCKETS), np.int64)
         parallel.run_ranges(lambda a, c, _: [_key_range(Xrows, gids, slot_of, centres, centred, mbits, bounds[r],
                                                         bounds[r + 1], hist[r], d32, keys) for r in range(a, c)], 0, P)
