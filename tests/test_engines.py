@@ -102,7 +102,9 @@ class Checker:
 
 
 def small_sizes(monkeypatch):
-    """Let auto use groups at test sizes (a few thousand points): no size floor, no fixed costs."""
+    """Let auto use groups at test sizes (a few thousand points): no compiled step loop, no size
+    floor, no fixed costs."""
+    monkeypatch.setattr(_config, "COMPILED_LOOP_MAX_N", -1)
     monkeypatch.setattr(_config, "ENGINE_AUTO_MIN_N", 0)
     monkeypatch.setattr(_config, "ENGINE_COST_FIXED", 0.0)
     monkeypatch.setattr(_config, "ENGINE_COST_RECHECK", _config.ENGINE_COST_RECHECK[:2] + (0.0,))
