@@ -196,18 +196,20 @@ ENGINE_PROBE_ROWS: int = 2048
 ENGINE_AUTO_BACKOFF_MIN: int = 4
 ENGINE_AUTO_BACKOFF_MAX: int = 64
 #: Cost model of engine="auto" (nanoseconds; only ratios matter).  Measured with
-#: ``python benchmarks/bench_engine.py --calibrate`` (2 threads, N = 2·10⁵, three
-#: clusters in R^M, M = L ∈ {2, 4, 8}, spread 0.3 and 3; load 2.6–2.8; per point
-#: direct numba 19 / 102 / 440–465, C 15 / 48 / 121–157, full pass 67 / 128 /
-#: 267–785, re-check 154 / 156 / 360–464 ns; per group assembly 1.26 / 1.28 / 6.4–9.0 µs):
+#: ``python benchmarks/bench_engine.py --calibrate`` at N = 10⁶ (2 threads, load 1.0–1.1,
+#: three clusters in R^M, M = L ∈ {2, 4, 8}, spread 0.3 and 3), per point: direct numba
+#: 8.9 / 27.8 / 157, C 6.2 / 17.7 / 76–78, full pass 38.5 / 87.6 / 163–365, re-check 158 / 142 /
+#: 220–235 ns (250–270 inside runs, with folds and compactions); per group: assembly 1.06 /
+#: 2.9 / 3.6–5.4 µs, at-risk search ~1.7 µs per group at M = 8.  On a loaded machine the
+#: per-point kernels slow down 2–3× more than the rest (the cost model then favours per point).
 #: per-point evaluation, per point a·L·M² + c, by backend (others: numba's)
-ENGINE_COST_DIRECT: dict = {"numba": (0.85, 20.0), "c": (0.27, 20.0)}
+ENGINE_COST_DIRECT: dict = {"numba": (0.29, 7.0), "c": (0.14, 6.0)}
 #: full pass (groups, margins, buckets), per point: a·L·M² + c
-ENGINE_COST_PASS: tuple = (0.45, 70.0)
+ENGINE_COST_PASS: tuple = (0.25, 40.0)
 #: re-check (gather, forward pass, moves, new generation): per point a·L·M² + c, plus a fixed cost
-ENGINE_COST_RECHECK: tuple = (0.5, 250.0, 1.0e5)
-#: assembly, per group: a·L·M³ + c
-ENGINE_COST_GROUP: tuple = (1.9, 1300.0)
+ENGINE_COST_RECHECK: tuple = (0.15, 230.0, 1.0e5)
+#: assembly and at-risk search, per group: a·L·M³ + c
+ENGINE_COST_GROUP: tuple = (1.5, 1200.0)
 #: fixed cost of one evaluation from the groups (at-risk search, calls from Python)
 ENGINE_COST_FIXED: float = 4.0e4
 #: hybrid evaluation (``_flow/engine_hybrid.py``): finding the small groups' points, per point
