@@ -32,6 +32,7 @@ def test_values_equal_loss_and_gradient_along_a_path(monkeypatch, backend, engin
     monkeypatch.setattr(_config, "ENGINE_AUTO_MIN_N", 0)
     monkeypatch.setattr(_config, "ENGINE_COST_FIXED", 0.0)  # let auto use groups at this size
     monkeypatch.setattr(_config, "ENGINE_COST_RECHECK", _config.ENGINE_COST_RECHECK[:2] + (0.0,))
+    monkeypatch.setattr(_config, "ENGINE_COST_DIRECT", {"numba": (1.0, 100.0), "c": (1.0, 100.0)})
     p = data_problem("clusters", n=3000, dim=3, clusters=3, seed=1)
     fe = tf.FlowEvaluator(p.X, p.labels, p.targets, engine=engine, backend=backend)
     assert fe.backend == backend
