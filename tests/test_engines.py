@@ -325,7 +325,7 @@ def test_cost_model_orders_the_cases():
     assert c.group_cap() > 1000 and c.recheck_cap(2) > 10**4
     c8 = engines.CostModel(10**6, 8, 8)
     assert c8.moments(0, 10**6) > c8.direct                    # every point its own group
-    assert c8.full_pass < c8.direct
+    assert c8.full_pass < 3 * c8.direct  # a pass costs a few per-point evaluations
 
 
 def test_plan_and_fallbacks(monkeypatch):
