@@ -70,9 +70,11 @@ def problem(name: str, n: int, seed: int = 0) -> dict:
 
 
 def warm(p) -> None:
-    """Compile / load the kernels and touch the memory of every engine on the full data (2 steps each)."""
-    for engine in ("direct", "moments", "auto"):
-        run(p, engine, 2)
+    """Compile / load the kernels (Numba's cache: ~20–50 ms the first time a kernel runs in a
+    process) and touch the memory of every engine on the full data: 2 steps per point, 30 steps of
+    moments (a pass, the at-risk search, re-checks), 2 of auto."""
+    for engine, steps in (("direct", 2), ("moments", 30), ("auto", 2)):
+        run(p, engine, steps)
 
 
 def versus(name: str, n: int, steps: int, engines=("direct", "auto"), repeats: int = 1) -> dict:

@@ -284,7 +284,10 @@ class Engine:
                     self._hybrid = hybrid < predicted
                     predicted = min(predicted, hybrid)
                 if auto and predicted >= self.cost.direct:
-                    return False  # the state stays a valid proof relative to its references
+                    if self._credit < 0.0:  # the last pass has not paid and re-checks cost more: give up
+                        self._drop()
+                        self._back_off()
+                    return False  # else the state stays a valid proof relative to its references
                 if idx.size:
                     before = st.stats["rechecked_points"]
                     self.bk.pattern_recheck(st, idx, R, b, self.X, self.labels)
