@@ -394,3 +394,25 @@ def test_hybrid_evaluations_are_exact(verify, monkeypatch, rng):
     st = tr.engine_stats
     assert st["hybrid_evaluations"] > 100 and 0 < st["hybrid_points"] < st["hybrid_evaluations"] * X.shape[0], st
     _close(tr, tf.integrate(R, b, X, labels, T, dt=0.05, steps=300, engine="direct", record_every=50))
+
+
+def test_run_config_engine_key(tmp_path):
+    """`truncfast run` passes [integrate] engine through; summary.json records what ran; bad values are named."""
+    import json
+
+    from truncfast._app import config_file as _config_file
+    from truncfast._app import runs as _runs
+
+    raw = {"data": {"source": "paper-2d", "n": 400, "seed": 1},
+           "integrate": {"dt": 0.05, "steps": 30, "record_every": 10, "engine": "moments"},
+           "output": {"figures": False, "animation": False}}
+    cfg = _config_file.resolve(raw)
+    assert _config_file.resolve({})["integrate"]["engine"] == "auto"  # the demo's and run's default
+    summ = _runs.execute(cfg, str(tmp_path / "run"), quiet=True, log=lambda m: None)
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summ["engine"] == saved["engine"] == "moments"
+    assert saved["engine_stats"]["moment_evaluations"] == 31
+    assert tf.Trajectory.load(tmp_path / "run" / "trajectory.npz").engine_stats == saved["engine_stats"]
+    with pytest.raises(_config_file.ConfigError) as info:
+        _config_file.resolve({"integrate": {"engine": "fast"}})
+    assert info.value.key == "integrate.engine"

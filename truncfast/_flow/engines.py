@@ -8,21 +8,24 @@
   only those get a new forward pass and move between groups
   (``pattern_recheck``); loss and gradient are assembled from the groups in
   O(G L M³) (``pattern_assemble``).  A full pass rebuilds everything when more
-  than ``_config.ENGINE_RECHECK_SHARE`` of the points are at risk, and after
-  ``_config.ENGINE_REBUILD_EVERY`` evaluations with moves (moves drift in the
-  last bits; without moves nothing drifts).
+  than ``_config.ENGINE_RECHECK_SHARE`` of the points are at risk, when the
+  re-checks since the last pass have cost as much as a pass (ski rental), and
+  ``_config.ENGINE_REBUILD_EVERY`` evaluations after the first move (moves
+  drift in the last bits; without moves nothing drifts).
 * ``"auto"``: the moments engine whenever it is predicted cheaper, per
   evaluation, from the current counts (:class:`CostModel`, constants in
   ``_config``): with G groups and K points at risk, ``fixed + G·group +
   K·recheck`` against ``N·point`` — or the *hybrid* evaluation
   (``engine_hybrid``): groups smaller than ``group/point`` points per point,
-  the others from their moments, in one evaluation.  A full pass is an investment: when the
-  groups it built go stale before the evaluations they served paid for it,
+  the others from their moments, in one evaluation.  A full pass is an
+  investment: when the groups it built go stale (or their re-checks cost more
+  than a per-point evaluation) before the evaluations they served paid for it,
   auto runs per point for a back-off window (doubling, bounded) before trying
-  again, and the pass itself gives up beyond the number of groups at which
-  the assembly would cost ``_config.ENGINE_AUTO_GROUP_SHARE`` of a per-point
-  evaluation.  Decisions depend on counts only, never on timings, so runs stay
-  deterministic (same bits for any thread count).
+  again.  Before a pass, a sample of the data bounds the number of groups from
+  below (:meth:`Engine._too_many_groups`); the pass itself gives up beyond
+  ``_config.ENGINE_HYBRID_GROUP_SHARE`` · N groups.  Decisions depend on counts
+  only, never on timings, so runs stay deterministic (same bits for any
+  thread count).
 
 Exactness: after every moments evaluation the group of every point is the
 pattern ``sector_codes`` gives at that state (the bound is a proof, rounding
@@ -224,10 +227,6 @@ class Engine:
         if self.st is None or at is None or not (np.array_equal(at[0], R) and np.array_equal(at[1], b)):
             return None
         return self.bk.pattern_counts(self.st)
-
-    def reset(self) -> None:
-        """Forget the groups (the next evaluation starts afresh)."""
-        self._drop()
 
     # ---------------------------------------------------------- helpers ---
     def _direct(self, R, b, want_grad=True):
