@@ -14,6 +14,9 @@ compiled kernels and touches the memory of every engine on the full data):
   full flow, 2,000 Lie–Euler steps, dt = 0.05, record_every = 100 — goal ≥ 20×.
 * ``r3``: three clusters in R³ (``make_problem("clusters", dim=3, clusters=3)``),
   N = 10⁶, 1,000 steps — goal ≥ 5×.
+* ``r8``: eight clusters in R⁸, spread 0.2, N = 10⁵, 300 steps — thousands of
+  groups and most points near a boundary: the case where the per-point kernel
+  must stay (auto should be about as fast as direct).
 * ``random``: random data, N = 10⁶, M = L = 8 (every point its own group), 10
   steps; direct and auto alternate twice, the better of each is kept — goal:
   auto within 10 % of direct.
@@ -60,6 +63,8 @@ def problem(name: str, n: int, seed: int = 0) -> dict:
         q = make_problem("paper-2d", n=n, seed=seed)
     elif name == "r3":
         q = make_problem("clusters", n=n, dim=3, clusters=3, seed=seed)
+    elif name == "r8":
+        q = make_problem("clusters", n=n, dim=8, clusters=8, spread=0.2, seed=seed)
     else:
         rng = np.random.default_rng(seed)
         M = L = 8
@@ -244,7 +249,7 @@ def _timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="paper2d,r3,random,collapsed,numba_vs_c")
+    ap.add_argument("--cases", default="paper2d,r3,r8,random,collapsed,numba_vs_c")
     ap.add_argument("--quick", action="store_true", help="N / 100 (the per-step case N / 1000)")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--drift", action="store_true")
@@ -265,6 +270,8 @@ def main() -> None:
         results.append(versus("paper2d", 1_000_000 // scale, 2000, engines=("direct", "auto", "moments")))
     if "r3" in cases:
         results.append(versus("r3", 1_000_000 // scale, 1000, engines=("direct", "auto", "moments")))
+    if "r8" in cases:
+        results.append(versus("r8", 100_000 // scale, 300, engines=("direct", "auto", "moments")))
     if "random" in cases:
         results.append(versus("random", 1_000_000 // scale, 10, repeats=2))
     if "collapsed" in cases:

@@ -312,7 +312,8 @@ def test_auto_backs_off_after_passes_that_do_not_pay(monkeypatch):
     small_sizes(monkeypatch)
     monkeypatch.setattr(engines.CostModel, "group_cap", lambda self: 1)
     monkeypatch.setattr(_config, "ENGINE_HYBRID_GROUP_SHARE", 0.0)
-    monkeypatch.setattr(engines.Engine, "_too_many_groups", lambda self, R, b, cap: False)
+    monkeypatch.setattr(engines.Probe, "too_many_groups", lambda self, bk, R, b, cap: False)
+    monkeypatch.setattr(engines.Engine, "_stale_soon", lambda self, R, b: False)
     R, b, X, labels, T = _r3(3000)
     tr = tf.integrate(R, b, X, labels, T, dt=0.05, steps=200, engine="auto")
     st = tr.engine_stats
@@ -390,9 +391,9 @@ def test_hybrid_evaluations_are_exact(verify, monkeypatch, rng):
     labels = np.concatenate([labels, rng.integers(0, 3, 300)])
     chk = verify(X, labels, T)
     tr = tf.integrate(R, b, X, labels, T, dt=0.05, steps=300, engine="auto", record_every=50)
-    chk.assert_ok(moments_at_least=100)
+    chk.assert_ok(moments_at_least=30)
     st = tr.engine_stats
-    assert st["hybrid_evaluations"] > 100 and 0 < st["hybrid_points"] < st["hybrid_evaluations"] * X.shape[0], st
+    assert st["hybrid_evaluations"] > 30 and 0 < st["hybrid_points"] < st["hybrid_evaluations"] * X.shape[0], st
     _close(tr, tf.integrate(R, b, X, labels, T, dt=0.05, steps=300, engine="direct", record_every=50))
 
 

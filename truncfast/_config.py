@@ -187,14 +187,14 @@ ENGINE_AUTO_MIN_N: int = COMPILED_LOOP_MAX_N + 1
 #: of one per-point evaluation (the full pass gives up beyond that many groups).
 ENGINE_AUTO_GROUP_SHARE: float = 0.5
 #: engine="auto" looks at the patterns of this many rows (spread evenly) before a
-#: full pass, to skip passes that would find too many groups (``Engine._too_many_groups``).
+#: full pass, to skip passes that would find too many groups or go stale too soon (``_flow/engine_probe.py``).
 ENGINE_PROBE_ROWS: int = 2048
 #: engine="auto" after a full pass that did not pay for itself: this many per-point
 #: evaluations before the next attempt, doubling after every further failure up to
 #: ENGINE_AUTO_BACKOFF_MAX (reset by a pass that paid).  Bounds what failed
 #: attempts can cost: at most one (partial) pass per back-off window.
 ENGINE_AUTO_BACKOFF_MIN: int = 4
-ENGINE_AUTO_BACKOFF_MAX: int = 64
+ENGINE_AUTO_BACKOFF_MAX: int = 256
 #: Cost model of engine="auto" (nanoseconds; only ratios matter).  Measured with
 #: ``python benchmarks/bench_engine.py --calibrate`` at N = 10⁶ (2 threads, load 1.0–1.1,
 #: three clusters in R^M, M = L ∈ {2, 4, 8}, spread 0.3 and 3), per point: direct numba

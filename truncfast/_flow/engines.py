@@ -22,7 +22,8 @@
   than a per-point evaluation) before the evaluations they served paid for it,
   auto runs per point for a back-off window (doubling, bounded) before trying
   again.  Before a pass, a sample of the data bounds the number of groups from
-  below (:meth:`Engine._too_many_groups`); the pass itself gives up beyond
+  below and predicts whether the groups would stay valid long enough to pay
+  (``engine_probe``); the pass itself gives up beyond
   ``_config.ENGINE_HYBRID_GROUP_SHARE`` · N groups.  Decisions depend on counts
   only, never on timings, so runs stay deterministic (same bits for any
   thread count).
@@ -49,6 +50,7 @@ from truncfast import _config
 from truncfast._backends.protocol import Backend
 from truncfast._errors import InputError
 from truncfast._flow.engine_hybrid import SmallGroups
+from truncfast._flow.engine_probe import Probe
 from truncfast._flow.gradient import euclid_general
 
 __all__ = ["ENGINES", "CostModel", "Engine", "check_engine", "merge_stats", "plan", "separated_from_groups"]
@@ -156,6 +158,8 @@ class Engine:
         self._wait = 0              # auto: per-point evaluations left before the next pass
         self._backoff = _config.ENGINE_AUTO_BACKOFF_MIN
         self._split: SmallGroups | None = None   # auto: the small groups of the hybrid evaluation
+        self._probe: Probe | None = None         # auto: the sample that predicts whether a pass pays
+        self._prev: tuple | None = None          # (R, b) of the previous evaluation (the motion per step)
         self._hybrid = False        # auto: the next evaluation from the groups is hybrid
         self._count = dict.fromkeys(("direct_evaluations", "moment_evaluations", "hybrid_evaluations",
                                      "hybrid_points", "rebuilds", "failed_rebuilds", "rechecked_points",
@@ -196,6 +200,7 @@ class Engine:
             self._served(R, b)
         else:
             out = self._direct(R, b, want_grad)
+        self._prev = (R.copy(), b.copy())
         if _verify is not None:
             _verify(self, R, b, *out)
         return out
@@ -207,7 +212,9 @@ class Engine:
         from truncfast._flow import separated as _separated
 
         _separated.check_one_layer_per_cluster(R.shape[0], self.Q)
-        if self.mode == "direct" or not self._groups_at(R, b):
+        grouped = self.mode != "direct" and self._groups_at(R, b)
+        self._prev = (R.copy(), b.copy())
+        if not grouped:
             self._count["direct_evaluations"] += 1
             self.last = "direct"
             self._exact_at = None
@@ -311,7 +318,9 @@ class Engine:
         cap = None
         if self.mode == "auto":
             cap = self.cost.group_cap()
-            if cap < 1 or self._too_many_groups(R, b, cap):
+            if self._probe is None:
+                self._probe = Probe(self.X, self.labels)
+            if cap < 1 or self._probe.too_many_groups(self.bk, R, b, cap) or self._stale_soon(R, b):
                 self._back_off()
                 return False
             # the hybrid evaluation can use states with more groups than the pure assembly
@@ -338,26 +347,14 @@ class Engine:
         self._credit = self.cost.direct - self.cost.full_pass - pure
         return True
 
-    def _too_many_groups(self, R, b, cap: int) -> bool:
-        """True when a sample of the data shows more than ``cap`` groups (before a full pass tries).
-
-        With p_g the share of the points in group g, two points drawn at random
-        share a group with probability P = Σ p_g², and G ≥ 1/P (Cauchy–Schwarz).
-        From the C colliding pairs of s rows spread evenly over the data
-        (``_config.ENGINE_PROBE_ROWS``), P ≲ (C + 3) / (s(s − 1)/2): when even
-        that gives G > cap, the pass is not tried.  Random data in 8 dimensions
-        (every point its own group) are recognised for ~0.2 % of a per-point
-        evaluation at N = 10⁶, instead of a full pass that gives up halfway.
-        """
-        s = min(self.N, _config.ENGINE_PROBE_ROWS)
-        if s < 2:
+    def _stale_soon(self, R, b) -> bool:
+        """Predicted: the groups of a pass now would go stale before they paid for it (``Probe``)."""
+        if self._prev is None or self._prev[0].shape != R.shape:
             return False
-        rows = (np.arange(s, dtype=np.int64) * self.N) // s
-        codes = np.asarray(self.bk.codes(R, b, np.ascontiguousarray(self.X[rows])))
-        keys = np.concatenate([codes, np.asarray(self.labels[rows], dtype=np.uint64)[:, None]], axis=1)
-        _, c = np.unique(keys, axis=0, return_counts=True)
-        pairs = float((c * (c - 1) // 2).sum())
-        return (pairs + 3.0) * cap < s * (s - 1) / 2.0
+        c = self.cost
+        gain = c.direct - c.moments(0, 1)
+        steps = int(np.ceil(c.full_pass / gain)) + 1 if gain > 0 else 10**6
+        return self._probe.share_at_risk(R, b, *self._prev, min(steps, 10**6)) > _config.ENGINE_RECHECK_SHARE
 
 
 def separated_from_groups(st, R: np.ndarray):
