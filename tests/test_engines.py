@@ -10,7 +10,7 @@ e = z − ỹ of a point that sits near its target is formed from |z|, |ỹ| ≈
 (paper-2d), so every correct engine rounds it at ~u·(|z| + |ỹ|), and the
 gradient — a sum of such terms — carries that absolute error whatever its own
 size.  (Measured at the end of 600 steps of paper-2d: grad_b ≈ 4.5e-7, and
-the C/Numba per-point kernel is 2.4e-14 from a long-division NumPy oracle,
+the C/Numba per-point kernel is 2.4e-14 from the NumPy reference backend,
 5e-8 *relative*; the moments engine is within 1e-16 of it.)  Relative
 comparisons are then noise, so the tests require
 
