@@ -4,8 +4,10 @@
 For each N, a fresh interpreter (clean baseline) writes X (N, M) float64 and
 labels (N,) int64 to ``.npy`` files in chunks, opens them with
 ``np.load(mmap_mode="r")`` and streams them through ``gradient``, ``loss``,
-``integrate`` (and, for comparison, ``truncate``, whose (N, M) *result* grows
-with N by definition).  Per call it reports
+``integrate`` with the per-point engine (and, for comparison, ``truncate``,
+whose (N, M) *result* grows with N by definition, and ``integrate-moments``,
+the moments engine of issue 14, which keeps 24 bytes per point by design plus
+the groups and a bounded scratch of its full pass).  Per call it reports
 
 * ``anon_MB``: peak growth of the process's *anonymous* resident memory
   (``RssAnon`` of /proc/self/status, sampled every ms by a thread; the kernels
@@ -47,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _memory import PeakRSS  # noqa: E402
 
 MB = 2.0**20
-OPS = ("gradient", "loss", "integrate", "checkpointed-integrate", "truncate")
+OPS = ("gradient", "loss", "integrate", "checkpointed-integrate", "truncate", "integrate-moments")
 
 
 def rss_anon() -> int:
@@ -130,6 +132,7 @@ def measure_one(N: int, M: int, L: int, Q: int, backends, ops, folder: str, step
         tf.truncate(R, b, Xs, backend=bk)
         tf.integrate(R, b, Xs, ls, T, dt=0.01, steps=2, backend=bk, checkpoint=ck)
         tf.integrate(R, b, Xs[:100], ls[:100], T, dt=0.01, steps=2, backend=bk)
+        tf.integrate(R, b, Xs, ls, T, dt=0.01, steps=2, backend=bk, engine="moments")
     rows = []
     for bk in backends:
         for op in ops:
@@ -140,10 +143,14 @@ def measure_one(N: int, M: int, L: int, Q: int, backends, ops, folder: str, step
                 elif op == "loss":
                     out = tf.loss(R, b, X, labels, T, backend=bk)
                 elif op == "integrate":
-                    out = tf.integrate(R, b, X, labels, T, dt=0.01, steps=steps, record_every=steps, backend=bk)
+                    out = tf.integrate(R, b, X, labels, T, dt=0.01, steps=steps, record_every=steps, backend=bk,
+                                       engine="direct")
                 elif op == "checkpointed-integrate":
                     out = tf.integrate(R, b, X, labels, T, dt=0.01, steps=steps, record_every=steps, backend=bk,
-                                       checkpoint=ck, checkpoint_every=1)
+                                       checkpoint=ck, checkpoint_every=1, engine="direct")
+                elif op == "integrate-moments":
+                    out = tf.integrate(R, b, X, labels, T, dt=0.01, steps=steps, record_every=steps, backend=bk,
+                                       engine="moments")
                 elif op == "truncate":
                     out = tf.truncate(R, b, X, backend=bk)
                 else:  # pragma: no cover

@@ -18,6 +18,9 @@ One command does everything, in this order, each part in the same run:
 5. ``bench_integrate.py`` (integrator step cost on tiny problems) and the
    first-call latency of ``bench_ccore.py`` (fresh interpreters; cold Numba
    compile only in the full run);
+6. ``bench_engine.py`` (issue 14: ``tf.integrate(engine=...)`` against
+   ``engine="direct"`` end to end — paper-2d and three clusters in R³ at
+   N = 10⁶, random data, per-step time after collapse at 10⁷, Numba vs C);
 
 then prints the ratios the issue asks for and rewrites the part of
 ``benchmarks/README.md`` between ``<!-- report:begin -->`` and
@@ -324,6 +327,8 @@ def build(res: dict) -> tuple[str, list[str]]:
         for name, r in res["latency"].items():
             w(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
         w("")
+    for line in engine_lines(res.get("engines") or []):
+        w(line)
     ratios = ratio_lines(res)
     w("### The issue's targets")
     w("")
@@ -388,6 +393,49 @@ def ratio_lines(res: dict) -> list[str]:
     if res["quick"]:
         out = [f"[quick run: sizes /100] {x}" for x in out]
     return out
+
+
+def engines(quick: bool, env: dict) -> list:
+    """Run ``bench_engine.py`` in a fresh interpreter and return its JSON results."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "engines.json")
+        cmd = [sys.executable, str(HERE / "bench_engine.py"), "--json", out] + (["--quick"] if quick else [])
+        log("$ " + " ".join(cmd[1:]))
+        r = subprocess.run(cmd, cwd=REPO, env=env)
+        if r.returncode:
+            log(f"warning: bench_engine.py exited with {r.returncode}")
+        try:
+            with open(out) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return []
+
+
+def engine_lines(rows: list) -> list[str]:
+    """The engine table (issue 14) and its targets."""
+    w = []
+    by = {r["case"]: r for r in rows}
+    if any("times" in r for r in rows):
+        w += ["### Engines (bench_engine.py: whole tf.integrate runs against engine=\"direct\")", "",
+              "| case | N | steps | direct | auto | moments | auto vs direct | target |", "|---|---|---|---|---|---|---|---|"]
+        goal = {"paper2d": "≥ 20×", "r3": "≥ 5×", "r8": "≈ 1× (per point must stay)",
+                "random": "≥ 0.91× (within 10 %)"}
+        for r in rows:
+            if "times" in r:
+                t = r["times"]
+                mom = f"{t['moments']:.2f} s" if "moments" in t else "–"
+                w.append(f"| {r['case']} | {r['N']:.0e} | {r['steps']} | {t['direct']:.2f} s | {t['auto']:.2f} s | "
+                         f"{mom} | {r['speedup_auto']:.2f}× | {goal.get(r['case'], '')} |")
+        w.append("")
+    if "collapsed" in by:
+        c = by["collapsed"]
+        w.append(f"* per-step time after collapse, N = {c['N']:.0e} in the plane: {c['per_step_s'] * 1e3:.3f} ms "
+                 "(goal < 1 ms)")
+    if "numba_vs_c" in by:
+        c = by["numba_vs_c"]
+        w.append(f"* gradient at N = {c['N']:.0e}, M = L = 8: Numba {c['numba'] * 1e3:.0f} ms, C {c['c'] * 1e3:.0f} ms, "
+                 f"ratio {c['ratio']:.2f} (goal ≤ 3)")
+    return w + ([""] if w else [])
 
 
 def write_readme(text: str) -> None:
@@ -484,6 +532,8 @@ def main(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - report what failed, keep the rest
         log(f"warning: latency measurement failed: {exc}")
         res["latency"] = {}
+    log("engines (bench_engine.py, a fresh interpreter)")
+    res["engines"] = engines(ns.quick, env)
     # the roof again at the end: other load only ever lowers a measured roof, so keep the best of the two
     log("roofline again")
     again = _roofline.measure(ns.quick)

@@ -150,6 +150,14 @@ def _integ(d, **kw):
     return tf.integrate(R, b, X, labels, T, **opts)
 
 
+def _changed_under(d):
+    X = d["X"].copy()
+    fe = tf.FlowEvaluator(X, d["labels"], d["targets"])
+    fe.loss(d["R"], d["b"])
+    X[-1, 0] += 1.0
+    return fe.loss(d["R"], d["b"])
+
+
 def _wide(M: int = 65):
     return np.eye(M)[None], np.zeros((1, M)), np.zeros((2, M))
 
@@ -245,6 +253,7 @@ CASES: list[Case] = [
     Case("integrate", "unknown method", "method", lambda d, t: _integ(d, method="rk4")),
     Case("integrate", "unknown backend", "backend", lambda d, t: _integ(d, backend="gpu")),
     Case("integrate", "unknown form", "form", lambda d, t: _integ(d, form="fast")),
+    Case("integrate", "unknown engine", "engine", lambda d, t: _integ(d, engine="fast")),
     Case("integrate", "train_weights not a bool", "train_weights", lambda d, t: _integ(d, train_weights=1)),
     Case("integrate", "method='exp-euler' with L ≠ Q", "targets",
          lambda d, t: _integ(d, method="exp-euler", targets=np.zeros((3, 3)))),
@@ -278,6 +287,12 @@ CASES: list[Case] = [
          lambda d, t: tf.integrate_standard(*_std(d)[0], dt=0.1, steps=2, train_output="yes", backend="numpy")),
     Case("integrate_standard", "W_out of the wrong width", "W_out",
          lambda d, t: tf.integrate_standard(*_std(d, W_out=np.zeros((2, 4)))[0], dt=0.1, steps=2, backend="numpy")),
+    # --- FlowEvaluator
+    Case("FlowEvaluator", "unknown engine", "engine",
+         lambda d, t: tf.FlowEvaluator(d["X"], d["labels"], d["targets"], engine="gpu")),
+    Case("FlowEvaluator", "X changed after the evaluator was built", "X", lambda d, t: _changed_under(d)),
+    Case("FlowEvaluator", "a state of another width than X", "b",
+         lambda d, t: tf.FlowEvaluator(d["X"], d["labels"], d["targets"]).loss(np.eye(2)[None], np.zeros((1, 2)))),
     # --- resume
     Case("resume", "path not a path", "path", lambda d, t: tf.resume(3, d["X"], d["labels"], d["targets"])),
     Case("resume", "no such file", "path", lambda d, t: tf.resume(t / "absent.npz", d["X"], d["labels"], d["targets"])),

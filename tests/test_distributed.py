@@ -177,8 +177,10 @@ def test_validation_names_argument_and_global_index(client, problem):
 
 def test_integrate_20_steps_same_bits(client, problem):
     R, b, X, labels, targets = problem
-    ref = tf.integrate(R, b, X, labels, targets, dt=0.2, steps=20, record_every=4, backend="numba")
+    # dask data run the per-point kernel (no pattern kernels on the workers): compare with numba's
+    ref = tf.integrate(R, b, X, labels, targets, dt=0.2, steps=20, record_every=4, backend="numba", engine="direct")
     traj = tf.integrate(R, b, *_dask(X, labels, 2 * CH), targets, dt=0.2, steps=20, record_every=4)
+    assert traj.engine_stats["engine"] == "direct" and "dask" in traj.engine_stats["fallback"]
     for name in ("R", "b", "times", "loss", "grad_b_norm", "omega_norm", "ortho_defect", "counts", "Rs", "bs"):
         assert np.array_equal(getattr(traj, name), getattr(ref, name)), name
     assert traj.settings["distributed"] == "dask" and traj.last_step == 20
@@ -189,7 +191,7 @@ def test_checkpoint_interrupt_and_resume_on_dask_or_in_memory(client, problem, m
     and on the same data in memory both give the uninterrupted run's bits (aligned chunks)."""
     R, b, X, labels, targets = problem
     kw = dict(dt=0.2, steps=15, record_every=4)
-    full = tf.integrate(R, b, X, labels, targets, backend="numba", **kw)
+    full = tf.integrate(R, b, X, labels, targets, backend="numba", engine="direct", **kw)
     ck = tmp_path / "ck.npz"
 
     def stop(k):
@@ -220,7 +222,7 @@ def test_integrate_survives_killed_workers(client, problem, monkeypatch):
     for the first one's restart, ~10 s on a busy 2-core machine.)
     """
     R, b, X, labels, targets = problem
-    ref = tf.integrate(R, b, X, labels, targets, dt=0.2, steps=20, backend="numba", method="cayley")
+    ref = tf.integrate(R, b, X, labels, targets, dt=0.2, steps=20, backend="numba", method="cayley", engine="direct")
     pids = list(client.run(os.getpid).values())
     assert len(pids) == 2
     killed = []
@@ -290,7 +292,8 @@ def test_separated_form_and_exp_euler_same_bits(client, monkeypatch):
     bad[2 * CH + 5, 1] = np.inf  # the moments' map is the first map over the data: it validates
     with pytest.raises(tf.InputError, match=rf"X: contains inf at index \[{2 * CH + 5}, 1\]"):
         tf.gradient(R, b, *_dask(bad, labels, 2 * CH), T, form="separated")
-    tref = tf.integrate(R, b, X, labels, T, dt=0.5, steps=20, record_every=5, method="exp-euler", backend="numba")
+    tref = tf.integrate(R, b, X, labels, T, dt=0.5, steps=20, record_every=5, method="exp-euler", backend="numba",
+                        engine="direct")
     traj = tf.integrate(R, b, Xd, ld, T, dt=0.5, steps=20, record_every=5, method="exp-euler")
     for name in ("R", "b", "loss", "counts", "Rs", "bs"):
         assert np.array_equal(getattr(traj, name), getattr(tref, name)), name

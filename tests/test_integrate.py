@@ -34,11 +34,11 @@ def force_python_loop(monkeypatch):
 
 
 def run_both(monkeypatch, *args, **kw):
-    """integrate through the compiled loop and through the Python loop (numba backend)."""
+    """integrate through the compiled loop and through the Python loop (numba backend, per-point engine)."""
     monkeypatch.setattr(_config, "COMPILED_LOOP_MAX_N", 10**9)
     a = tf.integrate(*args, backend="numba", **kw)
     monkeypatch.setattr(_config, "COMPILED_LOOP_MAX_N", -1)
-    b = tf.integrate(*args, backend="numba", **kw)
+    b = tf.integrate(*args, backend="numba", engine="direct", **kw)
     assert a.settings["compiled_loop"] and not b.settings["compiled_loop"]  # both paths really ran
     return a, b
 

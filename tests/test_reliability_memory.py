@@ -67,6 +67,25 @@ def test_memory_does_not_grow_with_n_numba_and_c():
         assert r["anon_MB"] < 12, r
 
 
+def test_moments_engine_keeps_24_bytes_per_point():
+    """engine="moments" (issue 14): the state kept across steps is ≤ 24 bytes per point plus the
+    groups; a full pass needs transient arrays on top (the unsorted and sorted entries, sort keys:
+    ~60 bytes per point at most, docs/DESIGN.md "Engines"), so the peak growth from N = 1e5 to 1e6
+    stays within 100 bytes per added point, and nothing else grows with N."""
+    backends = [b for b in ("numba",) if b in AVAILABLE_BACKENDS]
+    rows = _bench().run_in_subprocess([10**5, 10**6], 4, 4, 4, backends, ["integrate-moments"], steps=1)
+    by = {r["N"]: r for r in rows}
+    grew = by[10**6]["anon_MB"] - by[10**5]["anon_MB"]
+    assert grew * MB <= 100 * 9 * 10**5, (grew, by)
+    from truncfast._kernels import pattern_state as ps
+
+    rng = np.random.default_rng(1)
+    p = make_problem(rng, N=20000, M=4, L=4, Q=4)
+    st = ps.full_pass(p.R, p.b, p.X, p.labels, 4)
+    groups = sum(a.nbytes for a in (st.keys, st.labs, st.tn, st.tmean, st.tscat, st.hslots))
+    assert st.nbytes() - groups <= 24 * 20000
+
+
 @pytest.mark.slow
 def test_memory_does_not_grow_with_n_every_backend_and_checkpoints():
     ops = ["gradient", "loss", "integrate", "checkpointed-integrate"]
@@ -110,15 +129,16 @@ def test_memmap_larger_than_the_budget_is_streamed_not_copied(tmp_path, backend)
     R, b, T = bench.problem_state(M, L, Q)
     # warm-up on a slice of the memmap (same array types: no compilation while measuring)
     tf.gradient(R, b, X[:5000], labels[:5000], T, backend=backend)
-    tf.integrate(R, b, X[:5000], labels[:5000], T, dt=0.01, steps=1, backend=backend)
-    with bench.PeakAnon() as mem:
+    tf.integrate(R, b, X[:5000], labels[:5000], T, dt=0.01, steps=1, backend=backend, engine="direct")
+    with bench.PeakAnon() as mem:  # the per-point engine (the moments engine keeps 24 B per point)
         g = tf.gradient(R, b, X, labels, T, backend=backend)
-        tr = tf.integrate(R, b, X, labels, T, dt=0.01, steps=1, backend=backend)
+        tr = tf.integrate(R, b, X, labels, T, dt=0.01, steps=1, backend=backend, engine="direct")
     file_mb = (X.nbytes + labels.nbytes) / MB
     assert mem.growth / MB < 0.25 * file_mb, (mem.growth / MB, file_mb)
     Xa, la = np.array(X), np.array(labels)
     for x, y in zip(g, tf.gradient(R, b, Xa, la, T, backend=backend)):
         np.testing.assert_array_equal(x, y)
-    np.testing.assert_array_equal(tr.b, tf.integrate(R, b, Xa, la, T, dt=0.01, steps=1, backend=backend).b)
+    np.testing.assert_array_equal(tr.b, tf.integrate(R, b, Xa, la, T, dt=0.01, steps=1, backend=backend,
+                                                     engine="direct").b)
     np.testing.assert_array_equal(X[:3], Xa[:3])
     assert not X.flags.writeable

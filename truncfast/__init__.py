@@ -26,6 +26,7 @@ from truncfast._errors import StepSizeError as StepSizeError
 from truncfast._flow.exact import BiasComponentSolution as BiasComponentSolution
 from truncfast._flow.exact import exact_bias_events as exact_bias_events
 from truncfast._flow.exact import exact_bias_flow as exact_bias_flow
+from truncfast._flow.flow_evaluator import FlowEvaluator as FlowEvaluator
 from truncfast._flow.gradient import cluster_moments as cluster_moments
 from truncfast._flow.gradient import gradient as gradient
 from truncfast._flow.gradient import loss as loss
@@ -61,6 +62,7 @@ __all__ = [
     "BackendUnavailable",
     "BiasComponentSolution",
     "DivergenceError",
+    "FlowEvaluator",
     "InputError",
     "InstabilityWarning",
     "OutputFlow",

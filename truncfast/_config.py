@@ -230,12 +230,99 @@ PATTERN_ASSEMBLY_BLOCK: int = 64
 PATTERN_GENERATIONS_MAX: int = 16
 #: A generation is compacted when its live entries drop below this share.
 PATTERN_COMPACT_FRACTION: float = 0.5
-#: Scratch budget (bytes) of the chunk-local groups of one batch of the full pass.
-PATTERN_LOCALS_BUDGET_BYTES: int = 64 * 2**20
+#: Scratch budget (bytes) of the chunk-local groups of one batch of the full pass.  (64 MB
+#: until the moments engine used it: 16 MB measured as fast — paper-2d 10⁶ 60 vs 63 ms, random
+#: M = L = 8, 3·10⁵ points 249 vs 236 ms — and keeps the engine's peak memory bounded.)
+PATTERN_LOCALS_BUDGET_BYTES: int = 16 * 2**20
 #: Default cap on the memory of the groups (the full pass gives up beyond it).
 PATTERN_MAX_GROUP_BYTES: int = 2**30
 #: Safety factor of the rounding term of the margin bound (pattern_state docstring).
 PATTERN_ROUNDING_FACTOR: float = 32.0
+#: A generation whose points fall in at most this many groups uses the pattern-affine
+#: bound (one centre per group, ``patterns_generations``); with more it is *plain*
+#: (the Lipschitz bound of docs/theory.md §11 in ρ).  Each at-risk search costs
+#: O(slots · L M²) per generation.
+PATTERN_CENTRED_MAX_SLOTS: int = 1024
+#: A new generation is sorted by (slot, margin bucket) in one counting sort when
+#: slots × 2048 buckets stay within this many keys (else: by bucket, then by slot).
+PATTERN_SORT_KEYS_MAX: int = 1 << 16
+#: The at-risk search computes each slot's ‖K_ℓ(θ) − K_ℓ(θᶜ)‖ exactly (instead of the
+#: bound (2L − 1) ν^{2L−2} ε) while slots · L · M³ stays below this (flops per generation
+#: and state: ~2 per unit).  Exact κ is 3× smaller for a group fully truncated at layer 1.
+PATTERN_EXACT_KAPPA_WORK: int = 1 << 18
+
+# --- engines of the right-hand side (docs/theory.md §11; _flow/engines.py) ---
+#: engine="moments"/"auto": a full pass instead of re-checks when more than this
+#: share of the points is at risk (re-checking a point costs ~5× its share of a
+#: full pass, and a pass also renews every reference state of the bound).
+ENGINE_RECHECK_SHARE: float = 0.05
+#: The groups' moments are rebuilt from the data (a full pass) once they have
+#: served this many evaluations after the first move since the last pass: moves
+#: update the moments by adding and removing points (Chan's update), which
+#: drifts in the last bits; without moves nothing drifts.
+#: Measured drift of the right-hand side between rebuilds: docs/DESIGN.md, "Engines".
+ENGINE_REBUILD_EVERY: int = 500
+#: engine="auto" runs per point below this many points — with the numba backend
+#: that is the integrator's compiled loop (N ≤ COMPILED_LOOP_MAX_N), faster than
+#: the moments engine's Python-level evaluation there.  Measured (2 cores, load
+#: 2–3, µs per step of 1,000 Lie–Euler steps, compiled loop / moments): paper-2d
+#: N = 1000: 14 / 64, 2000: 30 / 36, 4096: 55 / 38; three clusters in R³
+#: N = 1000: 25 / 54, 4096: 99 / 78; above one chunk the per-point evaluation
+#: runs through the thread pool and moments wins (N = 8192: 197–287 vs 48–127).
+ENGINE_AUTO_MIN_N: int = COMPILED_LOOP_MAX_N + 1
+#: engine="auto" keeps groups only while assembling them costs at most this share
+#: of one per-point evaluation (the full pass gives up beyond that many groups).
+ENGINE_AUTO_GROUP_SHARE: float = 0.5
+#: engine="auto" looks at the patterns of this many rows (spread evenly) before a
+#: full pass, to skip passes that would find too many groups or go stale too soon (``_flow/engine_probe.py``).
+ENGINE_PROBE_ROWS: int = 2048
+#: engine="auto" after a full pass that did not pay for itself: this many per-point
+#: evaluations before the next attempt, doubling after every further failure up to
+#: ENGINE_AUTO_BACKOFF_MAX (reset by a pass that paid).  Bounds what failed
+#: attempts can cost: at most one (partial) pass per back-off window.
+ENGINE_AUTO_BACKOFF_MIN: int = 4
+ENGINE_AUTO_BACKOFF_MAX: int = 256
+#: Cost model of engine="auto" (nanoseconds; only ratios matter).  Measured with
+#: ``python benchmarks/bench_engine.py --calibrate`` at N = 10⁶ (2 threads, load 1.0–1.1,
+#: three clusters in R^M, M = L ∈ {2, 4, 8}, spread 0.3 and 3), per point: direct numba
+#: 8.9 / 27.8 / 157, C 6.2 / 17.7 / 76–78, full pass 38.5 / 87.6 / 163–365, re-check 158 / 142 /
+#: 220–235 ns (250–270 inside runs, with folds and compactions); per group: assembly 1.06 /
+#: 2.9 / 3.6–5.4 µs, at-risk search ~1.7 µs per group at M = 8.  On a loaded machine the
+#: per-point kernels slow down 2–3× more than the rest (the cost model then favours per point).
+#: per-point evaluation, per point a·L·M² + c, by backend (others: numba's)
+ENGINE_COST_DIRECT: dict = {"numba": (0.29, 7.0), "c": (0.14, 6.0)}
+#: full pass (groups, margins, buckets), per point: a·L·M² + c
+ENGINE_COST_PASS: tuple = (0.25, 40.0)
+#: re-check (gather, forward pass, moves, new generation): per point a·L·M² + c, plus a fixed cost
+ENGINE_COST_RECHECK: tuple = (0.15, 230.0, 1.0e5)
+#: assembly and at-risk search, per group: a·L·M³ + c
+ENGINE_COST_GROUP: tuple = (1.5, 1200.0)
+#: fixed cost of one evaluation from the groups (at-risk search, calls from Python)
+ENGINE_COST_FIXED: float = 4.0e4
+#: hybrid evaluation (``_flow/engine_hybrid.py``): finding the small groups' points, per point
+#: of the data; gathering them, per small-group point; the extra per-point call
+ENGINE_COST_SPLIT: tuple = (1.5, 15.0, 3.0e4)
+#: engine="auto" lets a full pass keep up to this share of N groups (the probe before it
+#: still needs the sample to show fewer than the pure assembly's cap): the hybrid
+#: evaluation uses states with many small groups.
+ENGINE_HYBRID_GROUP_SHARE: float = 0.25
+
+#: ``tf.FlowEvaluator`` compares the bytes of this many rows (spread evenly, first
+#: and last included) of X and labels at every call, to catch data changed behind
+#: its back (~10 µs at M = 8).
+FLOW_EVALUATOR_GUARD_ROWS: int = 256
+
+#: The OpenMP threads of the C core wait *passively* (sleep) between parallel
+#: regions instead of spinning: unless ``OMP_WAIT_POLICY`` is already set,
+#: truncfast sets it to this value just before it loads the C core (None: leave
+#: the environment alone).  Spinning workers took the core that the Python
+#: thread and the Numba pool needed between calls; measured on the shared 2-core
+#: machine (load 2–3), one direct-engine step of paper-2d on the C backend:
+#: N = 8192 0.32–0.62 → 0.12 ms, N = 10⁵ 4.5–5.9 → 2.2 ms, N = 10⁶ 33.8 → 16.8 ms.
+#: The OpenMP runtime reads the variable once, when it is first loaded: no effect
+#: if another library loaded it earlier, and OpenMP libraries loaded later in the
+#: same process wait passively too (docs/DESIGN.md, "Engines").
+OMP_WAIT_POLICY: str | None = "passive"
 
 #: General (unaligned) cumulative weights W_ℓ (docs/theory.md §13): an input W
 #: whose condition number σ_max/σ_min exceeds this in some layer is refused
@@ -266,6 +353,7 @@ ENV_VARIABLES = (
     "TRUNCFAST_NUMBA_WIDE_VECTORS",     # 0: keep Numba's default vector width
     "TRUNCFAST_DEBUG",                  # 1: the CLI prints tracebacks
     "TRUNCFAST_C_VL",                   # force a narrower C kernel width (read by the C core itself)
+    "OMP_WAIT_POLICY",                  # set to OMP_WAIT_POLICY above unless given (read by the OpenMP runtime)
 )
 
 
@@ -356,3 +444,9 @@ def env_numba_wide_vectors() -> bool:
 def env_debug() -> bool:
     """``TRUNCFAST_DEBUG`` set: the CLI prints full tracebacks."""
     return env_flag("TRUNCFAST_DEBUG")
+
+
+def apply_omp_wait_policy() -> None:
+    """Set ``OMP_WAIT_POLICY`` to :data:`OMP_WAIT_POLICY` unless the user set it (before the C core loads)."""
+    if OMP_WAIT_POLICY and not env_raw("OMP_WAIT_POLICY"):
+        os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY

@@ -154,6 +154,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Callable[[str, Any], Any], str]]] = {
                                                "continue an interrupted run with truncfast run --resume DIR"),
         "on_instability": ("warn", choice("warn", "raise", "ignore"),
                            "a loss that rises (unstable steps): warn, stop (exit 1), or ignore"),
+        "engine": ("auto", choice("auto", "direct", "moments"),
+                   "how the right-hand side is computed: per point, from pattern groups kept across steps (§11), or auto"),
     },
     "output": {
         "figures": (True, boolean, "draw the PNG figures"),

@@ -198,6 +198,8 @@ def summary(problem, traj, cfg, wall_time: float, status: str = "complete",
         "backend": s.get("backend", cfg["integrate"]["backend"]),
         "method": s.get("method", cfg["integrate"]["method"]),
         "form": s.get("form", cfg["integrate"]["form"]),
+        "engine": s.get("engine", cfg["integrate"]["engine"]),
+        "engine_stats": dict(getattr(traj, "engine_stats", {}) or {}),
         "train_weights": bool(cfg["integrate"]["train_weights"]),
         "train_biases": bool(cfg["integrate"]["train_biases"]),
         "loss": cfg["integrate"].get("loss", "euclidean"),
@@ -345,7 +347,10 @@ def execute(cfg: dict[str, dict[str, Any]], out_dir: str, *, force: bool = False
         os.unlink(ck)  # the complete trajectory supersedes it
     if not quiet:
         ct = ", ".join("never" if c is None else f"s = {c:g}" for c in summ["collapse_times"])
-        log(f"done in {wall:.2f} s on backend {summ['backend']}: loss {summ['initial_loss']:.4g} → "
+        es = summ["engine_stats"]
+        ran = (f", engine {summ['engine']}: {es.get('moment_evaluations', 0)} evaluations from pattern groups, "
+               f"{es.get('direct_evaluations', 0)} per point" if es else "")
+        log(f"done in {wall:.2f} s on backend {summ['backend']}{ran}: loss {summ['initial_loss']:.4g} → "
             f"{summ['final_loss']:.4g}; collapse times: {ct}")
     if cfg["output"]["figures"] or cfg["output"]["animation"]:
         from truncfast._app import plots as _plots
@@ -388,7 +393,7 @@ def integrate_config(problem, ic: dict[str, Any], *, progress: bool = False, che
         return integrate_standard(problem.R0, problem.b0, problem.X, problem.labels, problem.W_out, problem.b_out,
                                   problem.Y, train_output=ic["train_output"], **kw)
     return integrate(problem.R0, problem.b0, problem.X, problem.labels, problem.targets,
-                     on_instability=ic["on_instability"], **kw)
+                     on_instability=ic["on_instability"], engine=ic["engine"], **kw)
 
 
 def _theory_curves(problem, traj, cfg) -> dict[str, np.ndarray]:

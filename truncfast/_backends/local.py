@@ -115,6 +115,37 @@ class LocalBackend(Backend):
                 out[l] += np.bincount(lab * 3 + cat[:, l], minlength=3 * Q).reshape(Q, 3)
         return out
 
+    # the pattern form (§11): the kernels named by ``pattern_kernels`` (None: not offered)
+    def pattern_pass(self, R, b, X, labels, Q: int, max_groups: int | None):
+        from truncfast._kernels import pattern_state
+
+        return pattern_state.full_pass(R, b, X, labels, Q, max_groups=max_groups, backend=self._patterns())
+
+    def pattern_at_risk(self, state, R, b, limit: int | None):
+        from truncfast._kernels import pattern_state
+
+        return pattern_state.at_risk(state, R, b, limit=limit)
+
+    def pattern_recheck(self, state, idx, R, b, X, labels) -> int:
+        from truncfast._kernels import pattern_state
+
+        return pattern_state.recheck(state, idx, R, b, X, labels, backend=self._patterns())
+
+    def pattern_assemble(self, state, R, b, targets, counts=None):
+        from truncfast._kernels import pattern_state
+
+        return pattern_state.assemble(state, R, b, targets, backend=self._patterns(), counts=counts)
+
+    def pattern_counts(self, state) -> np.ndarray:
+        from truncfast._kernels import pattern_state
+
+        return pattern_state.counts(state)
+
+    def _patterns(self) -> str:
+        if self.pattern_kernels is None:
+            raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
+        return self.pattern_kernels
+
     def separation(self, R, b, X, labels, Q: int):
         sizes = np.bincount(labels, minlength=Q).astype(np.float64)
         if (sizes > 0).all() and separated_by_balls(R, b, *cluster_balls(X, labels, Q)):

@@ -41,6 +41,7 @@ def general_chunk_kernel(M: int):
 
 class NumbaBackend(LocalBackend):
     name = "numba"
+    pattern_kernels = "numba"
 
     def _forward_map(self, R, b, X, want_codes):
         N, M = X.shape

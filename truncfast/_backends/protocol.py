@@ -133,6 +133,39 @@ class Backend(abc.ABC):
         return (f"backend {self.name!r} does not run unaligned weights (truncfast.unaligned, docs/theory.md §13); "
                 "use backend='numpy', 'numba' or 'c' with in-memory data")
 
+    # ------------------------------------------- pattern form (§11), optional ---
+    #: Name of the pattern kernels (``_kernels.pattern_state``, its ``backend=``)
+    #: that run on this backend's data, or None: the engines ``"moments"`` and
+    #: ``"auto"`` (``_flow.engines``) then evaluate per point, like ``"direct"``.
+    pattern_kernels: ClassVar[str | None] = None
+
+    def pattern_pass(self, R, b, X, labels, Q: int, max_groups: int | None):
+        """Groups of (pattern, label) with count, mean, scatter, and every point's margin (docs/theory.md §11).
+
+        A ``pattern_state.PatternState`` exact at (R, b), or None beyond
+        ``max_groups`` groups.  The state belongs to one caller (not thread-safe).
+        """
+        raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
+
+    def pattern_at_risk(self, state, R, b, limit: int | None):
+        """Sorted indices of the points whose pattern the bound of §11 cannot certify at (R, b);
+        None when more than ``limit`` (then a new pass is cheaper)."""
+        raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
+
+    def pattern_recheck(self, state, idx, R, b, X, labels) -> int:
+        """New forward pass of the points ``idx`` at (R, b), moving those whose pattern changed;
+        returns how many moved."""
+        raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
+
+    def pattern_assemble(self, state, R, b, targets, counts=None):
+        """``(loss, grad_b, omega)`` of the Euclidean loss from the groups, divided by N (§11);
+        ``counts`` replaces the groups' counts (0 leaves a group out)."""
+        raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
+
+    def pattern_counts(self, state) -> np.ndarray:
+        """(L, Q, 3) truncation counts from the groups (as :meth:`counts`)."""
+        raise NotImplementedError(f"backend {self.name!r} has no pattern kernels")
+
     # -------------------------------------------------- compiled step loop ---
     def runs_compiled_loop(self, N: int, form: str, method_code: int | None) -> bool:
         """True when a whole chunk of integrator steps can run in compiled code here."""

@@ -6,7 +6,9 @@ requested form (docs/theory.md §5 general, §6 separated), plus the truncation
 counts that trajectories record (§2).  The same object serves every backend
 (dask included) and every solver.  :class:`StandardEvaluator` is the same for
 the standard loss C_std, whose state also holds the output layer
-(docs/theory.md §12).
+(docs/theory.md §12).  ``engine`` chooses how the right-hand side
+is computed (``_flow.engines``: per point, or from pattern groups kept across
+evaluations, docs/theory.md §11); the integrator sees no difference.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from truncfast import _config
 from truncfast._backends.protocol import Backend
 from truncfast._flow import separated as _separated
+from truncfast._flow.engines import Engine
 from truncfast._flow.gradient import euclid_general
 
 __all__ = ["RHS", "Evaluator", "StandardEvaluator"]
@@ -55,14 +58,22 @@ class Evaluator:
     ``form="general"`` runs the per-point kernel of §5; ``"separated"`` the
     moment form of §6 (with the separation assumption proved at every
     evaluation), with ``needs_moments`` also filling ``RHS.rate`` and
-    ``RHS.target_rot`` for the exponential bias step.
+    ``RHS.target_rot`` for the exponential bias step.  ``engine``: ``"direct"``,
+    ``"moments"`` or ``"auto"`` (``_flow.engines.Engine``, which owns the pattern
+    groups: one evaluator per run, not thread-safe).
     """
 
     def __init__(self, bk: Backend, X: Any, labels: Any, targets: np.ndarray, *, form: str = "general",
-                 needs_moments: bool = False):
+                 needs_moments: bool = False, engine: str = "direct"):
         self.bk, self.X, self.labels, self.targets = bk, X, labels, targets
         self.form = form
         self.needs_moments = needs_moments
+        self.engine = Engine(bk, X, labels, targets, engine)
+
+    @property
+    def engine_stats(self) -> dict:
+        """What the engine did so far (``Trajectory.engine_stats``)."""
+        return self.engine.stats
 
     @property
     def N(self) -> int:
@@ -78,12 +89,16 @@ class Evaluator:
     def _rhs(self, R, b) -> RHS:
         X, labels, T = self.X, self.labels, self.targets
         if self.form == "general":
-            loss, gb, om, _, _ = euclid_general(self.bk, R, b, X, labels, T, True)
+            loss, gb, om = self.engine.evaluate(R, b)
             return RHS(float(loss), gb, om)
         Q = T.shape[0]
-        counts, S0, S1, S2 = _separated.checked_moments(self.bk, R, b, X, labels, Q)
+        grouped = self.engine.separated(R, b)  # the moments from the groups, or None: per point
+        if grouped is None:
+            counts, S0, S1, S2 = _separated.checked_moments(self.bk, R, b, X, labels, Q)
+            loss = float(euclid_general(self.bk, R, b, X, labels, T, False)[0])
+        else:
+            loss, counts, S0, S1, S2 = grouped
         gb, om = _separated.assemble(R, b, T, counts, S0, S1, S2, self.N)
-        loss = float(euclid_general(self.bk, R, b, X, labels, T, False)[0])
         rhs = RHS(loss, gb, om)
         if self.needs_moments:
             rhs.rate = (counts[:, None] - S0) / self.N  # π_j (1 − m0_j)
@@ -97,7 +112,8 @@ class Evaluator:
         Q = self.targets.shape[0]
         if M > _config.MAX_CODE_WIDTH:
             return np.full((L, Q, 3), -1, dtype=np.int64)
-        return self.bk.counts(R, b, self.X, self.labels, Q)
+        grouped = self.engine.counts(R, b)  # free when the groups are exact at (R, b)
+        return grouped if grouped is not None else self.bk.counts(R, b, self.X, self.labels, Q)
 
 
 class StandardEvaluator(Evaluator):
@@ -115,6 +131,7 @@ class StandardEvaluator(Evaluator):
 
     def __init__(self, bk: Backend, X: Any, labels: Any, Y: np.ndarray):
         super().__init__(bk, X, labels, Y, form="general")
+        self.engine.fallback = "the standard loss has no pattern form yet (docs/theory.md §11): per point"
 
     def rhs(self, R: np.ndarray, b: np.ndarray, W_out: np.ndarray | None = None,  # type: ignore[override]
             b_out: np.ndarray | None = None) -> RHS:

@@ -42,6 +42,7 @@ import numpy as np
 
 from truncfast import _config
 from truncfast._errors import DivergenceError, SeparationError, StepSizeError
+from truncfast._flow.engines import merge_stats
 from truncfast._flow.evaluator import RHS
 from truncfast._integrate.controller import PIController, error_norm
 from truncfast._integrate.events import Events, collapsed
@@ -90,6 +91,7 @@ class StepRun:
     def __init__(self, settings: dict, y: State, ev, *, checkpoint, checkpoint_every, progress: bool,
                  previous: Trajectory | None = None, meta: dict | None = None, digest: str | None = None,
                  reorth0: int = 0):
+        self._stats_before = dict(previous.engine_stats) if previous is not None else {}
         s = self.settings = settings
         self.ev = ev
         self.solver: Solver = SOLVERS[s["method"]]()
@@ -147,7 +149,8 @@ class StepRun:
                           settings=dict(self.settings), last_step=c.k,
                           W_out=None if y.W is None else y.W.copy(), b_out=None if y.c is None else y.c.copy(),
                           W_outs=W_outs, b_outs=b_outs, last_time=c.t, stats=stats,
-                          located_collapse_times=np.array(c.located) if self.adaptive else None)
+                          located_collapse_times=np.array(c.located) if self.adaptive else None,
+                          engine_stats=merge_stats(self._stats_before, self.ev.engine_stats))
 
     def write_checkpoint(self) -> None:
         if self.checkpoint is None:

@@ -34,6 +34,7 @@ import numpy as np
 from truncfast import _config
 from truncfast._atomic import remove_leftovers
 from truncfast._errors import DivergenceError, SeparationError
+from truncfast._flow.engines import merge_stats
 from truncfast._flow.evaluator import RHS, Evaluator
 from truncfast._kernels.polar import orthonormalize
 from truncfast._integrate.checks import check_record_memory, n_records, record_step
@@ -110,6 +111,7 @@ class Run:
         self._monitor_state = monitor_state
         self.monitor: LossMonitor | None = None  # built once the initial loss is known (run())
         self._chunk_len = 64
+        self._stats_before = dict(previous.engine_stats) if previous is not None else {}
 
     # ------------------------------------------------------------ pieces ---
     def _record(self, i: int, k: int, R, b, rhs: RHS) -> None:
@@ -140,7 +142,8 @@ class Run:
         k, R, b, nrec, reorth = self.state
         rec = {name: arr[:nrec].copy() for name, arr in self.buf.items()}
         return Trajectory(R=R.copy(), b=b.copy(), **rec, reorthonormalizations=reorth,
-                          settings=dict(self.settings), last_step=k, warnings=list(self.warnings))
+                          settings=dict(self.settings), last_step=k, warnings=list(self.warnings),
+                          engine_stats=merge_stats(self._stats_before, self.ev.engine_stats))
 
     def write_checkpoint(self) -> None:
         if self.checkpoint is None:
@@ -197,6 +200,7 @@ class Run:
                 self.train_w, self.train_b, stop - k, _config.REORTHONORMALIZE_TOL, Rprev, bprev,
                 self.loss_limit, losses[k + 1 - k_first:])
             k += done
+            ev.engine.note_direct(done)
             if status == DIVERGED:
                 raise _Diverged(k, loss_c, k - 1, Rprev.copy(), bprev.copy(),
                                 state=not (np.isfinite(Rw).all() and np.isfinite(bw).all()))

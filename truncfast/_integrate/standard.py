@@ -18,6 +18,7 @@ from typing import Any
 
 from truncfast import _config
 from truncfast._errors import InputError
+from truncfast._flow.engines import check_engine
 from truncfast._flow.evaluator import Evaluator, StandardEvaluator
 from truncfast._flow.problem import euclid_args, standard_args
 from truncfast._integrate import adaptive as _adaptive
@@ -39,7 +40,7 @@ def integrate_standard(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: A
                        train_weights: bool = True, train_biases: bool = True, train_output: bool = True,
                        record_every: int = 1, backend: str = "auto", progress: bool = False,
                        checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
-                       form: str = "general", events: str = "auto") -> Trajectory:
+                       form: str = "general", events: str = "auto", engine: str = "auto") -> Trajectory:
     """Integrate the gradient flow of the standard loss C_std in (R, b, W_out, b_out) (docs/theory.md §12).
 
     ``C_std = 1/(2N) Σ_n |W_out τ^(L)(x_n) + b_out − y_{labels[n]}|²`` with the
@@ -50,13 +51,16 @@ def integrate_standard(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: A
     With ``method="lie-euler"`` one step is one step of gradient descent on
     C_std in all four parameters, with the exponential retraction for R.
     ``"exp-euler"`` and ``form="separated"`` belong to the Euclidean loss and
-    are refused.
+    are refused.  ``engine`` is accepted and recorded like :func:`truncfast.integrate`'s,
+    but C_std has no pattern form yet (docs/theory.md §11 is written for C_E): every
+    engine evaluates per point, and ``Trajectory.engine_stats["fallback"]`` says so.
 
     Returns a :class:`Trajectory` whose ``loss`` is C_std, with the final
     ``W_out``, ``b_out`` and the recorded ``W_outs``, ``b_outs``.  Resume a
     checkpoint with ``truncfast.resume(path, X, labels, Y)``.
     """
     p = standard_args(R, b, X, labels, W_out, b_out, Y, backend)
+    engine = check_engine(engine)
     ta = check_time_args(method, dt, steps, t1, rtol, atol, saveat, record_every, SOLVERS)
     method = ta["method"]
     if SOLVERS[method].needs_moments:
@@ -80,7 +84,7 @@ def integrate_standard(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: A
         "method": method, "dt": ta["dt"], "steps": ta["steps"], "record_every": ta["record_every"],
         "train_weights": train_weights, "train_biases": train_biases, "train_output": train_output,
         "backend": bk.name, "form": "general", "N": int(N), "M": int(M), "L": int(L), "Q": int(Q), "P": int(P),
-        "version": __version__, "compiled_loop": False, **bk.run_settings(X),
+        "version": __version__, "compiled_loop": False, "engine": engine, **bk.run_settings(X),
         "loop": "stepper", "loss": "standard", **{key: ta[key] for key in ("t1", "rtol", "atol", "saveat")},
         "events": resolve_events(events, ta["rtol"] is not None, N, M, bk.name),
     }
@@ -115,7 +119,8 @@ def resume_run(traj: Trajectory, header: dict, X: Any, labels: Any, targets: Any
         bk = p.bk
         Xp, lp = bk.persist(p.X, p.labels)
         digest = check_resume_data(s, meta, Xp, p.targets, lambda: bk.digest(Xp, lp, p.targets))
-        ev = Evaluator(bk, Xp, lp, p.targets, form=s["form"], needs_moments=SOLVERS[s["method"]].needs_moments)
+        ev = Evaluator(bk, Xp, lp, p.targets, form=s["form"], needs_moments=SOLVERS[s["method"]].needs_moments,
+                       engine=s.get("engine", "direct"))
         y = State(p.R.copy(), p.b.copy())
     for key in ("distributed", "reduction", "blocks"):
         s.pop(key, None)

@@ -150,6 +150,12 @@ class Trajectory:
     located_collapse_times : (Q,) or None
         Adaptive runs: collapse times located by bisection to the tolerance
         (see :attr:`collapse_times`).
+    engine_stats : dict
+        What the engine of the right-hand side did (``settings["engine"]`` is the
+        one requested): ``groups``, ``rechecked_points``, ``moved_points``,
+        ``rebuilds``, ``failed_rebuilds``, ``direct_evaluations``,
+        ``moment_evaluations``, ``engine``, ``fallback`` (``_flow.engines``);
+        empty for files written before engines existed.
     """
 
     R: np.ndarray
@@ -174,6 +180,7 @@ class Trajectory:
     last_time: float | None = None
     stats: dict = field(default_factory=dict)
     located_collapse_times: np.ndarray | None = None
+    engine_stats: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------- derived ---
     @property
@@ -255,6 +262,7 @@ class Trajectory:
             "reorthonormalizations": int(self.reorthonormalizations),
             "last_step": int(self.last_step),
             "warnings": [str(w) for w in self.warnings],
+            "engine_stats": self.engine_stats,
         }
         arrays = self._arrays()
         if self.last_time is not None or self.stats or any(n in arrays for n in _OPTIONAL):
@@ -313,5 +321,6 @@ class Trajectory:
                    settings=header["settings"], last_step=int(header["last_step"]),
                    warnings=list(header.get("warnings", [])),
                    **{k: data.get(k) for k in _OPTIONAL},
-                   last_time=None if last_time is None else float(last_time), stats=dict(header.get("stats") or {}))
+                   last_time=None if last_time is None else float(last_time), stats=dict(header.get("stats") or {}),
+                   engine_stats=header.get("engine_stats", {}))
         return traj, header

@@ -39,6 +39,7 @@ ffi = lib = None
 if _config.env_no_cext():
     _reason = "disabled by the environment variable TRUNCFAST_NO_CEXT"
 else:
+    _config.apply_omp_wait_policy()  # before the OpenMP runtime loads with the extension
     try:
         from truncfast._ccore_cffi import ffi, lib  # type: ignore[import-not-found]
     except ImportError as exc:  # not built: no compiler, or installed without the C core

@@ -23,7 +23,8 @@ arrays ``st.patterns`` (G, L) uint64, ``st.label`` (G,), ``st.n`` (G,) int64,
 are views of the live part.  Groups emptied by moves stay (n = 0) until the next
 full pass; the assembly skips them.
 
-**The bound (a proof, rounding included).**  A point checked at a state θᶜ
+**The Lipschitz bound of §11 (a proof, rounding included; for *plain*
+generations, those with many groups).**  A point checked at a state θᶜ
 (exact pre-activations uᶜ_ℓ) keeps its pattern at θ when
 ``|u_ℓ − uᶜ_ℓ|_∞ < |uᶜ_ℓ,i|`` for every ℓ, i.  With ε = max ‖R_ℓ − Rᶜ_ℓ‖₂
 (≤ the Frobenius norm), β = max |b_ℓ − bᶜ_ℓ|, ν ≥ ‖R_ℓ‖₂, ‖Rᶜ_ℓ‖₂ and
@@ -59,18 +60,41 @@ defect, ‖R‖₂² ≤ 1 + ‖RᵀR − I‖_F; ε, β, B from norms inflated 
 their rounding.  When ε ≥ ½ nothing is claimed: every point is at risk.  A
 point with m = 0 (an exact zero pre-activation) is never safe.
 
-**At-risk search without an O(N) scan.**  Points are kept in *generations*:
-the points last checked at the same state (one after a full pass; each
-:func:`recheck` opens a new one at its state).  A generation stores, per
-point, (index int32, m float32, ρ float32) sorted by *margin bucket* — the
-float32 bits of m shifted right by 20: 8 buckets per octave, monotone in m, so
-a stable counting sort (O(K), parallel, thread-count independent) replaces a
-comparison sort — and per bucket the smallest m and the largest ρ.  Given θ,
-each generation's bound is ``A ρ + C0``; the scan walks buckets upwards and
-stops at the first bucket whose smallest m beats ``A ρ_max + C0`` (all later
-buckets are safe), skips buckets whose own largest ρ passes, and tests
-entries only in the others.  So the at-risk candidates are a prefix in
-margin, and an evaluation at which nothing is at risk costs O(generations ·
+**The pattern-affine bound (a proof, rounding included; used whenever a
+generation has at most ``_config.PATTERN_CENTRED_MAX_SLOTS`` groups).**  Inside
+a pattern h the forward pass is affine: u_ℓ = K_ℓ(θ) x + k_ℓ(θ) with
+K_ℓ = R_ℓ P_{ℓ−1} ⋯ P_1, P_j = R_jᵀ diag(h_j) R_j (§11; exact for any R, it is the
+kernels' formula).  For any fixed point c (the group's mean when the generation
+was made) and δ = |x − c|,
+
+    u_ℓ(θ) − u_ℓ(θᶜ) = (K_ℓ(θ) − K_ℓ(θᶜ)) (x − c) + [U_ℓ(c; θ) − U_ℓ(c; θᶜ)],
+
+U the pattern-h affine pre-activations evaluated at c (whatever c's own
+pattern).  By induction over the layers — layer 1 is affine always; if layers
+< ℓ keep h at θ then u_ℓ(θ) is the pattern-h expression — a point keeps its
+pattern when κ δ + Δ < margin for κ = (2L − 1) ν^{2L−2} ε ≥ ‖ΔK_ℓ‖₂ and
+Δ = max_ℓ |ΔU_ℓ(c)|_∞.  With the rounding of both computed passes of the point
+(Ar ρ + Cp, the c(ρ' + B) above) and of c (Ar ρ_c + Cp), the test is
+
+    κ δ + Ar ρ + C_slot < m · (1 − 10⁻¹⁵),   C_slot = Δ (1 + 10⁻¹²) + Ar ρ_c + 2 Cp
+
+(``patterns_risk.slot_constants``).  It moves with the group's own motion
+(δ ≈ the group's spread) instead of ε |x| (docs/theory.md §11 for a measurement).
+The four computed passes involved (point and centre, both states) each err by
+≤ 0.094 c (S + B); with |z(θ)| ≤ ν^{2L} δ + ρ_c and δ ≤ ρ + ρ_c the charged
+``Ar ρ + Ar ρ_c + 3 Cp`` covers them with a factor > 2.5 to spare.
+
+**At-risk search without an O(N) scan.**  Points are kept in *generations*
+(``patterns_generations``): the points last checked at the same state (one
+after a full pass; each :func:`recheck` opens a new one at its state), with
+per point an entry (index int32, m float32, ρ float32, δ float32), sorted by
+slot (group) and inside a slot by *margin bucket* (float32 bits of m >> 20,
+8 buckets per octave; stable counting sorts, thread-count independent), with
+per bucket the smallest m and the largest ρ and δ.  The scan
+(``patterns_risk.risk_scan``) walks each slot's buckets upwards, stops at the
+first whose smallest m beats the slot's bound for its largest δ and ρ, skips
+buckets safe for their own largest δ and ρ, and tests entries only in the
+others: an evaluation at which nothing is at risk costs O(generations · slots ·
 L M²) — independent of N.  A point rechecked moves to the new generation; its
 old entry becomes a tombstone (``gen_of[p]`` no longer names that generation).
 A generation with fewer live entries than ``_config.PATTERN_COMPACT_FRACTION`` of its entries
@@ -78,7 +102,7 @@ is compacted (O(its size)); beyond ``_config.PATTERN_GENERATIONS_MAX`` generatio
 smallest are re-checked at the current state and folded into the new one.
 
 Memory per point: group_of int32 + gen_of int32 + one live entry
-(int32 + 2 float32) = 20 bytes, plus tombstones until compaction and the
+(int32 + 3 float32) = 24 bytes, plus tombstones until compaction and the
 groups (8 (L + M² + M + 2) bytes each).
 
 Determinism: the full pass sums chunks of ``_config.CHUNK_SIZE`` points and
@@ -99,6 +123,7 @@ from truncfast._kernels import parallel as _parallel
 from truncfast._kernels import patterns as _k
 from truncfast._kernels import patterns_moments as _m
 from truncfast._kernels import patterns_assembly as _a
+from truncfast._kernels import patterns_generations as _g
 from truncfast._kernels import patterns_risk as _r
 from truncfast._kernels.numba_kernels import add_slots, transfer_matrices
 
@@ -169,7 +194,7 @@ class PatternState:
 
     def nbytes(self) -> int:
         per_point = self.group_of.nbytes + self.gen_of.nbytes
-        entries = sum(g.idx.nbytes + g.m.nbytes + g.rho.nbytes for g in self.gens)
+        entries = sum(g.idx.nbytes + g.m.nbytes + g.rho.nbytes + g.d.nbytes for g in self.gens)
         groups = sum(a.nbytes for a in (self.keys, self.labs, self.tn, self.tmean, self.tscat, self.hslots))
         return per_point + entries + groups
 
@@ -177,10 +202,8 @@ class PatternState:
 # ------------------------------------------------------------- helpers ---
 
 def _pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
+    """The smallest power of two ≥ n (1 for n ≤ 1)."""
+    return 1 << (int(n) - 1).bit_length() if n > 1 else 1
 
 
 def _empty_state(N, M, L, Q, cap=16) -> PatternState:
@@ -290,7 +313,7 @@ def full_pass(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q
         st.G = _k.insert_new(st.hslots, st.keys, st.labs, st.tn, st.tmean, st.tscat, st.G, keys, labs, gid)
         _m.merge_moments(st.tn, st.tmean, st.tscat, gid, ln, lmean, lscat)
         _parallel.run_ranges(lambda a, c, _: _m.remap_range(go, gid, loff, a, c, chunk, c0), c0, c0 + nb, split=4)
-    gen = _r.make_generation(st, R, b, m32, rho32, np.empty(0, np.int64), chunk)
+    gen = _new_generation(st, R, b, m32, rho32, np.empty(0, np.int64), X)
     st.gen_of[:] = gen.gid
     st.gens = [gen]
     _refresh_refs(st)
@@ -298,52 +321,73 @@ def full_pass(R: np.ndarray, b: np.ndarray, X: np.ndarray, labels: np.ndarray, Q
     return st
 
 
+def _new_generation(st: PatternState, R, b, m32, rho32, ids, Xrows):
+    gen = _g.make_generation(st, R, b, m32, rho32, ids, Xrows, _config.CHUNK_SIZE, st.next_gen, _norm_bound(R),
+                             float(np.sqrt((b * b).sum(axis=1)).max()))
+    st.next_gen += 1
+    return gen
+
+
 def _refresh_refs(st: PatternState) -> None:
     """Stack the generations' reference data for :func:`at_risk` (after any change of ``st.gens``)."""
     gens = st.gens
     st.refs = (np.array([g.R for g in gens]).reshape(len(gens), st.L, st.M, st.M),
                np.array([g.b for g in gens]).reshape(len(gens), st.L, st.M),
-               np.array([g.nu for g in gens]), np.array([g.bnorm for g in gens]),
-               np.array([g.rhomax for g in gens]),
-               np.array([g.bmin[0] if g.bmin.size else np.inf for g in gens]))
+               np.array([g.nu for g in gens]), np.array([g.bnorm for g in gens]))
 
 
 def at_risk(st: PatternState, R: np.ndarray, b: np.ndarray, *, limit: int | None = None) -> np.ndarray | None:
-    """Sorted indices of the points whose pattern the bound of §11 cannot certify at (R, b).
+    """Sorted indices of the points whose pattern the bounds of §11 cannot certify at (R, b).
 
     Every other point provably has, at (R, b), the pattern of its group.  Cost
-    when nothing is at risk: one compiled pass over the (generations, L, M, M)
-    reference stack, independent of N; otherwise O(at-risk candidates).  With
-    ``limit``, returns None as soon as more than ``limit`` points are found
-    (the caller then does a full pass instead).
+    when nothing is at risk: O(generations · slots · L M²), independent of N;
+    otherwise O(at-risk candidates).  With ``limit``, returns None as soon as
+    the re-check that would follow (these points, and the generations it would
+    fold) exceeds ``limit`` points: the caller then does a full pass instead.
     """
-    Rs, bs, nus, bns, rhomax, bmin0 = st.refs
+    Rs, bs, nus, bns = st.refs
     ng = len(st.gens)
-    A, C0 = np.empty(ng), np.empty(ng)
-    _r.reference_coefficients(R, b, Rs, bs, nus, bns, _config.PATTERN_ROUNDING_FACTOR, A, C0)
-    with np.errstate(invalid="ignore"):  # inf · 0 when a generation has ρ_max = 0: not quiet
-        quiet = A * rhomax + C0 < bmin0 * _SHRINK  # the common case: nothing of the generation near its bound
+    if limit is not None:  # the limit covers the whole re-check that follows, folded points included
+        limit -= sum(st.gens[i].live for i in _fold_plan(st))
+        if limit < 0:
+            return None
+    A, C0, kap, Ar, Cp = (np.empty(ng) for _ in range(5))
+    _r.reference_coefficients(R, b, Rs, bs, nus, bns, _config.PATTERN_ROUNDING_FACTOR, A, C0, kap, Ar, Cp)
     found = []
     left = -1 if limit is None else int(limit)
-    for i in np.flatnonzero(~quiet):
-        gen = st.gens[i]
-        if not np.isfinite(A[i]):
-            if 0 <= left < gen.live:
-                return None
-            f = _r.live_entries(gen.idx, st.gen_of, gen.gid)
-        else:
-            f = _r.risk_scan(float(A[i]), float(C0[i]), _SHRINK, gen.starts, gen.bmin, gen.bmax, gen.rhomax,
-                             gen.idx, gen.m, gen.rho, st.gen_of, gen.gid, left)
+    nu_now = None
+    for i, gen in enumerate(st.gens):
+        if gen.centred:  # the pattern-affine bound, one constant (and κ) per slot
+            S = gen.slot_gid.shape[0]
+            C, Ad = np.empty(S), np.empty(S)
+            exact = S * st.L * st.M ** 3 <= _config.PATTERN_EXACT_KAPPA_WORK
+            if nu_now is None:
+                nu_now = _norm_bound(R)
+            _r.slot_constants(R, b, gen.R, gen.b, gen.centres, gen.keys, float(Ar[i]), float(Cp[i]),
+                              max(nu_now, float(nus[i])), float(kap[i]), exact, C, Ad)
+            Arho = float(Ar[i])
+        else:  # the Lipschitz bound in ρ
+            C, Ad, Arho = np.array([C0[i]]), np.zeros(1), float(A[i])
+        f = _r.risk_scan(Ad, Arho, C, _SHRINK, *gen.summary, gen.idx, gen.m, gen.rho, gen.d, st.gen_of, gen.gid, left)
         if left >= 0:
             if f.size > left:
                 return None
             left -= f.size
-        found.append(f)
+        if f.size:
+            found.append(f)
     if not found:
         return np.empty(0, np.int64)
     out = np.concatenate(found)
     out.sort()
     return out
+
+
+def _fold_plan(st: PatternState) -> list[int]:
+    """Generations the next :func:`recheck` folds (re-checks) to stay within ``PATTERN_GENERATIONS_MAX``: the smallest."""
+    extra = len(st.gens) + 1 - _config.PATTERN_GENERATIONS_MAX
+    if extra <= 0:
+        return []
+    return sorted(range(len(st.gens)), key=lambda i: st.gens[i].live)[:extra]
 
 
 def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: np.ndarray,
@@ -355,11 +399,12 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
     ``idx`` must hold distinct indices; returns the number of points that
     changed group.
     """
-    idx = np.unique(np.asarray(idx, dtype=np.int64))
-    if len(st.gens) + 1 > _config.PATTERN_GENERATIONS_MAX:
-        sizes = sorted(range(len(st.gens)), key=lambda i: st.gens[i].live)
-        fold = sizes[:len(st.gens) + 1 - _config.PATTERN_GENERATIONS_MAX]
-        extra = [_r.live_entries(st.gens[i].idx, st.gen_of, st.gens[i].gid) for i in fold]
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.size > 1 and not (idx[1:] > idx[:-1]).all():  # at_risk's output is sorted already
+        idx = np.unique(idx)
+    fold = _fold_plan(st)
+    if fold:
+        extra = [_g.live_entries(st.gens[i].idx, st.gen_of, st.gens[i].gid) for i in fold]
         st.stats["folded_points"] += int(sum(e.size for e in extra))
         idx = np.unique(np.concatenate([idx] + extra))
     K = idx.size
@@ -381,9 +426,9 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
     gid, _ = _insert(st, codes, labs)
     moved = _m.move_points(Xg, idx, gid, st.group_of, st.tn, st.tmean, st.tscat)
     # leave the old generations (their entries become tombstones), open the new one
-    old, cnt = np.unique(st.gen_of[idx], return_counts=True)
-    left = dict(zip(old.tolist(), cnt.tolist()))
-    gen = _r.make_generation(st, R, b, m32, rho32, idx, chunk)
+    cnt = np.bincount(st.gen_of[idx], minlength=st.next_gen)
+    left = {g.gid: int(cnt[g.gid]) for g in st.gens}
+    gen = _new_generation(st, R, b, m32, rho32, idx, Xg)
     st.gen_of[idx] = gen.gid
     kept = []
     for g in st.gens:
@@ -391,9 +436,7 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
         if g.live <= 0:
             continue
         if g.live < _config.PATTERN_COMPACT_FRACTION * g.idx.size:
-            g.idx, g.m, g.rho = _r.compact_entries(g.idx, g.m, g.rho, st.gen_of, g.gid)
-            g.starts, g.bmin, g.bmax = _r.bucket_summary(g.m.view(np.uint32), g.m, g.rho)
-            g.rhomax = float(g.bmax.max()) if g.bmax.size else 0.0
+            _g.compact(g, st.gen_of)
             st.stats["compactions"] += 1
         kept.append(g)
     st.gens = kept + [gen]
@@ -404,8 +447,11 @@ def recheck(st: PatternState, idx: np.ndarray, R: np.ndarray, b: np.ndarray, X: 
 
 
 def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray, *,
-             backend: str = "numba") -> tuple[float, np.ndarray, np.ndarray]:
+             backend: str = "numba", counts: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """(loss, grad_b, omega) of the Euclidean loss from the groups (§11), as ``tf.gradient`` returns them.
+
+    ``counts`` (capacity-sized int64, default ``st.tn``) replaces the groups'
+    counts: groups given 0 are left out (the hybrid evaluation sums them per point).
 
     ``C_E = 1/(2N) Σ [n |ē|² + tr(A_L C A_Lᵀ)]``, ``grad_b = −1/N Σ n (1 − h_ℓ) ⊙ r̄_ℓ``,
     ``omega = P_A(G)/N`` with ``G_ℓ = Σ n ((h ⊙ r̄) v̄ᵀ − r̄ t̄ᵀ) + [D_ℓ, F_r C F_vᵀ]``.
@@ -414,14 +460,15 @@ def assemble(st: PatternState, R: np.ndarray, b: np.ndarray, targets: np.ndarray
     G = st.G
     blk = _config.PATTERN_ASSEMBLY_BLOCK
     N = st.N
+    tn = st.tn if counts is None else counts
     if backend == "c":
-        loss, gb, Gm = _c_kernels().assemble(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, blk)
+        loss, gb, Gm = _c_kernels().assemble(R, b, targets, st.keys, st.labs, tn, st.tmean, st.tscat, G, blk)
         return loss / N, gb / N, 0.5 * (Gm - np.swapaxes(Gm, 1, 2)) / N
     nblk = max(1, (G + blk - 1) // blk)
     ploss, pgb, pG = np.empty((nblk, 1)), np.empty((nblk, L, M)), np.empty((nblk, L, M, M))
 
     def run(a, c, _):
-        _a.assemble_range(R, b, targets, st.keys, st.labs, st.tn, st.tmean, st.tscat, G, a, c, blk, 0,
+        _a.assemble_range(R, b, targets, st.keys, st.labs, tn, st.tmean, st.tscat, G, a, c, blk, 0,
                           ploss[:, 0], pgb, pG)
 
     if nblk == 1:

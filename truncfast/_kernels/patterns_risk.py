@@ -1,154 +1,70 @@
-"""Numba kernels of the at-risk search (docs/theory.md §11): margin buckets and the bound scan.
+"""Numba kernels of the at-risk search (docs/theory.md §11): the bounds and the scan of a generation.
 
-A generation's entries (point index, margin m, ρ) are stable-counting-sorted by
-bucket — the float32 bits of m shifted right by ``BUCKET_SHIFT`` (8 exponent
-bits and the top 3 mantissa bits: 8 buckets per octave, monotone in m) — with
-the smallest m and the largest ρ of each bucket.  ``risk_scan`` then visits
-only the prefix of buckets the bound can reach (see ``pattern_state``);
-``reference_coefficients`` gives the bound's coefficients for every reference
-state at once (the derivation is in ``pattern_state``'s docstring).
+Two bounds, both proofs including rounding (derivations in ``pattern_state``):
+
+* the Lipschitz bound of §11, for *plain* generations: ``A ρ + C0 < m``
+  (``bound_coefficients``, ``reference_coefficients``);
+* the pattern-affine bound, for generations whose points are split into
+  *slots* (one per group, with a centre c): a point of the group with pattern
+  h is an affine function of x at every state while it keeps h, so its
+  pre-activations move by at most ``κ δ + Δ_slot`` with δ = |x − c|,
+  κ = (2L − 1) ν^{2L−2} ε and Δ_slot the change at c of the pattern-h affine
+  pre-activations (``slot_constants``); the test is ``κ δ + A_ρ ρ + C_slot < m``.
+
+``risk_scan`` walks a generation's slots and, inside each, its margin buckets
+(``patterns_generations``), testing only the entries the bound can reach.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-from truncfast._kernels import parallel
 from truncfast._kernels.numba_cache import jit
 
-__all__ = ["NBUCKETS", "BUCKET_SHIFT", "bucket_stats_range", "bucket_scatter_range", "bucket_summary",
-           "risk_scan", "live_entries", "compact_entries", "bound_coefficients", "norm_bound",
-           "reference_coefficients"]
-
-#: Margin buckets: the float32 bits of m shifted right by this.
-BUCKET_SHIFT = 20
-NBUCKETS = 1 << (31 - BUCKET_SHIFT)
+__all__ = ["risk_scan", "bound_coefficients", "rounding_coefficients", "norm_bound", "reference_coefficients",
+           "slot_constants", "INFLATE"]
 
 
 @jit
-def bucket_stats_range(mbits, rho, lo, hi, hist, bmin, bmax, mvals):
-    """Histogram of bucket keys (mbits >> BUCKET_SHIFT) of entries lo..hi-1, with per-bucket min m and max ρ."""
-    for n in range(lo, hi):
-        q = mbits[n] >> BUCKET_SHIFT
-        hist[q] += 1
-        m = np.float64(mvals[n])
-        if m < bmin[q]:
-            bmin[q] = m
-        r = np.float64(rho[n])
-        if r > bmax[q]:
-            bmax[q] = r
+def risk_scan(Ad, Ar, C, shrink, summary_starts, bmin, bmaxr, bmaxd, slot_b, srho, sd, idx, m, rho, d, gen_of,
+              gen_id, limit):
+    """Points of one generation that the bound cannot prove safe, in entry order.
 
-
-@jit
-def bucket_scatter_range(mbits, m, rho, ids, lo, hi, pos, out_idx, out_m, out_rho):
-    """Stable counting-sort scatter of entries lo..hi-1 by bucket; ``pos`` = next free position per bucket.
-
-    The entry's point id is ids[n], or n itself when ids is empty.
+    Entry k of slot s is safe when ``Ad[s] δ_k + Ar ρ_k + C[s] < m_k · shrink``.
+    Inside a slot, buckets come in increasing m: the scan stops at the first
+    bucket whose smallest margin beats the bound for the slot's largest δ and
+    ρ (every later bucket of the slot is then safe), skips buckets safe for
+    their own largest δ and ρ, and tests the entries of the others one by one.
+    Tombstones (gen_of ≠ gen_id) are skipped.  Stops after ``limit + 1``
+    points when ``limit ≥ 0``.
     """
-    ident = ids.shape[0] == 0
-    for n in range(lo, hi):
-        q = mbits[n] >> BUCKET_SHIFT
-        j = pos[q]
-        pos[q] = j + 1
-        out_idx[j] = n if ident else ids[n]
-        out_m[j] = m[n]
-        out_rho[j] = rho[n]
-
-
-@jit
-def bucket_summary(mbits, m, rho):
-    """For bucket-sorted entries: (starts (nb+1,), min m (nb,), max ρ (nb,)) of the non-empty buckets."""
-    K = m.shape[0]
-    starts = np.empty(K + 1, dtype=np.int64)
-    bmin = np.empty(K)
-    bmax = np.empty(K)
-    nb = 0
-    prev = np.uint32(0xFFFFFFFF)
-    for n in range(K):
-        q = mbits[n] >> BUCKET_SHIFT
-        if nb == 0 or q != prev:
-            starts[nb] = n
-            bmin[nb] = np.float64(m[n])
-            bmax[nb] = np.float64(rho[n])
-            nb += 1
-            prev = q
-        else:
-            if m[n] < bmin[nb - 1]:
-                bmin[nb - 1] = np.float64(m[n])
-            if rho[n] > bmax[nb - 1]:
-                bmax[nb - 1] = np.float64(rho[n])
-    starts[nb] = K
-    return starts[:nb + 1].copy(), bmin[:nb].copy(), bmax[:nb].copy()
-
-
-@jit
-def risk_scan(A, C0, shrink, starts, bmin, bmax, rhomax, idx, m, rho, gen_of, gen_id, limit):
-    """Points of one generation that the bound cannot prove safe.
-
-    Entry s is safe when ``A ρ_s + C0 < m_s · shrink``.  Buckets come in
-    increasing m; the scan stops at the first bucket whose smallest margin
-    beats the bound for the generation's largest ρ (every later bucket is then
-    safe), skips buckets safe for their own largest ρ, and tests the entries
-    of the others one by one.  Tombstones (entries whose point moved to
-    another generation, gen_of ≠ gen_id) are skipped.  Stops after
-    ``limit + 1`` points when ``limit ≥ 0``.
-    """
-    lim = A * rhomax + C0
-    nbk = starts.shape[0] - 1
-    q_end = 0
-    while q_end < nbk and not (lim < bmin[q_end] * shrink):
-        q_end += 1
-    out = np.empty(starts[q_end], dtype=np.int64)
+    S = slot_b.shape[0] - 1
+    qend = np.empty(S, np.int64)
+    total = 0
+    for s in range(S):
+        lim = Ad[s] * sd[s] + Ar * srho[s] + C[s]
+        q = slot_b[s]
+        while q < slot_b[s + 1] and not (lim < bmin[q] * shrink):
+            q += 1
+        qend[s] = q
+        total += summary_starts[q] - summary_starts[slot_b[s]]
+    out = np.empty(total, dtype=np.int64)
     no = 0
-    for q in range(q_end):
-        if A * bmax[q] + C0 < bmin[q] * shrink:
-            continue
-        for s in range(starts[q], starts[q + 1]):
-            p = idx[s]
-            if gen_of[p] != gen_id:
+    for s in range(S):
+        c = C[s]
+        a = Ad[s]
+        for q in range(slot_b[s], qend[s]):
+            if a * bmaxd[q] + Ar * bmaxr[q] + c < bmin[q] * shrink:
                 continue
-            if not (A * np.float64(rho[s]) + C0 < np.float64(m[s]) * shrink):
-                out[no] = p
-                no += 1
-                if no == limit + 1:
-                    return out[:no]
+            for k in range(summary_starts[q], summary_starts[q + 1]):
+                p = idx[k]
+                if gen_of[p] != gen_id:
+                    continue
+                if not (a * np.float64(d[k]) + Ar * np.float64(rho[k]) + c < np.float64(m[k]) * shrink):
+                    out[no] = p
+                    no += 1
+                    if no == limit + 1:
+                        return out[:no]
     return out[:no]
-
-
-@jit
-def live_entries(idx, gen_of, gen_id):
-    """Point ids of the live entries of a generation, in entry order."""
-    out = np.empty(idx.shape[0], dtype=np.int64)
-    no = 0
-    for s in range(idx.shape[0]):
-        if gen_of[idx[s]] == gen_id:
-            out[no] = idx[s]
-            no += 1
-    return out[:no]
-
-
-@jit
-def compact_entries(idx, m, rho, gen_of, gen_id):
-    """The live entries (order kept, hence still bucket-sorted)."""
-    K = idx.shape[0]
-    keep = np.empty(K, dtype=np.bool_)
-    n = 0
-    for s in range(K):
-        keep[s] = gen_of[idx[s]] == gen_id
-        n += keep[s]
-    oi = np.empty(n, dtype=idx.dtype)
-    om = np.empty(n, dtype=m.dtype)
-    orho = np.empty(n, dtype=rho.dtype)
-    j = 0
-    for s in range(K):
-        if keep[s]:
-            oi[j] = idx[s]
-            om[j] = m[s]
-            orho[j] = rho[s]
-            j += 1
-    return oi, om, orho
 
 
 # --------------------------------------------------------------- bound ---
@@ -216,9 +132,13 @@ def _bnorm(b):
 
 
 @jit
-def reference_coefficients(R, b, Rs, bs, nus, bns, rounding, A, C0):
-    """(A[g], C0[g]) of the bound between the state (R, b) and each reference (Rs[g], bs[g]).
+def reference_coefficients(R, b, Rs, bs, nus, bns, rounding, A, C0, kappa, Ar, Cp):
+    """Coefficients of both bounds between the state (R, b) and each reference (Rs[g], bs[g]).
 
+    Lipschitz bound: (A[g], C0[g]).  Pattern-affine bound: kappa[g] =
+    (2L − 1) ν^{2L−2} ε ≥ max_ℓ ‖K_ℓ(θ) − K_ℓ(θᶜ)‖₂ for every pattern (K_ℓ = R_ℓ P_{ℓ−1} ⋯ P_1,
+    P = Rᵀ diag(h) R: ‖ΔP‖ ≤ 2νε, so ‖ΔA_j‖ ≤ 2 j ν^{2j−1} ε and
+    ‖ΔK_ℓ‖ ≤ ε ν^{2ℓ−2} + ν ‖ΔA_{ℓ−1}‖), and the rounding (Ar[g], Cp[g]).
     ε = max_ℓ ‖R_ℓ − Rs[g]_ℓ‖_F, β = max_ℓ |b_ℓ − bs[g]_ℓ|, ν and B the larger of
     the two states' (ν of the references precomputed in ``nus``, B in ``bns``),
     every norm inflated by ``INFLATE`` for its rounding.
@@ -241,71 +161,116 @@ def reference_coefficients(R, b, Rs, bs, nus, bns, rounding, A, C0):
                 d = b[l, i] - bs[g, l, i]
                 s += d * d
             beta = max(beta, np.sqrt(s))
-        A[g], C0[g] = bound_coefficients(L, M, max(nu_now, nus[g]), eps * INFLATE, beta * INFLATE,
-                                         max(bnow, bns[g]) * INFLATE, rounding)
+        nu = max(nu_now, nus[g])
+        bn = max(bnow, bns[g]) * INFLATE
+        A[g], C0[g] = bound_coefficients(L, M, nu, eps * INFLATE, beta * INFLATE, bn, rounding)
+        kappa[g] = (2 * L - 1) * nu ** (2 * L - 2) * eps * INFLATE * (1.0 + 1e-12)
+        Ar[g], Cp[g] = rounding_coefficients(L, M, nu, bn, rounding)
+        if not (np.isfinite(kappa[g]) and np.isfinite(Ar[g]) and np.isfinite(Cp[g])):
+            kappa[g], Ar[g], Cp[g] = np.inf, np.inf, np.inf
 
 
-# ------------------------------------------------------- generations ---
+@jit
+def rounding_coefficients(L, M, nu, bnorm, rounding):
+    """(Ar, Cp): a computed point's rounding at both states is ≤ Ar ρ + Cp (``bound_coefficients`` with ε = β = 0).
 
-@dataclass
-class _Generation:
-    """Points last checked at the reference state (R, b), sorted by margin bucket."""
-
-    gid: int
-    R: np.ndarray
-    b: np.ndarray
-    idx: np.ndarray
-    m: np.ndarray
-    rho: np.ndarray
-    starts: np.ndarray
-    bmin: np.ndarray
-    bmax: np.ndarray
-    live: int
-    nu: float = 1.0
-    bnorm: float = 0.0
-    rhomax: float = 0.0
+    c = rounding · L (M + 2)² u ν^{2L+2}; ρ' = ν (1 + c) ρ + ν c B; rounding ≤ c (ρ' + B).
+    """
+    c = rounding * L * (M + 2) ** 2 * _U * nu ** (2 * L + 2)
+    Ar = c * nu * (1.0 + c) * (1.0 + 1e-12)
+    Cp = c * (nu * c * bnorm + bnorm) * (1.0 + 1e-12)
+    return Ar, Cp
 
 
-def chunk_pieces(nchunks: int, chunk: int, N: int) -> np.ndarray:
-    """Row bounds of contiguous pieces of whole chunks (enough to feed the pool)."""
-    pieces = max(1, min(nchunks, 4 * parallel.get_num_threads()))
-    cb = [(nchunks * i) // pieces for i in range(pieces + 1)]
-    return np.array([min(N, c * chunk) for c in cb], dtype=np.int64)
+@jit
+def _pattern_pre(R, b, c, key, u, K, want_K):
+    """Pre-activations u (L, M) of the pattern-``key`` affine maps at the point c, and max_ℓ |z_ℓ| (|c| included);
+    with ``want_K`` also their linear parts K (L, M, M), u_ℓ = K_ℓ x + k_ℓ.
+
+    z_0 = c; v = R_ℓ z; u_ℓ = v + b_ℓ; t = v where the key's bit is set, −b_ℓ elsewhere;
+    z_ℓ = R_ℓᵀ t — the forward pass of §5 with the pattern imposed, whatever c's own
+    pattern; K_ℓ = R_ℓ A_{ℓ−1}, A_ℓ = R_ℓᵀ diag(h_ℓ) K_ℓ, A_0 = I.
+    """
+    L, M = b.shape
+    z = c.copy()
+    t = np.empty(M)
+    A = np.eye(M)
+    zm = 0.0
+    for i in range(M):
+        zm += z[i] * z[i]
+    zm = np.sqrt(zm)
+    for l in range(L):
+        for i in range(M):
+            s = 0.0
+            for k in range(M):
+                s += R[l, i, k] * z[k]
+            u[l, i] = s + b[l, i]
+            t[i] = s if (key[l] >> np.uint64(i)) & np.uint64(1) else -b[l, i]
+        n2 = 0.0
+        for k in range(M):
+            s = 0.0
+            for i in range(M):
+                s += R[l, i, k] * t[i]
+            z[k] = s
+            n2 += s * s
+        zm = max(zm, np.sqrt(n2))
+        if want_K:
+            for i in range(M):
+                for j in range(M):
+                    s = 0.0
+                    for k in range(M):
+                        s += R[l, i, k] * A[k, j]
+                    K[l, i, j] = s
+            for k in range(M):
+                for j in range(M):
+                    s = 0.0
+                    for i in range(M):
+                        if (key[l] >> np.uint64(i)) & np.uint64(1):
+                            s += R[l, i, k] * K[l, i, j]
+                    A[k, j] = s
+    return zm
 
 
-def make_generation(st, R, b, m32, rho32, ids, chunk: int) -> _Generation:
-    """Bucket-sort the entries (ids[k] or k, m32[k], rho32[k]) into a new generation at (R, b)."""
-    K = m32.shape[0]
-    mbits = m32.view(np.uint32)
-    bounds = chunk_pieces(max(1, (K + chunk - 1) // chunk), chunk, K)
-    P = bounds.shape[0] - 1
-    nbk = NBUCKETS
-    hist = np.zeros((P, nbk), np.int64)
-    bmin = np.full((P, nbk), np.inf)
-    bmax = np.zeros((P, nbk))
+@jit
+def slot_constants(R, b, Rc, bc, centres, keys, Ar, Cp, nu, kappa, exact, out, kap):
+    """C[s] and κ[s] of the pattern-affine test for every slot.
 
-    def stats(a, c, _):
-        for r in range(a, c):
-            bucket_stats_range(mbits, rho32, bounds[r], bounds[r + 1], hist[r], bmin[r], bmax[r], m32)
-
-    parallel.run_ranges(stats, 0, P)
-    total = hist.sum(axis=0)
-    start = np.concatenate(([0], np.cumsum(total)[:-1]))
-    pos = start[None, :] + np.cumsum(hist, axis=0) - hist  # stable: pieces in row order
-    idx = np.empty(K, np.int32)
-    m = np.empty(K, np.float32)
-    rho = np.empty(K, np.float32)
-
-    def scatter(a, c, _):
-        for r in range(a, c):
-            bucket_scatter_range(mbits, m32, rho32, ids, bounds[r], bounds[r + 1], pos[r], idx, m, rho)
-
-    parallel.run_ranges(scatter, 0, P)
-    nonempty = np.flatnonzero(total)
-    starts = np.append(start[nonempty], K).astype(np.int64)
-    gmax = bmax.max(axis=0)[nonempty]
-    gen = _Generation(st.next_gen, R.copy(), b.copy(), idx, m, rho, starts, bmin.min(axis=0)[nonempty], gmax, K,
-                      float(norm_bound(R)), float(np.sqrt((b * b).sum(axis=1)).max()),
-                      float(gmax.max()) if gmax.size else 0.0)
-    st.next_gen += 1
-    return gen
+    C[s] = Δ_s (1 + 10⁻¹²) + Ar ρ_c + 2 Cp with Δ_s = max_ℓ |U_ℓ(c_s; θ) − U_ℓ(c_s; θᶜ)|_∞,
+    U the pattern-affine pre-activations of the slot's group (``_pattern_pre``) at
+    the current state θ = (R, b) and the reference θᶜ = (Rc, bc), ρ_c the larger of
+    the two passes' max |z_ℓ|: the two computed passes of c are off by at most the
+    rounding of a point with ρ = ρ_c (Ar ρ_c + Cp), the point's own by Ar ρ + Cp.
+    κ[s] = the generation's ``kappa`` ((2L − 1) ν^{2L−2} ε), or with ``exact``
+    max_ℓ ‖K_ℓ(θ) − K_ℓ(θᶜ)‖_F computed, plus its rounding 16 L M² u ν^{2L}
+    (each computed entry of K is off by ≤ 2 L M u ν^{2L}, at two states), never
+    above ``kappa``.
+    """
+    L, M = b.shape
+    u = np.empty((L, M))
+    uc = np.empty((L, M))
+    K1 = np.empty((L, M, M))
+    K0 = np.empty((L, M, M))
+    slack = 16.0 * L * M * M * _U * nu ** (2 * L)
+    for s in range(centres.shape[0]):
+        z1 = _pattern_pre(R, b, centres[s], keys[s], u, K1, exact)
+        z0 = _pattern_pre(Rc, bc, centres[s], keys[s], uc, K0, exact)
+        dl = 0.0
+        for l in range(L):
+            for i in range(M):
+                dl = max(dl, abs(u[l, i] - uc[l, i]))
+        out[s] = dl * (1.0 + 1e-12) + Ar * max(z0, z1) + 2.0 * Cp
+        if not np.isfinite(out[s]):
+            out[s] = np.inf
+        kap[s] = kappa
+        if exact:
+            worst = 0.0
+            for l in range(L):
+                f = 0.0
+                for i in range(M):
+                    for j in range(M):
+                        dd = K1[l, i, j] - K0[l, i, j]
+                        f += dd * dd
+                worst = max(worst, np.sqrt(f))
+            kx = worst * INFLATE + slack
+            if kx < kappa:
+                kap[s] = kx
