@@ -51,7 +51,7 @@ def state_and_data(R: Any, b: Any, X: Any, backend: str) -> tuple[Backend, np.nd
     """``(bk, R, b, X)``: the state (R orthogonal, b) and the data, checked."""
     R, b = check_state(R, b)
     L, M = b.shape
-    bk = select(backend, X, M=M, L=L, N=_rows(X))
+    bk = select(backend, X, M=M, L=L, N=rows_hint(X))
     return bk, R, b, bk.prepare_X(X, M)
 
 
@@ -61,7 +61,7 @@ def euclid_args(R: Any, b: Any, X: Any, labels: Any, targets: Any, backend: str,
         raise InputError("labels and targets must be given together")
     R, b = check_state(R, b)
     L, M = b.shape
-    bk = select(backend, X, M=M, L=L, N=_rows(X), loop=loop)
+    bk = select(backend, X, M=M, L=L, N=rows_hint(X), loop=loop)
     X = bk.prepare_X(X, M)
     targets = check_targets(targets, M)
     labels = bk.prepare_labels(labels, X, targets.shape[0])
@@ -72,14 +72,14 @@ def standard_args(R: Any, b: Any, X: Any, labels: Any, W_out: Any, b_out: Any, Y
     """Validate the arguments of the standard loss (output layer ``W_out`` (P, M), ``b_out`` (P,), ``Y`` (Q, P))."""
     R, b = check_state(R, b)
     L, M = b.shape
-    bk = select(backend, X, M=M, L=L, N=_rows(X))
+    bk = select(backend, X, M=M, L=L, N=rows_hint(X))
     X = bk.prepare_X(X, M)
     W_out, b_out, Y = check_output_layer(M, W_out, b_out, Y)
     labels = bk.prepare_labels(labels, X, Y.shape[0], Q_name="Y")
     return Standard(bk, R, b, X, labels, W_out, b_out, Y)
 
 
-def _rows(X: Any) -> int | None:
+def rows_hint(X: Any) -> int | None:
     """N when X says it cheaply (for size-dependent backend choices), else None."""
     shape = getattr(X, "shape", None)
     try:

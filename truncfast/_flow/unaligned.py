@@ -28,6 +28,7 @@ from truncfast._arrays import as_host_array
 from truncfast._backends.protocol import FULL, PARTIAL, UNTRUNCATED, Backend
 from truncfast._backends.registry import select
 from truncfast._errors import InputError
+from truncfast._flow.problem import rows_hint
 from truncfast._validate import as_float_array, check_finite, check_targets
 
 __all__ = ["Unaligned", "check_weights", "condition_numbers", "conditions", "unaligned_args", "truncate", "sector_codes",
@@ -93,12 +94,6 @@ def _state(W: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     return W, b
 
 
-def _rows(X: Any) -> int | None:
-    shape = getattr(X, "shape", None)
-    try:
-        return int(shape[0]) if shape else None
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 def unaligned_args(W: Any, b: Any, X: Any, labels: Any = None, targets: Any = None, backend: str = "auto", *,
@@ -108,7 +103,7 @@ def unaligned_args(W: Any, b: Any, X: Any, labels: Any = None, targets: Any = No
         raise InputError("labels and targets must be given together")
     W, b = _state(W, b)
     L, M = b.shape
-    bk = select(backend, X, M=M, L=L, N=_rows(X))
+    bk = select(backend, X, M=M, L=L, N=rows_hint(X))
     X = bk.prepare_X(X, M)
     if not with_labels:
         return Unaligned(bk, W, b, X, None, None)

@@ -49,6 +49,7 @@ from truncfast._integrate.events import Events, collapsed
 from truncfast._integrate.records import Records
 from truncfast._integrate.solvers import SOLVERS, Solver
 from truncfast._integrate.solvers.base import State, Train, evaluate
+from truncfast._integrate.stops import on_interrupt, on_separation
 from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
 from truncfast._kernels.polar import orthonormalize
@@ -215,20 +216,12 @@ class StepRun:
                 if bar is not None:
                     bar.close()
         except KeyboardInterrupt as exc:
-            self.write_checkpoint()
-            exc.trajectory = self.trajectory()  # type: ignore[attr-defined]
-            note = (f"truncfast.integrate interrupted at step {self.state.k} (time {self.state.t:g}); the partial "
-                    "trajectory is in exc.trajectory")
-            if self.checkpoint is not None:
-                note += f"; checkpoint written to {self.checkpoint!r} (continue with truncfast.resume)"
-            if hasattr(exc, "add_note"):
-                exc.add_note(note)
+            on_interrupt(exc, self, f"step {self.state.k} (time {self.state.t:g})")
             raise
         except _Diverged as d:
             self._raise_divergence(d)
         except SeparationError as exc:
-            exc.trajectory = self.trajectory()  # type: ignore[attr-defined]
-            exc.step = self.state.k  # type: ignore[attr-defined]
+            on_separation(exc, self, self.state.k)
             raise
         self.write_checkpoint()
         return self.trajectory()

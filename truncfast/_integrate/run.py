@@ -40,6 +40,7 @@ from truncfast._kernels.polar import orthonormalize
 from truncfast._integrate.checks import check_record_memory, n_records, record_step
 from truncfast._integrate.monitor import LossMonitor, suggested_dt
 from truncfast._integrate.solvers import SOLVERS, Solver
+from truncfast._integrate.stops import on_interrupt, on_separation
 from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
 from truncfast._kernels.step_loop import DIVERGED, REORTH
@@ -286,20 +287,12 @@ class Run:
                 if bar is not None:
                     bar.close()
         except KeyboardInterrupt as exc:
-            self.write_checkpoint()
-            exc.trajectory = self.trajectory()  # type: ignore[attr-defined]
-            note = (f"truncfast.integrate interrupted at step {self.state[0]} of {self.steps}; the partial "
-                    "trajectory is in exc.trajectory")
-            if self.checkpoint is not None:
-                note += f"; checkpoint written to {self.checkpoint!r} (continue with truncfast.resume)"
-            if hasattr(exc, "add_note"):
-                exc.add_note(note)
+            on_interrupt(exc, self, f"step {self.state[0]} of {self.steps}")
             raise
         except _Diverged as d:
             self._raise_divergence(d)
         except SeparationError as exc:
-            exc.trajectory = self.trajectory()  # type: ignore[attr-defined]
-            exc.step = self.state[0]  # type: ignore[attr-defined]
+            on_separation(exc, self, self.state[0])
             raise
         self.write_checkpoint()
         return self.trajectory()

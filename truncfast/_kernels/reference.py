@@ -59,7 +59,7 @@ def _forward(R, b, X):
     layers = []
     that = X
     for l in range(L):
-        Rl, bl = R[l], b[l]
+        bl = b[l]
         if ordered:
             v = _ordered_product(R[0] if l == 0 else S[l - 1], that)
         else:
