@@ -41,7 +41,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from truncfast import _config
-from truncfast._errors import DivergenceError, SeparationError, StepSizeError
+from truncfast._errors import SeparationError, StepSizeError
 from truncfast._flow.engines import merge_stats
 from truncfast._flow.evaluator import RHS
 from truncfast._integrate.controller import PIController, error_norm
@@ -49,7 +49,8 @@ from truncfast._integrate.events import Events, collapsed
 from truncfast._integrate.records import Records
 from truncfast._integrate.solvers import SOLVERS, Solver
 from truncfast._integrate.solvers.base import State, Train, evaluate
-from truncfast._integrate.stops import on_interrupt, on_separation
+from truncfast._integrate.monitor import suggested_dt
+from truncfast._integrate.stops import divergence_error, loss_trouble, on_interrupt, on_separation
 from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
 from truncfast._kernels.polar import orthonormalize
@@ -373,22 +374,10 @@ class StepRun:
         c = self.state
         traj = self.trajectory()
         h = c.h if self.adaptive else self.dt
-        suggest = min(h / 2.0, 1.0)
-        if not math.isfinite(d.loss):
-            what = f"became {float(d.loss)!r}"
-        elif d.loss > self.loss_limit:
-            what = (f"grew to {float(d.loss)!r}, more than {_config.DIVERGENCE_LOSS_FACTOR:g} × its reference "
-                    f"{self.loss_limit / _config.DIVERGENCE_LOSS_FACTOR:.6g} (a gradient flow never increases "
-                    "its loss),")
-        else:
-            what = f"is {float(d.loss)!r} but the gradient became non-finite"
+        suggest = suggested_dt(h)
         where = (f"the last good state (step {c.k}, time {c.t:g}) is kept in err.trajectory" if c.nrec
                  else "the initial state already has a non-finite loss")
-        err = DivergenceError(
-            f"integrate: the loss {what} at step {d.k} (time {d.t:g}) with step size {h:g}; {where}. "
-            f"Use a smaller step{' or tolerance' if self.adaptive else ''}: try dt = {suggest:g}.")
-        err.step = d.k  # type: ignore[attr-defined]
-        err.loss = d.loss  # type: ignore[attr-defined]
-        err.suggested_dt = suggest  # type: ignore[attr-defined]
-        err.trajectory = traj  # type: ignore[attr-defined]
-        raise err from None
+        raise divergence_error(
+            f"integrate: the loss {loss_trouble(d.loss, self.loss_limit)} at step {d.k} (time {d.t:g}) with "
+            f"step size {h:g}; {where}. Use a smaller step{' or tolerance' if self.adaptive else ''}: "
+            f"try dt = {suggest:g}.", d.k, d.loss, suggest, traj) from None

@@ -33,14 +33,14 @@ import numpy as np
 
 from truncfast import _config
 from truncfast._atomic import remove_leftovers
-from truncfast._errors import DivergenceError, SeparationError
+from truncfast._errors import SeparationError
 from truncfast._flow.engines import merge_stats
 from truncfast._flow.evaluator import RHS, Evaluator
 from truncfast._kernels.polar import orthonormalize
 from truncfast._integrate.checks import check_record_memory, n_records, record_step
 from truncfast._integrate.monitor import LossMonitor, suggested_dt
 from truncfast._integrate.solvers import SOLVERS, Solver
-from truncfast._integrate.stops import on_interrupt, on_separation
+from truncfast._integrate.stops import divergence_error, loss_trouble, on_interrupt, on_separation
 from truncfast._integrate.trajectory import Trajectory
 from truncfast._kernels import expm as _expm
 from truncfast._kernels.step_loop import DIVERGED, REORTH
@@ -335,29 +335,13 @@ class Run:
         traj = self.trajectory()
         suggest = suggested_dt(self.dt)
         if d.unstable is not None:
-            err = DivergenceError(d.unstable["message"] + f"; the run up to step {d.good_step} is kept in "
-                                  "err.trajectory (on_instability='raise')")
-            err.step, err.loss, err.suggested_dt = d.step, d.loss, suggest  # type: ignore[attr-defined]
-            err.trajectory = traj  # type: ignore[attr-defined]
-            raise err from None
+            raise divergence_error(d.unstable["message"] + f"; the run up to step {d.good_step} is kept in "
+                                   "err.trajectory (on_instability='raise')", d.step, d.loss, suggest, traj) from None
         where = (f"the last good state (step {d.good_step}) is kept in err.trajectory"
                  if d.good_step is not None else "the initial state already has a non-finite loss")
-        if d.state:
-            what = "could not be evaluated: the step made the state (R, b) non-finite"
-        elif not math.isfinite(d.loss):
-            what = f"became {float(d.loss)!r}"
-        elif d.loss > self.loss_limit:
-            what = (f"grew to {float(d.loss)!r}, more than {_config.DIVERGENCE_LOSS_FACTOR:g} × its reference "
-                    f"{self.loss_limit / _config.DIVERGENCE_LOSS_FACTOR:.6g} (a gradient flow never increases "
-                    "its loss),")
-        else:
-            what = f"is {float(d.loss)!r} but the gradient became non-finite"
-        err = DivergenceError(
+        what = ("could not be evaluated: the step made the state (R, b) non-finite" if d.state
+                else loss_trouble(d.loss, self.loss_limit))
+        raise divergence_error(
             f"integrate: the loss {what} at step {d.step} (time {d.step * self.dt:g}) with "
             f"dt = {self.dt:g}; {where}. Use a smaller step: the bias rate π_j(1 − m0) is at most 1, so "
-            f"explicit Euler on the biases needs dt < 2; try dt = {suggest:g}.")
-        err.step = d.step  # type: ignore[attr-defined]
-        err.loss = d.loss  # type: ignore[attr-defined]
-        err.suggested_dt = suggest  # type: ignore[attr-defined]
-        err.trajectory = traj  # type: ignore[attr-defined]
-        raise err from None
+            f"explicit Euler on the biases needs dt < 2; try dt = {suggest:g}.", d.step, d.loss, suggest, traj) from None
